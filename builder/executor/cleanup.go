@@ -1,0 +1,139 @@
+package executor
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+)
+
+// owner identifies a process across pid reuse: its pid and its start time
+// (field 22 of /proc/<pid>/stat, in clock ticks since boot).
+type owner struct {
+	pid   int
+	start uint64
+}
+
+const idPrefix = "lbuild-"
+
+// containerID returns the ID of this owner's n-th run:
+// lbuild-<pid>-<starttime>-<n>.
+func (o owner) containerID(n uint64) string {
+	return fmt.Sprintf("%s%d-%d-%d", idPrefix, o.pid, o.start, n)
+}
+
+// parseContainerID returns the owner embedded in an ID made by
+// containerID, and false for IDs lbuild did not make.
+func parseContainerID(id string) (owner, bool) {
+	rest, ok := strings.CutPrefix(id, idPrefix)
+	if !ok {
+		return owner{}, false
+	}
+	f := strings.Split(rest, "-")
+	if len(f) != 3 {
+		return owner{}, false
+	}
+	pid, err1 := strconv.Atoi(f[0])
+	start, err2 := strconv.ParseUint(f[1], 10, 64)
+	_, err3 := strconv.ParseUint(f[2], 10, 64)
+	if err1 != nil || err2 != nil || err3 != nil || pid <= 0 {
+		return owner{}, false
+	}
+	return owner{pid: pid, start: start}, true
+}
+
+// self returns the owner for this process.
+func self() (owner, error) {
+	pid := os.Getpid()
+	start, err := startTime(pid)
+	if err != nil {
+		return owner{}, err
+	}
+	return owner{pid: pid, start: start}, nil
+}
+
+// startTime reads the start time of pid from /proc/<pid>/stat.
+func startTime(pid int) (uint64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) is in parentheses and may contain
+	// spaces and parentheses: parse after the last ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("parsing /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(b[i+1:]))
+	// f[0] is field 3 (state), so field 22 is f[19].
+	if len(f) < 20 {
+		return 0, fmt.Errorf("parsing /proc/%d/stat: too few fields", pid)
+	}
+	return strconv.ParseUint(f[19], 10, 64)
+}
+
+// alive reports whether the owner process still runs (same pid, same start
+// time).
+func (o owner) alive() bool {
+	start, err := startTime(o.pid)
+	return err == nil && start == o.start
+}
+
+// Cleanup kills and deletes the runtime containers, and removes the
+// bundles, left in the state dir by lbuild processes that died (their IDs
+// embed the owner's pid and start time, so a reused pid is not mistaken for
+// the owner). Where a dead run's rootfs still exists, the mount stubs that
+// run recorded are removed from it as Run would have. Runs of live
+// processes, this one included, are left alone, so Cleanup may run at any
+// time. IDs not made by lbuild are ignored.
+func (r *Runc) Cleanup(ctx context.Context) error {
+	var errs []error
+	out, err := r.runtimeCmd(ctx, "list", "--quiet")
+	if err != nil {
+		return fmt.Errorf("%s list: %w: %s", filepath.Base(r.runtime), err, bytes.TrimSpace(out))
+	}
+	for _, id := range strings.Fields(string(out)) {
+		o, ok := parseContainerID(id)
+		if !ok || o.alive() {
+			continue
+		}
+		_, _ = r.runtimeCmd(ctx, "kill", "--all", id, "KILL")
+		if err := r.delete(ctx, id); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	ents, err := os.ReadDir(r.bundles)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return errors.Join(append(errs, err)...)
+	}
+	for _, e := range ents {
+		o, ok := parseContainerID(e.Name())
+		if !ok || o.alive() {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return errors.Join(append(errs, err)...)
+		}
+		bundle := filepath.Join(r.bundles, e.Name())
+		if b, err := os.ReadFile(filepath.Join(bundle, stubsFile)); err == nil {
+			var s stubSet
+			if json.Unmarshal(b, &s) == nil && s.Rootfs != "" {
+				if _, err := os.Stat(s.Rootfs); err == nil {
+					if err := s.remove(); err != nil {
+						errs = append(errs, err)
+					}
+				}
+			}
+		}
+		if err := os.RemoveAll(bundle); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
