@@ -1,0 +1,111 @@
+package snapshot
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// TestHelperProcess is not a test: testCleanup runs it in a child process,
+// which prepares snapshots and exits without removing them.
+func TestHelperProcess(t *testing.T) {
+	dir, driver := os.Getenv("SNAPSHOT_HELPER_DIR"), os.Getenv("SNAPSHOT_HELPER_DRIVER")
+	if dir == "" {
+		return
+	}
+	ctx := context.Background()
+	s, err := New(dir, driver)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := s.Prepare(ctx, "crashed", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, filepath.Join(v, "f"), "x", 0o644)
+	pv, err := s.Prepare(ctx, "container", "", WithPersistent())
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustWrite(t, filepath.Join(pv, "state"), "running", 0o644)
+	// A temp dir of an Apply that died half way.
+	tmp, err := s.(*snapshotter).newTemp("apply-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(tmp.path, "fs"), 0o755)
+	os.Exit(0) // no Remove, no unlock: as if the process died
+}
+
+func testCleanup(t *testing.T, driver string) {
+	ctx := context.Background()
+	s, dir := newTestSnapshotter(t, driver)
+	// A live snapshot of this process must survive Cleanup.
+	live, err := s.Prepare(ctx, "live", "")
+	check(t, err)
+	mustWrite(t, filepath.Join(live, "f"), "live", 0o644)
+
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$")
+	cmd.Env = append(os.Environ(), "SNAPSHOT_HELPER_DIR="+dir, "SNAPSHOT_HELPER_DRIVER="+driver)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("helper: %v\n%s", err, out)
+	}
+	crashed := filepath.Join(dir, "active", keyID("crashed"))
+	container := filepath.Join(dir, "active", keyID("container"))
+	if !exists(crashed) || !exists(container) {
+		t.Fatal("helper did not leave its snapshots")
+	}
+	if driver == DriverOverlay && len(mountsUnder(t, dir)) != 3 {
+		t.Fatalf("want 3 mounts before Cleanup, have %v", mountsUnder(t, dir))
+	}
+	tmps, _ := os.ReadDir(filepath.Join(dir, "tmp"))
+	if len(tmps) != 2 {
+		t.Fatalf("want the helper's temp dir and lock, have %v", tmps)
+	}
+
+	check(t, s.Cleanup(ctx))
+	if exists(crashed) {
+		t.Error("Cleanup left the dead process's snapshot")
+	}
+	if !exists(container) {
+		t.Error("Cleanup removed a persistent snapshot")
+	}
+	if got := mustRead(t, filepath.Join(live, "f")); got != "live" {
+		t.Errorf("live view damaged: %q", got)
+	}
+	if tmps, _ := os.ReadDir(filepath.Join(dir, "tmp")); len(tmps) != 0 {
+		t.Errorf("Cleanup left temp dirs %v", tmps)
+	}
+	if driver == DriverOverlay {
+		want := []string{filepath.Join(container, "merged"), filepath.Join(live, "")}
+		if got := mountsUnder(t, dir); len(got) != 2 || !(got[0] == want[0] && got[1] == want[1] || got[0] == want[1] && got[1] == want[0]) {
+			t.Errorf("mounts after Cleanup: %v, want %v", got, want)
+		}
+		if got := mustRead(t, filepath.Join(container, "merged", "state")); got != "running" {
+			t.Errorf("persistent view: %q", got)
+		}
+	}
+
+	// Another process can take over the persistent snapshot and commit it.
+	name := ChainID("", "sha256:"+string(bytes.Repeat([]byte("c"), 64)))
+	check(t, s.Diff(ctx, "container", io.Discard))
+	check(t, s.Commit(ctx, "container", name))
+	check(t, s.Remove(ctx, "live"))
+	check(t, s.Cleanup(ctx))
+	if m := mountsUnder(t, dir); len(m) != 0 {
+		t.Errorf("mounts left: %v", m)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(dir, "active")); len(ents) != 0 {
+		t.Errorf("active left: %v", ents)
+	}
+	v, err := s.View(ctx, "check", name)
+	check(t, err)
+	if got := mustRead(t, filepath.Join(v, "state")); got != "running" {
+		t.Errorf("committed container state: %q", got)
+	}
+	check(t, s.Remove(ctx, "check"))
+}

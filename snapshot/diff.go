@@ -1,0 +1,404 @@
+package snapshot
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	whiteoutPrefix = ".wh."
+	opaqueMarker   = ".wh..wh..opq"
+	overlayXattr   = "trusted.overlay."
+	opaqueXattr    = "trusted.overlay.opaque"
+	paxXattr       = "SCHILY.xattr."
+)
+
+// markerTime is the mtime of whiteout and opaque entries, which have no file of
+// their own to take one from; a constant keeps layers reproducible.
+var markerTime = time.Unix(0, 0)
+
+// lstatx stats p without following a final symlink.
+func lstatx(p string, st *unix.Statx_t) error {
+	err := unix.Statx(unix.AT_FDCWD, p, unix.AT_SYMLINK_NOFOLLOW, unix.STATX_BASIC_STATS|unix.STATX_BTIME, st)
+	if err != nil {
+		return &fs.PathError{Op: "statx", Path: p, Err: err}
+	}
+	return nil
+}
+
+func isWhiteout(st *unix.Statx_t) bool {
+	return st.Mode&unix.S_IFMT == unix.S_IFCHR && st.Rdev_major == 0 && st.Rdev_minor == 0
+}
+
+// readDirNames returns the names in dir, sorted.
+func readDirNames(dir string) ([]string, error) {
+	f, err := os.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	names, err := f.Readdirnames(-1)
+	f.Close()
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(names)
+	return names, nil
+}
+
+// readXattrs returns the extended attributes of p (not following symlinks).
+func readXattrs(p string) (map[string][]byte, error) {
+	buf := make([]byte, 256)
+	var n int
+	var err error
+	for {
+		n, err = unix.Llistxattr(p, buf)
+		if errors.Is(err, unix.ERANGE) {
+			buf = make([]byte, len(buf)*4)
+			continue
+		}
+		break
+	}
+	if errors.Is(err, unix.ENOTSUP) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("list xattrs %s: %w", p, err)
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	attrs := map[string][]byte{}
+	for _, name := range strings.Split(strings.TrimRight(string(buf[:n]), "\x00"), "\x00") {
+		if name == "" {
+			continue
+		}
+		v, err := getXattr(p, name)
+		if errors.Is(err, unix.ENODATA) {
+			continue // removed meanwhile
+		}
+		if err != nil {
+			return nil, err
+		}
+		attrs[name] = v
+	}
+	return attrs, nil
+}
+
+func getXattr(p, name string) ([]byte, error) {
+	buf := make([]byte, 128)
+	for {
+		n, err := unix.Lgetxattr(p, name, buf)
+		if errors.Is(err, unix.ERANGE) {
+			buf = make([]byte, len(buf)*4)
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("get xattr %s %s: %w", p, name, err)
+		}
+		return buf[:n], nil
+	}
+}
+
+// tarWriter writes layer entries from files on disk.
+type tarWriter struct {
+	tw    *tar.Writer
+	links map[[3]uint64]string // (dev major, dev minor, inode) -> first path
+	buf   []byte
+	strip bool // remove trusted.overlay.* other than opaque from the files read
+	// lowers are the layer dirs below an upperdir (top first), to leave out
+	// directories that were copied up but not changed.
+	lowers []string
+}
+
+func newTarWriter(w io.Writer, strip bool) *tarWriter {
+	return &tarWriter{tw: tar.NewWriter(w), links: map[[3]uint64]string{}, buf: make([]byte, 128<<10), strip: strip}
+}
+
+func joinRel(dir, name string) string {
+	if dir == "" {
+		return name
+	}
+	return dir + "/" + name
+}
+
+// entry writes the file at abs (stat st) under the name rel. It reports
+// whether a directory carries the overlay opaque xattr.
+func (w *tarWriter) entry(rel, abs string, st *unix.Statx_t) (opaque bool, err error) {
+	hdr := &tar.Header{
+		Name:    rel,
+		Mode:    int64(st.Mode & 0o7777),
+		Uid:     int(st.Uid),
+		Gid:     int(st.Gid),
+		ModTime: time.Unix(st.Mtime.Sec, int64(st.Mtime.Nsec)),
+	}
+	switch st.Mode & unix.S_IFMT {
+	case unix.S_IFDIR:
+		hdr.Typeflag = tar.TypeDir
+		hdr.Name += "/"
+	case unix.S_IFREG:
+		hdr.Typeflag = tar.TypeReg
+		hdr.Size = int64(st.Size)
+		if st.Nlink > 1 {
+			k := [3]uint64{uint64(st.Dev_major), uint64(st.Dev_minor), st.Ino}
+			if first, ok := w.links[k]; ok {
+				hdr.Typeflag = tar.TypeLink
+				hdr.Linkname = first
+				hdr.Size = 0
+			} else {
+				w.links[k] = rel
+			}
+		}
+	case unix.S_IFLNK:
+		hdr.Typeflag = tar.TypeSymlink
+		if hdr.Linkname, err = os.Readlink(abs); err != nil {
+			return false, err
+		}
+	case unix.S_IFCHR:
+		hdr.Typeflag = tar.TypeChar
+		hdr.Devmajor, hdr.Devminor = int64(st.Rdev_major), int64(st.Rdev_minor)
+	case unix.S_IFBLK:
+		hdr.Typeflag = tar.TypeBlock
+		hdr.Devmajor, hdr.Devminor = int64(st.Rdev_major), int64(st.Rdev_minor)
+	case unix.S_IFIFO:
+		hdr.Typeflag = tar.TypeFifo
+	default:
+		return false, nil // sockets cannot be archived
+	}
+	attrs, err := readXattrs(abs)
+	if err != nil {
+		return false, err
+	}
+	for k, v := range attrs {
+		if strings.HasPrefix(k, overlayXattr) {
+			if k == opaqueXattr {
+				opaque = hdr.Typeflag == tar.TypeDir && string(v) == "y"
+			} else if w.strip {
+				if err := unix.Lremovexattr(abs, k); err != nil && !errors.Is(err, unix.ENODATA) {
+					return false, fmt.Errorf("remove xattr %s %s: %w", abs, k, err)
+				}
+			}
+			continue
+		}
+		if hdr.Typeflag == tar.TypeLink {
+			continue
+		}
+		if hdr.PAXRecords == nil {
+			hdr.PAXRecords = map[string]string{}
+		}
+		hdr.PAXRecords[paxXattr+k] = string(v)
+	}
+	if err := w.tw.WriteHeader(hdr); err != nil {
+		return false, fmt.Errorf("write tar header %s: %w", rel, err)
+	}
+	if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
+		f, err := os.OpenFile(abs, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+		if err != nil {
+			return false, err
+		}
+		n, err := io.CopyBuffer(w.tw, io.LimitReader(f, hdr.Size), w.buf)
+		f.Close()
+		if err != nil {
+			return false, fmt.Errorf("write %s: %w", rel, err)
+		}
+		if n != hdr.Size {
+			return false, fmt.Errorf("write %s: file shrank during diff", rel)
+		}
+	}
+	return opaque, nil
+}
+
+// whiteout writes the entry deleting name in directory dir.
+func (w *tarWriter) whiteout(dir, name string) error {
+	return w.marker(joinRel(dir, whiteoutPrefix+name))
+}
+
+// opaque writes the entry hiding everything below dir in lower layers.
+func (w *tarWriter) opaque(dir string) error {
+	return w.marker(joinRel(dir, opaqueMarker))
+}
+
+func (w *tarWriter) marker(name string) error {
+	err := w.tw.WriteHeader(&tar.Header{Name: name, Typeflag: tar.TypeReg, ModTime: markerTime})
+	if err != nil {
+		return fmt.Errorf("write tar header %s: %w", name, err)
+	}
+	return nil
+}
+
+// writeUpperTar writes the overlay-form directory root (an upperdir or a
+// committed layer) as a layer tar to out. With strip, it also removes the
+// overlay bookkeeping xattrs from the files it reads.
+//
+// lowers (top first) are the directories the upperdir was mounted over. A
+// directory that overlay copied up only because something inside it was
+// touched and then restored (a runtime's mount-point stub, a file created and
+// deleted) is left out: with nothing below it in the layer and the same
+// mode, owner, mtime and xattrs as in the lower layers, it is no change.
+func writeUpperTar(ctx context.Context, root string, out io.Writer, strip bool, lowers ...string) error {
+	w := newTarWriter(out, strip)
+	w.lowers = lowers
+	if err := w.walkUpper(ctx, "", root); err != nil {
+		return err
+	}
+	if err := w.tw.Close(); err != nil {
+		return fmt.Errorf("close tar: %w", err)
+	}
+	return nil
+}
+
+func (w *tarWriter) walkUpper(ctx context.Context, rel, abs string) error {
+	names, err := readDirNames(abs)
+	if err != nil {
+		return err
+	}
+	var st unix.Statx_t
+	for _, name := range names {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		crel, cabs := joinRel(rel, name), filepath.Join(abs, name)
+		if err := lstatx(cabs, &st); err != nil {
+			return err
+		}
+		if isWhiteout(&st) {
+			if err := w.whiteout(rel, name); err != nil {
+				return err
+			}
+			continue
+		}
+		if st.Mode&unix.S_IFMT == unix.S_IFDIR && len(w.lowers) > 0 {
+			unchanged, err := w.unchangedDir(crel, cabs, &st)
+			if err != nil {
+				return err
+			}
+			if unchanged {
+				continue
+			}
+		}
+		opaque, err := w.entry(crel, cabs, &st)
+		if err != nil {
+			return err
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+			continue
+		}
+		if opaque {
+			if err := w.opaque(crel); err != nil {
+				return err
+			}
+		}
+		if err := w.walkUpper(ctx, crel, cabs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// unchangedDir reports whether the upper directory abs holds nothing but
+// unchanged directories and equals the directory rel of the topmost lower
+// layer that has it.
+func (w *tarWriter) unchangedDir(rel, abs string, st *unix.Statx_t) (bool, error) {
+	names, err := readDirNames(abs)
+	if err != nil {
+		return false, err
+	}
+	for _, n := range names {
+		var cst unix.Statx_t
+		cabs := filepath.Join(abs, n)
+		if err := lstatx(cabs, &cst); err != nil {
+			return false, err
+		}
+		if cst.Mode&unix.S_IFMT != unix.S_IFDIR {
+			return false, nil
+		}
+		if same, err := w.unchangedDir(joinRel(rel, n), cabs, &cst); err != nil || !same {
+			return false, err
+		}
+	}
+	if o, err := getXattr(abs, "trusted.overlay.opaque"); err == nil && string(o) == "y" {
+		return false, nil
+	}
+	for _, l := range w.lowers {
+		lp := filepath.Join(l, rel)
+		var ls unix.Statx_t
+		if err := lstatx(lp, &ls); err != nil {
+			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
+				continue
+			}
+			return false, err
+		}
+		if ls.Mode&unix.S_IFMT != unix.S_IFDIR {
+			return false, nil // a whiteout or a file: the dir is new here
+		}
+		if ls.Mode != st.Mode || ls.Uid != st.Uid || ls.Gid != st.Gid ||
+			ls.Mtime.Sec != st.Mtime.Sec || ls.Mtime.Nsec != st.Mtime.Nsec {
+			return false, nil
+		}
+		ua, err := readXattrs(abs)
+		if err != nil {
+			return false, err
+		}
+		la, err := readXattrs(lp)
+		if err != nil {
+			return false, err
+		}
+		return sameXattrs(ua, la), nil
+	}
+	return false, nil
+}
+
+// sameXattrs compares xattrs leaving out overlay's bookkeeping.
+func sameXattrs(a, b map[string][]byte) bool {
+	n := 0
+	for k, v := range a {
+		if strings.HasPrefix(k, "trusted.overlay.") {
+			continue
+		}
+		n++
+		if bv, ok := b[k]; !ok || string(bv) != string(v) {
+			return false
+		}
+	}
+	for k := range b {
+		if !strings.HasPrefix(k, "trusted.overlay.") {
+			n--
+		}
+	}
+	return n == 0
+}
+
+// stripOverlayXattrs removes overlay bookkeeping xattrs (all trusted.overlay.*
+// but opaque) below root, so that an upperdir can serve as a layer.
+func stripOverlayXattrs(ctx context.Context, root string) error {
+	return filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		attrs, err := readXattrs(p)
+		if err != nil {
+			return err
+		}
+		for k := range attrs {
+			if strings.HasPrefix(k, overlayXattr) && k != opaqueXattr {
+				if err := unix.Lremovexattr(p, k); err != nil && !errors.Is(err, unix.ENODATA) {
+					return fmt.Errorf("remove xattr %s %s: %w", p, k, err)
+				}
+			}
+		}
+		return nil
+	})
+}

@@ -1,0 +1,180 @@
+// Package snapshot stores container filesystem layers and the writable views
+// that build steps run in.
+//
+// Vocabulary (after containerd's core/snapshots):
+//
+//   - A committed snapshot holds exactly ONE layer's changes, in overlay form:
+//     a deleted path is a whiteout (a 0/0 character device of the same name), a
+//     directory that hides everything below it is opaque (it carries the xattr
+//     trusted.overlay.opaque="y"). A committed snapshot knows its parent and is
+//     named by its chain ID, a "sha256:<hex>" string the caller computes (see
+//     ChainID). Only committed snapshots can be parents. A committed snapshot is
+//     unpacked once and shared read-only by every view stacked on it.
+//   - An active snapshot has a key (a unique string the caller chooses), a
+//     parent (a committed name, or "" for the empty filesystem) and a writable
+//     full view: the parent chain with the active snapshot's changes on top.
+//     An active snapshot belongs to the process that prepared it (it holds an
+//     flock on a lock file in the snapshot's directory) until Commit or Remove;
+//     Cleanup removes the ones whose process died, unless they were prepared
+//     WithPersistent.
+//
+// Lifecycle: Prepare (or View) -> [the caller changes the view] -> Diff -> Commit
+// or Remove. Apply creates a committed snapshot directly from a layer tar.
+//
+// Two drivers implement the same contract. "overlay" mounts an overlayfs whose
+// lowerdirs are the committed layers and whose upperdir collects the changes.
+// "copy", for filesystems where overlay cannot be mounted, materializes the
+// parent chain into a plain directory, records a manifest of what it made and
+// finds the changes by comparing the tree to that manifest. Both store committed
+// layers in the same overlay form, so a store can be reopened with either driver.
+//
+// On-disk layout under the root directory:
+//
+//	lock                    flock: shared while creating entries, exclusive in Cleanup
+//	empty/                  an empty directory, the lowerdir of views over ""
+//	layers/<hex>/fs/        one committed layer in overlay form
+//	layers/<hex>/parent     the parent's chain ID ("" for a base layer)
+//	layers/<hex>/link       the short id of the layer's entry in l/
+//	l/<short id>            symlink -> ../layers/<hex>/fs (keeps mount options short)
+//	active/<id>/            one active snapshot; <id> is derived from its key
+//	  lock                  flock held by the owning process
+//	  meta.json             key, parent, driver, persistent, read-only
+//	  upper/ work/ merged/  overlay driver
+//	  fs/ manifest layer/   copy driver (view, manifest, the layer built by Diff)
+//	tmp/<random>[.lock]     layers being built and directories being removed
+package snapshot
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/sirupsen/logrus"
+)
+
+// ErrNotFound is returned (wrapped) for unknown keys and names.
+var ErrNotFound = errors.New("snapshot not found")
+
+// ErrExists is returned (wrapped) by Prepare and View when the key is already in use.
+var ErrExists = errors.New("snapshot already exists")
+
+// Snapshotter manages committed and active snapshots under one root directory.
+// It is safe for concurrent use by multiple goroutines and by multiple processes
+// sharing the root directory.
+type Snapshotter interface {
+	// Prepare creates active snapshot key over committed parent ("" = empty
+	// filesystem) and returns the directory holding its writable full view (an
+	// overlay mount, or a copied tree for the copy driver). It returns ErrExists
+	// if key is in use and ErrNotFound if parent does not exist.
+	Prepare(ctx context.Context, key, parent string, opts ...Opt) (string, error)
+	// View is Prepare for reading only (used by COPY --from): a read-only view;
+	// Remove it when done. Diff and Commit fail on views. The copy driver does
+	// not enforce read-only.
+	View(ctx context.Context, key, parent string) (string, error)
+	// Diff writes the active snapshot's changes relative to its parent to w as
+	// an uncompressed OCI layer tar: entries in a stable order (sorted by name
+	// within each directory, parents before children), numeric uid/gid, mtimes
+	// at second precision, whiteouts as ".wh.<name>", opaque directories as
+	// "<dir>/.wh..wh..opq", xattrs as PAX records without trusted.overlay.*.
+	// It unmounts the view first; after Diff only Commit or Remove are valid.
+	Diff(ctx context.Context, key string, w io.Writer) error
+	// Commit turns active key into committed snapshot name (whose parent is the
+	// active snapshot's parent). If name exists already (another build made it),
+	// the active one is discarded and Commit returns nil. Atomic: the layer is
+	// built under tmp/ and renamed into place.
+	Commit(ctx context.Context, key, name string) error
+	// Remove discards an active snapshot (unmounting it) or a committed one. A
+	// committed snapshot that is the parent of another cannot be removed.
+	Remove(ctx context.Context, key string) error
+	// Exists reports whether committed snapshot name exists.
+	Exists(name string) bool
+	// Apply unpacks an uncompressed OCI layer tar read from r as committed
+	// snapshot name over parent. Idempotent (name exists -> return nil without
+	// reading). Built in a temp dir, renamed into place; if another process wins
+	// the rename, Apply discards its copy and returns nil. Entries that would
+	// land outside the layer (absolute paths, "..", symlinks leading out) are
+	// rejected with an error.
+	Apply(ctx context.Context, name, parent string, r io.Reader) error
+	// LowerDirs returns the directories (top layer first) a view over committed
+	// name is made of: the fs directories of name and its ancestors.
+	LowerDirs(name string) ([]string, error)
+	// Cleanup unmounts and removes active snapshots left by processes that died
+	// (crash recovery), stale temp dirs, and overlay mounts under the root that
+	// belong to no live snapshot. It does not touch active snapshots of live
+	// processes, nor persistent ones.
+	Cleanup(ctx context.Context) error
+	// Driver returns "overlay" or "copy".
+	Driver() string
+}
+
+// Opt configures Prepare.
+type Opt func(*prepareConfig)
+
+type prepareConfig struct {
+	persistent bool
+}
+
+// WithPersistent makes the active snapshot survive its process (containers):
+// Cleanup leaves it alone; another process may later Diff, Commit or Remove it.
+func WithPersistent() Opt {
+	return func(c *prepareConfig) { c.persistent = true }
+}
+
+// Driver names.
+const (
+	DriverOverlay = "overlay"
+	DriverCopy    = "copy"
+	DriverAuto    = "auto"
+)
+
+// New opens (creating) a snapshotter rooted at dir. driver is "overlay", "copy"
+// or "auto"; "auto" probes an overlay mount in dir once and falls back to
+// "copy" if it fails (logged at debug level).
+func New(dir, driver string) (Snapshotter, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot root: %w", err)
+	}
+	for _, d := range []string{"", "layers", "active", "tmp", "l", "empty"} {
+		if err := os.MkdirAll(filepath.Join(abs, d), 0o700); err != nil {
+			return nil, fmt.Errorf("create snapshot root: %w", err)
+		}
+	}
+	// Layers are read by container processes running as other users.
+	for _, d := range []string{"", "layers", "l", "empty"} {
+		if err := os.Chmod(filepath.Join(abs, d), 0o755); err != nil {
+			return nil, fmt.Errorf("create snapshot root: %w", err)
+		}
+	}
+	s := &snapshotter{root: abs, actives: map[string]*active{}}
+	switch driver {
+	case DriverOverlay, DriverCopy:
+		s.driver = driver
+	case DriverAuto, "":
+		if err := s.probeOverlay(); err != nil {
+			logrus.WithError(err).Debug("snapshot: overlay not usable, falling back to the copy driver")
+			s.driver = DriverCopy
+		} else {
+			s.driver = DriverOverlay
+		}
+	default:
+		return nil, fmt.Errorf("unknown snapshot driver %q", driver)
+	}
+	return s, nil
+}
+
+// ChainID returns the chain ID of a layer with diffID on top of parent chain
+// ID ("" for the first): parent=="" -> diffID; else
+// "sha256:"+hex(sha256(parent + " " + diffID)), as OCI image-spec identity.ChainID.
+func ChainID(parent, diffID string) string {
+	if parent == "" {
+		return diffID
+	}
+	sum := sha256.Sum256([]byte(parent + " " + diffID))
+	return "sha256:" + hex.EncodeToString(sum[:])
+}

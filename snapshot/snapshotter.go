@@ -1,0 +1,534 @@
+package snapshot
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/sys/unix"
+)
+
+// maxChain bounds parent chains (overlayfs stacks at most 500 layers).
+const maxChain = 500
+
+type snapshotter struct {
+	root       string
+	driver     string
+	noVolatile atomic.Bool // the kernel refused the volatile mount option
+
+	mu      sync.Mutex
+	actives map[string]*active // by key, the active snapshots this process owns
+}
+
+var _ Snapshotter = (*snapshotter)(nil)
+
+// active is an active snapshot owned by this process.
+type active struct {
+	mu sync.Mutex
+	activeMeta
+	id   string
+	dir  string
+	lock *os.File // flock held until Commit or Remove
+
+	mounted bool // overlay: merged is (or may be) mounted
+	diffed  bool // overlay: upper stripped of bookkeeping; copy: layer/ built
+	gone    bool // removed or committed
+
+	manifest manifest // copy driver; nil until loaded
+}
+
+// activeMeta is stored as active/<id>/meta.json.
+type activeMeta struct {
+	Key        string `json:"key"`
+	Parent     string `json:"parent,omitempty"`
+	Driver     string `json:"driver"`
+	Persistent bool   `json:"persistent,omitempty"`
+	ReadOnly   bool   `json:"readOnly,omitempty"`
+}
+
+// layerRef is one committed layer of a chain.
+type layerRef struct {
+	name string
+	hex  string
+	fs   string // absolute path of the layer's fs dir
+	link string // "l/<short id>", relative to the root
+}
+
+func (s *snapshotter) Driver() string { return s.driver }
+
+// nameHex returns the hex part of a committed snapshot name.
+func nameHex(name string) (string, error) {
+	h, ok := strings.CutPrefix(name, "sha256:")
+	if !ok || len(h) != 64 {
+		return "", fmt.Errorf("invalid snapshot name %q: want sha256:<64 hex digits>", name)
+	}
+	for _, c := range h {
+		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return "", fmt.Errorf("invalid snapshot name %q: want sha256:<64 hex digits>", name)
+		}
+	}
+	return h, nil
+}
+
+// keyID maps an active key to its directory name.
+func keyID(key string) string {
+	sum := sha256.Sum256([]byte(key))
+	return hex.EncodeToString(sum[:16])
+}
+
+func (s *snapshotter) layerDir(h string) string { return filepath.Join(s.root, "layers", h) }
+
+func (s *snapshotter) Exists(name string) bool {
+	h, err := nameHex(name)
+	if err != nil {
+		return false
+	}
+	_, err = os.Lstat(s.layerDir(h))
+	return err == nil
+}
+
+// chain returns committed name and its ancestors, top first.
+func (s *snapshotter) chain(name string) ([]layerRef, error) {
+	var refs []layerRef
+	for name != "" {
+		if len(refs) >= maxChain {
+			return nil, fmt.Errorf("snapshot %s: chain longer than %d layers", refs[0].name, maxChain)
+		}
+		h, err := nameHex(name)
+		if err != nil {
+			return nil, err
+		}
+		dir := s.layerDir(h)
+		parent, err := os.ReadFile(filepath.Join(dir, "parent"))
+		if errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("snapshot %s: %w", name, ErrNotFound)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read parent: %w", err)
+		}
+		link, err := os.ReadFile(filepath.Join(dir, "link"))
+		if err != nil {
+			return nil, fmt.Errorf("read link: %w", err)
+		}
+		refs = append(refs, layerRef{name: name, hex: h, fs: filepath.Join(dir, "fs"), link: "l/" + string(link)})
+		name = string(parent)
+	}
+	return refs, nil
+}
+
+func (s *snapshotter) LowerDirs(name string) ([]string, error) {
+	refs, err := s.chain(name)
+	if err != nil {
+		return nil, err
+	}
+	dirs := make([]string, len(refs))
+	for i, r := range refs {
+		dirs[i] = r.fs
+	}
+	return dirs, nil
+}
+
+func (s *snapshotter) Prepare(ctx context.Context, key, parent string, opts ...Opt) (string, error) {
+	var cfg prepareConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return s.prepare(ctx, key, parent, cfg, false)
+}
+
+func (s *snapshotter) View(ctx context.Context, key, parent string) (string, error) {
+	return s.prepare(ctx, key, parent, prepareConfig{}, true)
+}
+
+func (s *snapshotter) prepare(ctx context.Context, key, parent string, cfg prepareConfig, readOnly bool) (string, error) {
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	if key == "" {
+		return "", errors.New("prepare: empty key")
+	}
+	var refs []layerRef
+	if parent != "" {
+		var err error
+		if refs, err = s.chain(parent); err != nil {
+			return "", fmt.Errorf("prepare %s: %w", key, err)
+		}
+	}
+	a := &active{
+		activeMeta: activeMeta{Key: key, Parent: parent, Driver: s.driver, Persistent: cfg.persistent, ReadOnly: readOnly},
+		id:         keyID(key),
+	}
+	a.dir = filepath.Join(s.root, "active", a.id)
+	if err := s.createActive(a); err != nil {
+		return "", err
+	}
+	var view string
+	var err error
+	if a.Driver == DriverOverlay {
+		view, err = s.mountActive(a, refs)
+	} else {
+		view, err = s.materialize(ctx, a, refs)
+	}
+	if err != nil {
+		s.discard(a)
+		return "", fmt.Errorf("prepare %s: %w", key, err)
+	}
+	s.mu.Lock()
+	s.actives[key] = a
+	s.mu.Unlock()
+	return view, nil
+}
+
+// createActive makes a's directory, takes its lock and writes its metadata,
+// all under the shared root lock so that Cleanup never sees it half made.
+func (s *snapshotter) createActive(a *active) error {
+	g, err := s.sharedLock()
+	if err != nil {
+		return err
+	}
+	defer g.Close()
+	if err := os.Mkdir(a.dir, 0o700); err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("prepare %s: %w", a.Key, ErrExists)
+		}
+		return fmt.Errorf("create active snapshot: %w", err)
+	}
+	a.lock, err = lockFile(filepath.Join(a.dir, "lock"), unix.LOCK_EX|unix.LOCK_NB)
+	if err != nil {
+		os.RemoveAll(a.dir)
+		return fmt.Errorf("lock active snapshot: %w", err)
+	}
+	b, _ := json.Marshal(a.activeMeta)
+	if err := os.WriteFile(filepath.Join(a.dir, "meta.json"), b, 0o600); err != nil {
+		s.discard(a)
+		return fmt.Errorf("write snapshot metadata: %w", err)
+	}
+	return nil
+}
+
+// lookup returns the active snapshot with key: this process's own, or one left
+// on disk (a persistent snapshot, or one whose process died), which it then owns.
+func (s *snapshotter) lookup(key string) (*active, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a := s.actives[key]; a != nil {
+		return a, nil
+	}
+	a := &active{id: keyID(key)}
+	a.dir = filepath.Join(s.root, "active", a.id)
+	b, err := os.ReadFile(filepath.Join(a.dir, "meta.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("snapshot %s: %w", key, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read snapshot metadata: %w", err)
+	}
+	if err := json.Unmarshal(b, &a.activeMeta); err != nil {
+		return nil, fmt.Errorf("read snapshot metadata: %w", err)
+	}
+	if a.Key != key {
+		return nil, fmt.Errorf("snapshot %s: %w", key, ErrNotFound)
+	}
+	a.lock, err = lockFile(filepath.Join(a.dir, "lock"), unix.LOCK_EX|unix.LOCK_NB)
+	if errors.Is(err, errLocked) {
+		return nil, fmt.Errorf("snapshot %s: in use by another process", key)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("lock active snapshot: %w", err)
+	}
+	a.mounted = a.Driver == DriverOverlay
+	s.actives[key] = a
+	return a, nil
+}
+
+// acquire looks up key and locks it for one operation.
+func (s *snapshotter) acquire(key string, writable bool) (*active, error) {
+	a, err := s.lookup(key)
+	if err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	if a.gone {
+		a.mu.Unlock()
+		return nil, fmt.Errorf("snapshot %s: %w", key, ErrNotFound)
+	}
+	if writable && a.ReadOnly {
+		a.mu.Unlock()
+		return nil, fmt.Errorf("snapshot %s: read-only view", key)
+	}
+	return a, nil
+}
+
+func (s *snapshotter) Diff(ctx context.Context, key string, w io.Writer) error {
+	a, err := s.acquire(key, true)
+	if err != nil {
+		return err
+	}
+	defer a.mu.Unlock()
+	if a.Driver == DriverOverlay {
+		if err := s.unmountActive(a); err != nil {
+			return err
+		}
+		var lowers []string
+		if a.Parent != "" {
+			if lowers, err = s.LowerDirs(a.Parent); err != nil {
+				return err
+			}
+		}
+		if err := writeUpperTar(ctx, filepath.Join(a.dir, "upper"), w, true, lowers...); err != nil {
+			return fmt.Errorf("diff %s: %w", key, err)
+		}
+		a.diffed = true
+		return nil
+	}
+	if err := s.diffCopy(ctx, a, w); err != nil {
+		return fmt.Errorf("diff %s: %w", key, err)
+	}
+	return nil
+}
+
+func (s *snapshotter) Commit(ctx context.Context, key, name string) error {
+	h, err := nameHex(name)
+	if err != nil {
+		return err
+	}
+	a, err := s.acquire(key, true)
+	if err != nil {
+		return err
+	}
+	defer a.mu.Unlock()
+	if s.Exists(name) {
+		return s.removeActive(a)
+	}
+	if a.Parent != "" && !s.Exists(a.Parent) {
+		return fmt.Errorf("commit %s: parent %s: %w", key, a.Parent, ErrNotFound)
+	}
+	var src string
+	if a.Driver == DriverOverlay {
+		if err := s.unmountActive(a); err != nil {
+			return err
+		}
+		src = filepath.Join(a.dir, "upper")
+		if !a.diffed {
+			if err := stripOverlayXattrs(ctx, src); err != nil {
+				return fmt.Errorf("commit %s: %w", key, err)
+			}
+		}
+	} else {
+		if !a.diffed {
+			if err := s.diffCopy(ctx, a, io.Discard); err != nil {
+				return fmt.Errorf("commit %s: %w", key, err)
+			}
+		}
+		src = filepath.Join(a.dir, "layer")
+	}
+	t, err := s.newTemp("commit-")
+	if err != nil {
+		return err
+	}
+	if err := os.Mkdir(t.path, 0o700); err != nil {
+		t.release()
+		return fmt.Errorf("commit %s: %w", key, err)
+	}
+	if err := os.Rename(src, filepath.Join(t.path, "fs")); err != nil {
+		t.release()
+		return fmt.Errorf("commit %s: %w", key, err)
+	}
+	if err := s.install(t, h, a.Parent); err != nil {
+		return fmt.Errorf("commit %s: %w", key, err)
+	}
+	return s.removeActive(a)
+}
+
+// install turns temp dir t, holding fs/, into committed layer h over parent:
+// it writes the parent and link files, gives the layer a short link in l/,
+// syncs and renames t into layers/h. Losing the rename to another process that
+// installed the same layer is success. t is released in every case.
+func (s *snapshotter) install(t *tempDir, h, parent string) error {
+	defer t.release()
+	if err := os.WriteFile(filepath.Join(t.path, "parent"), []byte(parent), 0o644); err != nil {
+		return fmt.Errorf("write parent: %w", err)
+	}
+	var link string
+	for {
+		link = randomID(10)
+		err := os.Symlink(filepath.Join("..", "layers", h, "fs"), filepath.Join(s.root, "l", link))
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("create layer link: %w", err)
+		}
+	}
+	linkPath := filepath.Join(s.root, "l", link)
+	if err := os.WriteFile(filepath.Join(t.path, "link"), []byte(link), 0o644); err != nil {
+		os.Remove(linkPath)
+		return fmt.Errorf("write link: %w", err)
+	}
+	if err := syncFS(t.path); err != nil {
+		os.Remove(linkPath)
+		return err
+	}
+	if err := os.Rename(t.path, s.layerDir(h)); err != nil {
+		os.Remove(linkPath)
+		if errors.Is(err, unix.ENOTEMPTY) || errors.Is(err, unix.EEXIST) {
+			return nil // another process made the same layer
+		}
+		return fmt.Errorf("rename layer into place: %w", err)
+	}
+	return syncDir(filepath.Join(s.root, "layers"))
+}
+
+func syncFS(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("sync: %w", err)
+	}
+	defer f.Close()
+	if err := unix.Syncfs(int(f.Fd())); err != nil {
+		return fmt.Errorf("sync: %w", err)
+	}
+	return nil
+}
+
+func syncDir(path string) error {
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("sync dir: %w", err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("sync dir: %w", err)
+	}
+	return nil
+}
+
+func (s *snapshotter) Remove(ctx context.Context, key string) error {
+	a, err := s.acquire(key, false)
+	if err == nil {
+		defer a.mu.Unlock()
+		return s.removeActive(a)
+	}
+	if !errors.Is(err, ErrNotFound) {
+		return err
+	}
+	if !s.Exists(key) {
+		return fmt.Errorf("remove %s: %w", key, ErrNotFound)
+	}
+	return s.removeLayer(key)
+}
+
+// removeActive unmounts and deletes a (locked by the caller) and forgets it.
+func (s *snapshotter) removeActive(a *active) error {
+	if err := s.unmountActive(a); err != nil {
+		return err
+	}
+	if err := s.removeDir(a.dir); err != nil {
+		return fmt.Errorf("remove %s: %w", a.Key, err)
+	}
+	s.forget(a)
+	return nil
+}
+
+// discard undoes a failed Prepare.
+func (s *snapshotter) discard(a *active) {
+	if a.mounted {
+		unmount(filepath.Join(a.dir, "merged"))
+	}
+	os.RemoveAll(a.dir)
+	if a.lock != nil {
+		a.lock.Close()
+	}
+}
+
+func (s *snapshotter) forget(a *active) {
+	a.gone = true
+	a.lock.Close()
+	s.mu.Lock()
+	if s.actives[a.Key] == a {
+		delete(s.actives, a.Key)
+	}
+	s.mu.Unlock()
+}
+
+// removeDir renames dir into a temp dir and deletes it there, so that no half
+// deleted directory is ever visible under its name.
+func (s *snapshotter) removeDir(dir string) error {
+	t, err := s.newTemp("rm-")
+	if err != nil {
+		return err
+	}
+	if err := os.Rename(dir, t.path); err != nil {
+		t.release()
+		return err
+	}
+	return t.release()
+}
+
+func (s *snapshotter) removeLayer(name string) error {
+	h, _ := nameHex(name)
+	entries, err := os.ReadDir(filepath.Join(s.root, "layers"))
+	if err != nil {
+		return fmt.Errorf("remove %s: %w", name, err)
+	}
+	for _, e := range entries {
+		p, err := os.ReadFile(filepath.Join(s.root, "layers", e.Name(), "parent"))
+		if err == nil && string(p) == name {
+			return fmt.Errorf("remove %s: snapshot has children", name)
+		}
+	}
+	link, _ := os.ReadFile(filepath.Join(s.layerDir(h), "link"))
+	if err := s.removeDir(s.layerDir(h)); err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove %s: %w", name, ErrNotFound)
+		}
+		return fmt.Errorf("remove %s: %w", name, err)
+	}
+	if len(link) > 0 {
+		os.Remove(filepath.Join(s.root, "l", string(link)))
+	}
+	return nil
+}
+
+func (s *snapshotter) Apply(ctx context.Context, name, parent string, r io.Reader) error {
+	h, err := nameHex(name)
+	if err != nil {
+		return err
+	}
+	if s.Exists(name) {
+		return nil
+	}
+	if parent != "" && !s.Exists(parent) {
+		return fmt.Errorf("apply %s: parent %s: %w", name, parent, ErrNotFound)
+	}
+	t, err := s.newTemp("apply-")
+	if err != nil {
+		return err
+	}
+	fs := filepath.Join(t.path, "fs")
+	if err := os.Mkdir(t.path, 0o700); err != nil {
+		t.release()
+		return fmt.Errorf("apply %s: %w", name, err)
+	}
+	if err := os.Mkdir(fs, 0o755); err != nil {
+		t.release()
+		return fmt.Errorf("apply %s: %w", name, err)
+	}
+	if err := applyTar(ctx, fs, r, false); err != nil {
+		t.release()
+		return fmt.Errorf("apply %s: %w", name, err)
+	}
+	if err := s.install(t, h, parent); err != nil {
+		return fmt.Errorf("apply %s: %w", name, err)
+	}
+	return nil
+}
