@@ -1,0 +1,82 @@
+// Package cache owns lbuild's build-cache vocabulary:
+//
+//   - A Key names the result of one build step. It is derived by NewKey, a
+//     pure function of the parent step's key and the step's inputs (the
+//     instruction, its arguments, checksums of copied content, ...), the way
+//     identity.ChainID chains diff IDs. Equal keys mean equal results.
+//   - A Record is what a step left in the cache: the diff ID of its layer
+//     (whose blob lives in cache/store) or nothing for a metadata-only step,
+//     plus opaque builder state. Records persists them, one file per key.
+//   - A FileIndex remembers content hashes of build-context files by their
+//     stat data, so that an unchanged context costs stat calls, not reads.
+//   - Checksum digests a COPY/ADD source selection: names, types, modes,
+//     link targets and content, never timestamps or ownership on the host.
+package cache
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash"
+	"strings"
+)
+
+// ErrNotFound is returned (wrapped) when the cache holds no record for a key.
+var ErrNotFound = errors.New("cache: not found")
+
+// ErrCorrupt is returned (wrapped) for a record file that cannot be decoded
+// (truncated, garbage, or holding another key). Callers may treat it as a
+// miss and overwrite the record.
+var ErrCorrupt = errors.New("cache: corrupt record")
+
+// Key is a step's cache key: "sha256:<64 hex digits>".
+type Key string
+
+const keyDomain = "lbuild cache key v1"
+
+// NewKey derives the key of a step from its parent's key ("" for the first
+// step of a stage) and the parts that define the step. It is sha256 over a
+// version tag, the parent and every part, each prefixed by its length, so
+// ("ab","c"), ("a","bc") and ("abc") all give different keys.
+func NewKey(parent Key, parts ...string) Key {
+	h := sha256.New()
+	writeField(h, keyDomain)
+	writeField(h, string(parent))
+	for _, p := range parts {
+		writeField(h, p)
+	}
+	return Key("sha256:" + hex.EncodeToString(h.Sum(nil)))
+}
+
+// writeField writes s to h preceded by its length as 8 big-endian bytes.
+func writeField(h hash.Hash, s string) {
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], uint64(len(s)))
+	h.Write(n[:])
+	h.Write([]byte(s))
+}
+
+func writeBytes(h hash.Hash, b []byte) {
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], uint64(len(b)))
+	h.Write(n[:])
+	h.Write(b)
+}
+
+// Hex returns the key without its "sha256:" prefix.
+func (k Key) Hex() string { return strings.TrimPrefix(string(k), "sha256:") }
+
+// String returns the key as "sha256:<hex>".
+func (k Key) String() string { return string(k) }
+
+// Validate reports whether k is "sha256:" followed by 64 lowercase hex
+// digits. Records uses it before turning a key into a file name.
+func (k Key) Validate() error {
+	hx, ok := strings.CutPrefix(string(k), "sha256:")
+	if !ok || len(hx) != 64 || strings.Trim(hx, "0123456789abcdef") != "" {
+		return fmt.Errorf("cache: invalid key %q", string(k))
+	}
+	return nil
+}
