@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+	"time"
 )
 
 // maxSymlinks bounds symlink resolution, as the kernel's ELOOP limit does.
@@ -116,13 +117,40 @@ func mkdirAllOwned(rootfs, dir string, uid, gid uint32) error {
 type stubSet struct {
 	Rootfs  string   `json:"rootfs"`
 	Missing []string `json:"missing"` // deepest first
+	// Parents are the existing directories the stubs were created in, as they
+	// were before the run: creating and removing a stub changes a parent's
+	// mtime, which would put the parent into the step's layer.
+	Parents map[string]parentState `json:"parents,omitempty"`
+}
+
+// parentState is a directory's mtime and entry names before a run.
+type parentState struct {
+	Mtime int64    `json:"mtime"` // unix ns
+	Atime int64    `json:"atime"`
+	Names []string `json:"names"`
+}
+
+func dirState(host string) (parentState, error) {
+	var st syscall.Stat_t
+	if err := syscall.Lstat(host, &st); err != nil {
+		return parentState{}, err
+	}
+	ents, err := os.ReadDir(host)
+	if err != nil {
+		return parentState{}, err
+	}
+	names := make([]string, len(ents))
+	for i, e := range ents {
+		names[i] = e.Name()
+	}
+	return parentState{Mtime: st.Mtim.Nano(), Atime: st.Atim.Nano(), Names: names}, nil
 }
 
 // recordStubs returns the stub candidates for dests that are missing from
 // rootfs now.
 func recordStubs(rootfs string, dests []string) (*stubSet, error) {
 	seen := map[string]bool{}
-	s := &stubSet{Rootfs: rootfs}
+	s := &stubSet{Rootfs: rootfs, Parents: map[string]parentState{}}
 	for _, d := range dests {
 		rel, err := resolveInRoot(rootfs, d)
 		if err != nil {
@@ -130,7 +158,8 @@ func recordStubs(rootfs string, dests []string) (*stubSet, error) {
 			// on it too; nothing to track.
 			continue
 		}
-		for p := rel; p != "" && p != "."; p = cleanRel(path.Dir(p)) {
+		p := rel
+		for ; p != "" && p != "."; p = cleanRel(path.Dir(p)) {
 			if seen[p] {
 				break
 			}
@@ -140,6 +169,13 @@ func recordStubs(rootfs string, dests []string) (*stubSet, error) {
 			} else if err != nil {
 				return nil, err
 			} else {
+				if p != rel {
+					if _, ok := s.Parents[p]; !ok {
+						if ps, err := dirState(filepath.Join(rootfs, p)); err == nil {
+							s.Parents[p] = ps
+						}
+					}
+				}
 				break // p exists, so do its parents
 			}
 		}
@@ -178,6 +214,21 @@ func (s *stubSet) remove() error {
 			if err := os.Remove(host); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				errs = append(errs, err)
 			}
+		}
+	}
+	// Parents whose entries are as they were get their times back, so an
+	// untouched /etc does not land in the layer.
+	for p, before := range s.Parents {
+		if !plainPath(s.Rootfs, p) {
+			continue
+		}
+		host := filepath.Join(s.Rootfs, p)
+		now, err := dirState(host)
+		if err != nil || !slices.Equal(now.Names, before.Names) {
+			continue
+		}
+		if now.Mtime != before.Mtime {
+			os.Chtimes(host, time.Unix(0, before.Atime), time.Unix(0, before.Mtime))
 		}
 	}
 	return errors.Join(errs...)

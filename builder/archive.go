@@ -1,0 +1,197 @@
+package builder
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"compress/bzip2"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strings"
+
+	securejoin "github.com/cyphar/filepath-securejoin"
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
+)
+
+// openArchive returns a tar reader if the file at p is a tar archive, plain
+// or compressed with gzip, bzip2, xz or zstd; nil if it is not an archive.
+func openArchive(p string) (*tar.Reader, io.Closer, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, nil, err
+	}
+	br := bufio.NewReaderSize(f, 64<<10)
+	head, _ := br.Peek(6)
+	var r io.Reader = br
+	closer := io.Closer(f)
+	switch {
+	case bytes.HasPrefix(head, []byte{0x1f, 0x8b}):
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			f.Close()
+			return nil, nil, nil
+		}
+		r = zr
+	case bytes.HasPrefix(head, []byte("BZh")):
+		r = bzip2.NewReader(br)
+	case bytes.HasPrefix(head, []byte{0xfd, '7', 'z', 'X', 'Z', 0x00}):
+		xr, err := xz.NewReader(br)
+		if err != nil {
+			f.Close()
+			return nil, nil, nil
+		}
+		r = xr
+	case bytes.HasPrefix(head, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		zr, err := zstd.NewReader(br)
+		if err != nil {
+			f.Close()
+			return nil, nil, nil
+		}
+		r = zr
+		closer = multiCloser{f, closeFunc(zr.Close)}
+	}
+	// A tar archive has "ustar" at offset 257 of its first block.
+	bb := bufio.NewReaderSize(r, 64<<10)
+	block, err := bb.Peek(512)
+	if err != nil || !bytes.HasPrefix(block[257:], []byte("ustar")) {
+		closer.Close()
+		return nil, nil, nil
+	}
+	return tar.NewReader(bb), closer, nil
+}
+
+type closeFunc func()
+
+func (c closeFunc) Close() error { c(); return nil }
+
+type multiCloser []io.Closer
+
+func (m multiCloser) Close() error {
+	for _, c := range m {
+		c.Close()
+	}
+	return nil
+}
+
+// extractArchive unpacks the archive at src into dest inside root, as ADD
+// does. It reports false (and changes nothing) when src is not an archive.
+// Entries cannot leave root: names and link targets resolve inside it.
+func extractArchive(root, dest, src string, uid, gid uint32, chown bool) (bool, error) {
+	tr, closer, err := openArchive(src)
+	if err != nil || tr == nil {
+		return false, err
+	}
+	defer closer.Close()
+	if err := mkdirAll(root, dest, uid, gid, chown); err != nil {
+		return true, err
+	}
+	type dirTime struct {
+		p string
+		h *tar.Header
+	}
+	var dirs []dirTime
+	for {
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return true, fmt.Errorf("read archive: %w", err)
+		}
+		name := path.Clean("/" + h.Name)
+		if name == "/" {
+			continue
+		}
+		target := path.Join(dest, name)
+		if err := mkdirAll(root, path.Dir(target), 0, 0, false); err != nil {
+			return true, err
+		}
+		p, err := securejoin.SecureJoin(root, target)
+		if err != nil {
+			return true, err
+		}
+		u, g := h.Uid, h.Gid
+		if chown {
+			u, g = int(uid), int(gid)
+		}
+		mode := os.FileMode(h.Mode & 0o777)
+		if h.Mode&0o4000 != 0 {
+			mode |= os.ModeSetuid
+		}
+		if h.Mode&0o2000 != 0 {
+			mode |= os.ModeSetgid
+		}
+		if h.Mode&0o1000 != 0 {
+			mode |= os.ModeSticky
+		}
+		switch h.Typeflag {
+		case tar.TypeDir:
+			if fi, err := os.Lstat(p); err == nil && !fi.IsDir() {
+				os.Remove(p)
+			}
+			if err := os.Mkdir(p, mode); err != nil && !os.IsExist(err) {
+				return true, err
+			}
+			dirs = append(dirs, dirTime{p, h})
+		case tar.TypeReg, tar.TypeRegA:
+			if err := removeNonDir(p); err != nil {
+				return true, err
+			}
+			f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+			if err != nil {
+				return true, err
+			}
+			_, err = io.Copy(f, tr)
+			f.Close()
+			if err != nil {
+				return true, err
+			}
+		case tar.TypeSymlink:
+			if err := removeNonDir(p); err != nil {
+				return true, err
+			}
+			if err := os.Symlink(h.Linkname, p); err != nil {
+				return true, err
+			}
+			if err := os.Lchown(p, u, g); err != nil {
+				return true, err
+			}
+			continue
+		case tar.TypeLink:
+			old, err := securejoin.SecureJoin(root, path.Join(dest, path.Clean("/"+h.Linkname)))
+			if err != nil {
+				return true, err
+			}
+			if err := removeNonDir(p); err != nil {
+				return true, err
+			}
+			if err := os.Link(old, p); err != nil {
+				return true, err
+			}
+			continue
+		default:
+			continue // devices and fifos are not extracted by ADD here
+		}
+		if err := os.Lchown(p, u, g); err != nil {
+			return true, err
+		}
+		if err := os.Chmod(p, mode); err != nil {
+			return true, err
+		}
+		if h.Typeflag != tar.TypeDir {
+			os.Chtimes(p, h.ModTime, h.ModTime)
+		}
+	}
+	for i := len(dirs) - 1; i >= 0; i-- {
+		os.Chtimes(dirs[i].p, dirs[i].h.ModTime, dirs[i].h.ModTime)
+	}
+	return true, nil
+}
+
+var _ = errors.New
+var _ = strings.Cut

@@ -1,0 +1,406 @@
+package builder
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/moby/buildkit/frontend/dockerfile/shell"
+	"github.com/sirupsen/logrus"
+
+	"github.com/lbuild/lbuild/builder/progress"
+	"github.com/lbuild/lbuild/cache"
+	"github.com/lbuild/lbuild/cache/store"
+	"github.com/lbuild/lbuild/parser"
+	"github.com/lbuild/lbuild/snapshot"
+)
+
+// DefaultPath is the PATH an image gets when its base sets none, as docker does.
+const DefaultPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+// Options describe one build.
+type Options struct {
+	Dockerfile string            // path of the Dockerfile; default ContextDir/Dockerfile
+	ContextDir string            // the build context
+	Tags       []string          // names to tag the result with
+	BuildArgs  map[string]string // --build-arg values
+	Target     string            // stage to build; "" = the last
+	NoCache    bool              // skip cache lookups (results are still recorded)
+	Network    string            // default network for RUN: "host" (default) or "none"
+	Secrets    map[string]string // RUN --mount=type=secret sources: id -> host file
+	Runtime    string            // OCI runtime for RUN; "" = runc from PATH
+	Progress   progress.Writer   // nil = discard
+	// Now returns the time recorded for steps built now; nil = time.Now.
+	Now func() time.Time
+}
+
+// Result is what a build made.
+type Result struct {
+	Image *store.Image
+	Steps []StepResult
+}
+
+// StepResult tells what happened to one step.
+type StepResult struct {
+	Stage   string
+	Text    string    // the instruction as shown
+	Key     cache.Key // its cache key
+	Cached  bool
+	DiffID  string // "" for a metadata step
+	ChainID string // top snapshot after the step ("" = empty filesystem)
+}
+
+// Build runs the build described by opts against root.
+func (r *Root) Build(ctx context.Context, opts Options) (*Result, error) {
+	b, err := r.newBuild(opts)
+	if err != nil {
+		return nil, err
+	}
+	defer b.close()
+	target, err := b.df.Target(opts.Target)
+	if err != nil {
+		return nil, err
+	}
+	st, err := b.stage(ctx, target)
+	if err != nil {
+		return nil, err
+	}
+	img, err := b.writeImage(st)
+	if err != nil {
+		return nil, err
+	}
+	for _, t := range opts.Tags {
+		if err := r.Store.Tag(t, img); err != nil {
+			return nil, fmt.Errorf("tag %s: %w", t, err)
+		}
+	}
+	if len(opts.Tags) > 0 {
+		if img, err = r.Store.Image(img.Manifest.Digest); err != nil {
+			return nil, err
+		}
+	}
+	if err := b.files.Save(); err != nil {
+		logrus.Warnf("save file-hash index: %v", err)
+	}
+	b.warnUnusedArgs()
+	return &Result{Image: img, Steps: b.steps}, nil
+}
+
+// build is the state of one Build call.
+type build struct {
+	root     *Root
+	opts     Options
+	df       *parser.Dockerfile
+	lex      *shell.Lex
+	ignore   *parser.Ignore
+	ctxDir   string
+	files    *cache.FileIndex
+	prog     progress.Writer
+	stages   map[int]*stageState // built stages by index
+	building map[int]bool
+	metaArgs []kv // global ARGs with values after --build-arg
+	usedArgs map[string]bool
+	stepNo   int
+	steps    []StepResult
+	seq      atomic.Int64
+	exec     executorFactory
+}
+
+type kv struct{ k, v string }
+
+func (r *Root) newBuild(opts Options) (*build, error) {
+	if opts.ContextDir == "" {
+		opts.ContextDir = "."
+	}
+	ctxDir, err := filepath.Abs(opts.ContextDir)
+	if err != nil {
+		return nil, err
+	}
+	if fi, err := os.Stat(ctxDir); err != nil || !fi.IsDir() {
+		return nil, fmt.Errorf("build context %s is not a directory: pass the context directory as the last argument", opts.ContextDir)
+	}
+	if opts.Dockerfile == "" {
+		opts.Dockerfile = filepath.Join(opts.ContextDir, "Dockerfile")
+	}
+	df, err := parser.ParseFile(opts.Dockerfile)
+	if err != nil {
+		return nil, err
+	}
+	ig, err := parser.LoadIgnore(ctxDir, opts.Dockerfile)
+	if err != nil {
+		return nil, err
+	}
+	files, err := cache.OpenFileIndex(r.fileIndexPath())
+	if err != nil {
+		return nil, err
+	}
+	if opts.Progress == nil {
+		opts.Progress = progress.NewPlain(discard{})
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.Network == "" {
+		opts.Network = "host"
+	}
+	b := &build{
+		root: r, opts: opts, df: df, lex: df.Lex(), ignore: ig, ctxDir: ctxDir, files: files,
+		prog: opts.Progress, stages: map[int]*stageState{}, building: map[int]bool{}, usedArgs: map[string]bool{},
+	}
+	// Global ARGs: defaults expanded against the ones before, overridden by --build-arg.
+	for _, a := range df.MetaArgs {
+		for _, arg := range a.Args {
+			b.usedArgs[arg.Key] = true
+			if v, ok := opts.BuildArgs[arg.Key]; ok {
+				b.metaArgs = setKV(b.metaArgs, arg.Key, v)
+			} else if arg.Value != nil {
+				v, _, err := b.lex.ProcessWord(*arg.Value, shell.EnvsFromSlice(kvSlice(b.metaArgs)))
+				if err != nil {
+					return nil, df.At(&a, err)
+				}
+				b.metaArgs = setKV(b.metaArgs, arg.Key, v)
+			}
+		}
+	}
+	return b, nil
+}
+
+func (b *build) close() {}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
+
+func (b *build) warnUnusedArgs() {
+	var unused []string
+	for k := range b.opts.BuildArgs {
+		if !b.usedArgs[k] {
+			unused = append(unused, k)
+		}
+	}
+	if len(unused) > 0 {
+		sort.Strings(unused)
+		logrus.Warnf("one or more build-args %v were not consumed", unused)
+	}
+}
+
+// stageState is a stage being built: the image so far and where its
+// filesystem stands.
+type stageState struct {
+	st      *parser.Stage
+	name    string // shown in progress: the stage name, "stage-N", or "" for a single-stage file
+	cfg     *v1.ConfigFile
+	layers  []v1.Descriptor // one per cfg.RootFS.DiffIDs
+	chainID string          // snapshot chain ID of the top layer ("" = empty)
+	key     cache.Key       // cache key of the last step
+	args    []kv            // ARGs in scope with a value
+	cmdSet  bool            // CMD set in this stage (ENTRYPOINT keeps it)
+	total   int             // steps in the stage, for [name i/n]
+	index   int             // steps done so far
+}
+
+// expandEnv is the environment variables in a Dockerfile word see: the ARGs
+// in scope, overridden by ENV (docker: ENV always wins over an ARG of the same name).
+func (s *stageState) expandEnv() shell.EnvGetter {
+	env := kvSlice(s.args)
+	env = append(env, s.cfg.Config.Env...)
+	return shell.EnvsFromSlice(env)
+}
+
+// runEnv is the environment a RUN step gets: the image's ENV plus the ARGs in
+// scope that ENV does not set.
+func (s *stageState) runEnv() []string {
+	env := append([]string(nil), s.cfg.Config.Env...)
+	for _, a := range s.args {
+		if _, ok := lookupEnv(env, a.k); !ok {
+			env = append(env, a.k+"="+a.v)
+		}
+	}
+	return env
+}
+
+func lookupEnv(env []string, k string) (string, bool) {
+	for i := len(env) - 1; i >= 0; i-- {
+		if n, v, ok := strings.Cut(env[i], "="); ok && n == k {
+			return v, true
+		}
+	}
+	return "", false
+}
+
+func setEnv(env []string, k, v string) []string {
+	for i, e := range env {
+		if n, _, _ := strings.Cut(e, "="); n == k {
+			env[i] = k + "=" + v
+			return env
+		}
+	}
+	return append(env, k+"="+v)
+}
+
+func setKV(l []kv, k, v string) []kv {
+	for i := range l {
+		if l[i].k == k {
+			l[i].v = v
+			return l
+		}
+	}
+	return append(l, kv{k, v})
+}
+
+func kvSlice(l []kv) []string {
+	out := make([]string, len(l))
+	for i, a := range l {
+		out[i] = a.k + "=" + a.v
+	}
+	return out
+}
+
+func cloneConfig(c *v1.ConfigFile) *v1.ConfigFile {
+	data, err := json.Marshal(c)
+	if err != nil {
+		panic(err) // a ConfigFile always marshals
+	}
+	out := &v1.ConfigFile{}
+	if err := json.Unmarshal(data, out); err != nil {
+		panic(err)
+	}
+	return out
+}
+
+// stage builds stage s (once per build) and returns its final state.
+func (b *build) stage(ctx context.Context, s *parser.Stage) (*stageState, error) {
+	if st, ok := b.stages[s.Index]; ok {
+		return st, nil
+	}
+	if b.building[s.Index] {
+		return nil, &parser.Error{File: b.df.Path, Line: s.Line(), Err: fmt.Errorf("stage %q depends on itself", s.Name)}
+	}
+	b.building[s.Index] = true
+	defer delete(b.building, s.Index)
+
+	st, err := b.from(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range s.Commands {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		if err := b.dispatch(ctx, st, c); err != nil {
+			return nil, b.df.At(c, err)
+		}
+	}
+	b.stages[s.Index] = st
+	return st, nil
+}
+
+// from sets up a stage's state from its FROM line: scratch, an earlier stage,
+// or an image in the store. ONBUILD triggers of the base run right after.
+func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) {
+	name := s.Name
+	if len(b.df.Stages) > 1 && name == "" {
+		name = fmt.Sprintf("stage-%d", s.Index)
+	} else if len(b.df.Stages) == 1 {
+		name = ""
+	}
+	base, _, err := b.lex.ProcessWord(s.BaseName, shell.EnvsFromSlice(kvSlice(b.metaArgs)))
+	if err != nil {
+		return nil, &parser.Error{File: b.df.Path, Line: s.Line(), Err: err}
+	}
+	if base == "" {
+		return nil, &parser.Error{File: b.df.Path, Line: s.Line(), Err: fmt.Errorf("FROM %s expands to an empty base name: pass it with --build-arg", s.BaseName)}
+	}
+	st := &stageState{st: s, name: name, total: len(s.Commands) + 1}
+	var triggers []string
+	text := "FROM " + base
+	switch {
+	case strings.EqualFold(base, "scratch"):
+		st.cfg = &v1.ConfigFile{OS: "linux", Architecture: runtime.GOARCH, RootFS: v1.RootFS{Type: "layers"}}
+		st.key = cache.NewKey("", "FROM scratch", st.cfg.OS+"/"+st.cfg.Architecture)
+	default:
+		if dep, ok := b.df.Stage(base); ok && dep.Index < s.Index {
+			parent, err := b.stage(ctx, dep)
+			if err != nil {
+				return nil, err
+			}
+			st.cfg = cloneConfig(parent.cfg)
+			st.layers = append([]v1.Descriptor(nil), parent.layers...)
+			st.chainID, st.key = parent.chainID, parent.key
+		} else {
+			img, err := b.root.Store.Resolve(base)
+			if errors.Is(err, store.ErrNotFound) {
+				return nil, &parser.Error{File: b.df.Path, Line: s.Line(),
+					Err: fmt.Errorf("base image %q not found in the local store: build or load it first (lbuild images lists what is there)", base)}
+			}
+			if err != nil {
+				return nil, err
+			}
+			st.cfg = cloneConfig(img.Config)
+			st.layers = append([]v1.Descriptor(nil), img.Layers...)
+			st.chainID = chainOf(st.cfg.RootFS.DiffIDs)
+			st.key = cache.NewKey("", "FROM", img.ID.String())
+		}
+		triggers = st.cfg.Config.OnBuild
+		st.cfg.Config.OnBuild = nil
+	}
+	if st.cfg.OS == "" {
+		st.cfg.OS = "linux"
+	}
+	if st.cfg.Architecture == "" {
+		st.cfg.Architecture = runtime.GOARCH
+	}
+	if _, ok := lookupEnv(st.cfg.Config.Env, "PATH"); !ok {
+		st.cfg.Config.Env = append(st.cfg.Config.Env, "PATH="+DefaultPath)
+	}
+	b.stepNo++
+	st.index = 1
+	b.prog.Start(b.stepNo, st.label(text))
+	b.prog.Done(b.stepNo, nil)
+	b.steps = append(b.steps, StepResult{Stage: name, Text: text, Key: st.key, Cached: true, ChainID: st.chainID})
+
+	for _, t := range triggers {
+		c, err := parser.ParseTrigger(t)
+		if err != nil {
+			return nil, &parser.Error{File: b.df.Path, Line: s.Line(), Err: fmt.Errorf("ONBUILD trigger %q of %s: %w", t, base, err)}
+		}
+		st.total++
+		if err := b.dispatch(ctx, st, c); err != nil {
+			return nil, &parser.Error{File: b.df.Path, Line: s.Line(), Err: fmt.Errorf("ONBUILD trigger %q: %w", t, err)}
+		}
+	}
+	return st, nil
+}
+
+func (s *stageState) label(text string) string {
+	if s.name == "" {
+		return fmt.Sprintf("[%d/%d] %s", s.index, s.total, text)
+	}
+	return fmt.Sprintf("[%s %d/%d] %s", s.name, s.index, s.total, text)
+}
+
+func chainOf(diffIDs []v1.Hash) string {
+	chain := ""
+	for _, d := range diffIDs {
+		chain = snapshot.ChainID(chain, d.String())
+	}
+	return chain
+}
+
+// writeImage stores the final state of a stage as an image.
+func (b *build) writeImage(st *stageState) (*store.Image, error) {
+	cfg := cloneConfig(st.cfg)
+	if n := len(cfg.History); n > 0 {
+		cfg.Created = cfg.History[n-1].Created
+	}
+	return b.root.Store.WriteImage(cfg, st.layers)
+}

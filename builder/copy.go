@@ -1,0 +1,579 @@
+package builder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+
+	securejoin "github.com/cyphar/filepath-securejoin"
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+
+	"github.com/lbuild/lbuild/cache"
+	"github.com/lbuild/lbuild/cache/store"
+)
+
+// copySpec is a COPY or ADD after expansion.
+type copySpec struct {
+	add      bool
+	srcs     []string
+	contents []instructions.SourceContent // heredoc sources
+	dest     string
+	from     string
+	chown    string
+	chmod    string
+}
+
+func copyFromCopy(c *instructions.CopyCommand) copySpec {
+	return copySpec{srcs: c.SourcePaths, contents: c.SourceContents, dest: c.DestPath, from: c.From, chown: c.Chown, chmod: c.Chmod}
+}
+
+func copyFromAdd(c *instructions.AddCommand) copySpec {
+	return copySpec{add: true, srcs: c.SourcePaths, contents: c.SourceContents, dest: c.DestPath, chown: c.Chown, chmod: c.Chmod}
+}
+
+func (c copySpec) text() string {
+	var b strings.Builder
+	if c.add {
+		b.WriteString("ADD")
+	} else {
+		b.WriteString("COPY")
+	}
+	for _, f := range [][2]string{{"from", c.from}, {"chown", c.chown}, {"chmod", c.chmod}} {
+		if f[1] != "" {
+			fmt.Fprintf(&b, " --%s=%s", f[0], f[1])
+		}
+	}
+	for _, s := range c.srcs {
+		b.WriteString(" " + s)
+	}
+	for _, s := range c.contents {
+		b.WriteString(" <<" + s.Path)
+	}
+	b.WriteString(" " + c.dest)
+	return b.String()
+}
+
+// group is one source argument resolved: a file (copied under its base name,
+// or as dest itself) or a directory (its contents copied into dest).
+type group struct {
+	dir     bool
+	name    string        // base name of a file source
+	entries []cache.Entry // a dir's tree (Rel relative to it, "." for itself) or the one file (Rel = name)
+	data    *string       // heredoc content instead of a file
+}
+
+func (b *build) dispatchCopy(ctx context.Context, st *stageState, c copySpec) error {
+	text := c.text()
+	mode, err := parseChmod(c.chmod)
+	if err != nil {
+		return err
+	}
+	for _, s := range c.srcs {
+		if isURL(s) {
+			if c.add {
+				return fmt.Errorf("ADD from a URL or git repository (%s) is not supported yet: download it into the build context and COPY it", s)
+			}
+			return fmt.Errorf("COPY cannot take a URL (%s): use ADD, or download it into the build context", s)
+		}
+	}
+	keyParts := []string{text, "workdir=" + st.cfg.Config.WorkingDir}
+
+	var srcRoot string
+	var release func()
+	var ignore = b.ignore
+	switch {
+	case c.from == "":
+		srcRoot = b.ctxDir
+	default:
+		diffIDs, layers, id, err := b.fromSource(ctx, c.from)
+		if err != nil {
+			return err
+		}
+		keyParts = append(keyParts, "from="+id)
+		ignore = nil
+		// The source filesystem is only needed if the step runs.
+		srcRoot = ""
+		release = func() {}
+		defer func() { release() }()
+		getRoot := func(ctx context.Context) (string, error) {
+			dir, rel, err := b.root.view(ctx, diffIDs, layers, fmt.Sprintf("view-%d-%d", os.Getpid(), b.seq.Add(1)))
+			if err != nil {
+				return "", err
+			}
+			release = rel
+			return dir, nil
+		}
+		return b.step(ctx, st, text, keyParts, func(ctx context.Context, root string) error {
+			src, err := getRoot(ctx)
+			if err != nil {
+				return err
+			}
+			groups, err := selectSources(src, nil, c.srcs, false)
+			if err != nil {
+				return err
+			}
+			return copyInto(root, st.cfg.Config.WorkingDir, c, groups, mode)
+		})
+	}
+
+	groups, err := selectSources(srcRoot, ignore, c.srcs, true)
+	if err != nil {
+		return err
+	}
+	for _, hc := range c.contents {
+		data := hc.Data
+		groups = append(groups, group{name: path.Base(hc.Path), data: &data})
+	}
+	var all []cache.Entry
+	for i, g := range groups {
+		if g.data != nil {
+			keyParts = append(keyParts, "heredoc:"+g.name+"\x00"+*g.data)
+			continue
+		}
+		for _, e := range g.entries {
+			e.Rel = strconv.Itoa(i) + "/" + e.Rel
+			all = append(all, e)
+		}
+	}
+	sum, err := cache.Checksum(b.files, all)
+	if err != nil {
+		return fmt.Errorf("checksum sources: %w", err)
+	}
+	keyParts = append(keyParts, "sources="+sum)
+	return b.step(ctx, st, text, keyParts, func(ctx context.Context, root string) error {
+		return copyInto(root, st.cfg.Config.WorkingDir, c, groups, mode)
+	})
+}
+
+// fromSource resolves COPY --from: a stage of this Dockerfile (built first if
+// needed) or an image in the store. It returns the layers and an ID that
+// stands for the content in cache keys.
+func (b *build) fromSource(ctx context.Context, from string) ([]v1Hash, []v1Desc, string, error) {
+	if s, ok := b.df.Stage(from); ok {
+		st, err := b.stage(ctx, s)
+		if err != nil {
+			return nil, nil, "", err
+		}
+		return st.cfg.RootFS.DiffIDs, st.layers, string(st.key), nil
+	}
+	img, err := b.root.Store.Resolve(from)
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, nil, "", fmt.Errorf("COPY --from=%s: no stage or image of that name (stages are named with FROM … AS name)", from)
+	}
+	if err != nil {
+		return nil, nil, "", err
+	}
+	return img.Config.RootFS.DiffIDs, img.Layers, img.ID.String(), nil
+}
+
+func isURL(s string) bool {
+	for _, p := range []string{"http://", "https://", "git@", "git://"} {
+		if strings.HasPrefix(s, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func parseChmod(s string) (os.FileMode, error) {
+	if s == "" {
+		return 0, nil
+	}
+	n, err := strconv.ParseUint(s, 8, 32)
+	if err != nil || n > 0o7777 {
+		return 0, fmt.Errorf("invalid --chmod=%s: use an octal mode such as 755 or 0644", s)
+	}
+	m := os.FileMode(n & 0o777)
+	if n&0o4000 != 0 {
+		m |= os.ModeSetuid
+	}
+	if n&0o2000 != 0 {
+		m |= os.ModeSetgid
+	}
+	if n&0o1000 != 0 {
+		m |= os.ModeSticky
+	}
+	return m | 1<<31, nil // high bit: "set"
+}
+
+const chmodSet = os.FileMode(1 << 31)
+
+func hasGlob(s string) bool { return strings.ContainsAny(s, "*?[") }
+
+// selectSources resolves COPY sources inside root. Every path is taken
+// relative to root ("../x" and "/x" stay inside it) and symlinks are followed
+// within it, so nothing outside root is read. In the build context,
+// .dockerignore'd paths are treated as absent.
+func selectSources(root string, ig ignorer, srcs []string, isContext bool) ([]group, error) {
+	var groups []group
+	for _, src := range srcs {
+		clean := path.Clean("/" + filepath.ToSlash(src))
+		var rels []string
+		if hasGlob(clean) {
+			m, err := globInRoot(root, clean, ig)
+			if err != nil {
+				return nil, err
+			}
+			rels = m
+		} else {
+			rels = []string{strings.TrimPrefix(clean, "/")}
+		}
+		if len(rels) == 0 {
+			return nil, fmt.Errorf("no source files match %q in the build context (or .dockerignore excludes them)", src)
+		}
+		for _, rel := range rels {
+			g, err := resolveSource(root, rel, ig, isContext)
+			if err != nil {
+				return nil, fmt.Errorf("source %q: %w", src, err)
+			}
+			groups = append(groups, g)
+		}
+	}
+	return groups, nil
+}
+
+type ignorer interface {
+	Excluded(rel string) (bool, error)
+	HasExclusions() bool
+}
+
+func excluded(ig ignorer, rel string) (bool, error) {
+	if ig == nil || rel == "" || rel == "." {
+		return false, nil
+	}
+	return ig.Excluded(rel)
+}
+
+// globInRoot lists the root-relative paths matching an absolute pattern,
+// component by component, skipping excluded ones.
+func globInRoot(root, pattern string, ig ignorer) ([]string, error) {
+	parts := strings.Split(strings.TrimPrefix(pattern, "/"), "/")
+	cur := []string{""}
+	for _, p := range parts {
+		var next []string
+		for _, dir := range cur {
+			if !hasGlob(p) {
+				next = append(next, path.Join(dir, p))
+				continue
+			}
+			abs, err := securejoin.SecureJoin(root, dir)
+			if err != nil {
+				return nil, err
+			}
+			ents, err := os.ReadDir(abs)
+			if err != nil {
+				continue
+			}
+			for _, e := range ents {
+				ok, err := path.Match(p, e.Name())
+				if err != nil {
+					return nil, fmt.Errorf("bad pattern %q: %w", pattern, err)
+				}
+				if ok {
+					next = append(next, path.Join(dir, e.Name()))
+				}
+			}
+		}
+		cur = next
+	}
+	var out []string
+	for _, rel := range cur {
+		abs, err := securejoin.SecureJoin(root, rel)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := os.Lstat(abs); err != nil {
+			continue
+		}
+		if ex, err := excluded(ig, rel); err != nil {
+			return nil, err
+		} else if !ex {
+			out = append(out, rel)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}
+
+// resolveSource stats one source (following symlinks within root) and, for a
+// directory, walks its tree in lexical order.
+func resolveSource(root, rel string, ig ignorer, isContext bool) (group, error) {
+	if ex, err := excluded(ig, rel); err != nil {
+		return group{}, err
+	} else if ex {
+		return group{}, errors.New("excluded by .dockerignore")
+	}
+	abs, err := securejoin.SecureJoin(root, rel)
+	if err != nil {
+		return group{}, err
+	}
+	fi, err := os.Lstat(abs)
+	if err != nil {
+		if isContext {
+			return group{}, errors.New("not found in the build context: check the path (it is relative to the context directory)")
+		}
+		return group{}, errors.New("not found in the source image")
+	}
+	if !fi.IsDir() {
+		name := path.Base("/" + rel)
+		return group{name: name, entries: []cache.Entry{{Rel: name, Abs: abs, Info: fi}}}, nil
+	}
+	g := group{dir: true}
+	// Context-relative paths of what we walk, for .dockerignore.
+	base := strings.TrimPrefix(strings.TrimPrefix(abs, root), "/")
+	err = filepath.WalkDir(abs, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		r, _ := filepath.Rel(abs, p)
+		if r != "." {
+			ex, err := excluded(ig, path.Join(base, filepath.ToSlash(r)))
+			if err != nil {
+				return err
+			}
+			if ex {
+				if d.IsDir() && (ig == nil || !ig.HasExclusions()) {
+					return filepath.SkipDir
+				}
+				return nil
+			}
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		g.entries = append(g.entries, cache.Entry{Rel: filepath.ToSlash(r), Abs: p, Info: info})
+		return nil
+	})
+	return g, err
+}
+
+// copyInto copies the groups into the filesystem at root, following docker's
+// destination rules: a dest ending in "/", several sources or a wildcard, or
+// an existing directory means "into this directory"; a relative dest is
+// relative to WORKDIR; missing parents are created.
+func copyInto(root, workdir string, c copySpec, groups []group, mode os.FileMode) error {
+	dest := c.dest
+	if !path.IsAbs(dest) {
+		if workdir == "" {
+			workdir = "/"
+		}
+		dest = path.Join(workdir, dest) + map[bool]string{true: "/"}[strings.HasSuffix(c.dest, "/") || c.dest == "." || strings.HasSuffix(c.dest, "/.")]
+	}
+	uid, gid := uint32(0), uint32(0)
+	if c.chown != "" {
+		var err error
+		if uid, gid, err = resolveUser(root, c.chown, true); err != nil {
+			return fmt.Errorf("--chown=%s: %w", c.chown, err)
+		}
+	}
+	intoDir := strings.HasSuffix(dest, "/") || len(groups) > 1 || anyGlob(c.srcs)
+	destAbs, err := securejoin.SecureJoin(root, dest)
+	if err != nil {
+		return err
+	}
+	if fi, err := os.Stat(destAbs); err == nil && fi.IsDir() {
+		intoDir = true
+	}
+	for _, g := range groups {
+		switch {
+		case g.dir:
+			existed := false
+			if fi, err := os.Stat(destAbs); err == nil && fi.IsDir() {
+				existed = true
+			}
+			if err := mkdirAll(root, dest, uid, gid, c.chown != ""); err != nil {
+				return err
+			}
+			for _, e := range g.entries {
+				if e.Rel == "." && existed {
+					continue // an existing destination keeps its own metadata
+				}
+				if err := copyEntry(root, path.Join(dest, e.Rel), e, uid, gid, mode, c.add); err != nil {
+					return err
+				}
+			}
+		default:
+			target := dest
+			if intoDir {
+				target = path.Join(dest, g.name)
+			}
+			if err := mkdirAll(root, path.Dir(target), uid, gid, c.chown != ""); err != nil {
+				return err
+			}
+			if g.data != nil {
+				if err := writeFile(root, target, strings.NewReader(*g.data), 0o644, uid, gid, mode); err != nil {
+					return err
+				}
+				continue
+			}
+			e := g.entries[0]
+			if c.add && e.Info.Mode().IsRegular() {
+				ok, err := extractArchive(root, dest, e.Abs, uid, gid, c.chown != "")
+				if err != nil {
+					return fmt.Errorf("ADD %s: %w", g.name, err)
+				}
+				if ok {
+					continue
+				}
+			}
+			if err := copyEntry(root, target, e, uid, gid, mode, false); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func anyGlob(srcs []string) bool {
+	for _, s := range srcs {
+		if hasGlob(s) {
+			return true
+		}
+	}
+	return false
+}
+
+// mkdirAll creates dir and its missing parents (mode 0755) inside root;
+// with chown set, the directories it creates get uid:gid.
+func mkdirAll(root, dir string, uid, gid uint32, chown bool) error {
+	dir = path.Clean("/" + dir)
+	if dir == "/" {
+		return nil
+	}
+	if err := mkdirAll(root, path.Dir(dir), uid, gid, chown); err != nil {
+		return err
+	}
+	p, err := securejoin.SecureJoin(root, dir)
+	if err != nil {
+		return err
+	}
+	fi, err := os.Stat(p)
+	if err == nil {
+		if !fi.IsDir() {
+			return fmt.Errorf("cannot create directory %s: a file of that name exists in the image", dir)
+		}
+		return nil
+	}
+	if err := os.Mkdir(p, 0o755); err != nil && !os.IsExist(err) {
+		return err
+	}
+	if chown {
+		return os.Lchown(p, int(uid), int(gid))
+	}
+	return nil
+}
+
+// copyEntry copies one file, dir or symlink to target (absolute in root),
+// giving it uid:gid, the source mode (or --chmod) and the source mtime.
+func copyEntry(root, target string, e cache.Entry, uid, gid uint32, chmod os.FileMode, _ bool) error {
+	p, err := securejoin.SecureJoin(root, target)
+	if err != nil {
+		return err
+	}
+	if target == "/" {
+		p = root
+	}
+	fi := e.Info
+	m := fi.Mode()
+	switch {
+	case m.IsDir():
+		if cur, err := os.Lstat(p); err == nil && !cur.IsDir() {
+			if err := os.Remove(p); err != nil {
+				return err
+			}
+		}
+		if err := os.Mkdir(p, 0o755); err != nil && !os.IsExist(err) {
+			return err
+		}
+	case m&os.ModeSymlink != 0:
+		link, err := os.Readlink(e.Abs)
+		if err != nil {
+			return err
+		}
+		if err := removeNonDir(p); err != nil {
+			return err
+		}
+		if err := os.Symlink(link, p); err != nil {
+			return err
+		}
+		if err := os.Lchown(p, int(uid), int(gid)); err != nil {
+			return err
+		}
+		return nil
+	case m.IsRegular():
+		f, err := os.Open(e.Abs)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		return writeFile(root, target, f, m, uid, gid, chmod, fi)
+	default:
+		return nil // devices, sockets and pipes in a context are skipped, as BuildKit does
+	}
+	if err := os.Lchown(p, int(uid), int(gid)); err != nil {
+		return err
+	}
+	if err := os.Chmod(p, applyMode(m, chmod)); err != nil {
+		return err
+	}
+	return os.Chtimes(p, fi.ModTime(), fi.ModTime())
+}
+
+func applyMode(src, chmod os.FileMode) os.FileMode {
+	if chmod&chmodSet != 0 {
+		return chmod &^ chmodSet
+	}
+	return src & (os.ModePerm | os.ModeSetuid | os.ModeSetgid | os.ModeSticky)
+}
+
+func removeNonDir(p string) error {
+	cur, err := os.Lstat(p)
+	if err != nil {
+		return nil
+	}
+	if cur.IsDir() {
+		return fmt.Errorf("cannot overwrite directory %s with a file", p)
+	}
+	return os.Remove(p)
+}
+
+// writeFile writes r to target inside root (replacing a file, never a dir).
+func writeFile(root, target string, r io.Reader, m os.FileMode, uid, gid uint32, chmod os.FileMode, src ...os.FileInfo) error {
+	p, err := securejoin.SecureJoin(root, target)
+	if err != nil {
+		return err
+	}
+	if err := removeNonDir(p); err != nil {
+		return err
+	}
+	out, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, r); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Close(); err != nil {
+		return err
+	}
+	if err := os.Lchown(p, int(uid), int(gid)); err != nil {
+		return err
+	}
+	if err := os.Chmod(p, applyMode(m, chmod)); err != nil {
+		return err
+	}
+	if len(src) > 0 {
+		return os.Chtimes(p, src[0].ModTime(), src[0].ModTime())
+	}
+	return nil
+}

@@ -1,0 +1,453 @@
+package builder
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	securejoin "github.com/cyphar/filepath-securejoin"
+	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	bkparser "github.com/moby/buildkit/frontend/dockerfile/parser"
+	"golang.org/x/sys/unix"
+
+	"github.com/lbuild/lbuild/builder/executor"
+	"github.com/lbuild/lbuild/cache"
+)
+
+// executorFactory makes the RUN executor once per build, on first use, so a
+// build without RUN never needs runc.
+type executorFactory struct {
+	once sync.Once
+	ex   executor.Executor
+	err  error
+}
+
+func (b *build) executor() (executor.Executor, error) {
+	b.exec.once.Do(func() {
+		r, err := executor.NewRunc(b.opts.Runtime, b.root.RunDir())
+		if err != nil {
+			if errors.Is(err, executor.ErrRuntimeNotFound) {
+				err = fmt.Errorf("RUN needs an OCI runtime: %w", err)
+			}
+			b.exec.err = err
+			return
+		}
+		if err := r.Cleanup(context.Background()); err != nil {
+			b.exec.err = fmt.Errorf("clean up runtime state: %w", err)
+			return
+		}
+		b.exec.ex = r
+	})
+	return b.exec.ex, b.exec.err
+}
+
+// runArgs turns a RUN's command line into argv: shell form through SHELL
+// (default /bin/sh -c), exec form as given, heredocs as BuildKit runs them (a
+// lone heredoc with a shebang becomes a script file; a lone heredoc without
+// one runs in the shell; anything else is handed to the shell whole).
+func (st *stageState) runArgs(c *instructions.RunCommand) (args []string, script *instructions.ShellInlineFile, err error) {
+	args = c.CmdLine
+	if len(c.Files) > 0 {
+		if len(args) != 1 || !c.PrependShell {
+			return nil, nil, fmt.Errorf("invalid heredoc RUN: %v", args)
+		}
+		if hd := bkparser.MustParseHeredoc(args[0]); hd != nil {
+			f := c.Files[0]
+			data := f.Data
+			if f.Chomp {
+				data = bkparser.ChompHeredocContent(data)
+			}
+			if strings.HasPrefix(data, "#!") {
+				f.Data = data
+				script = &f
+				args = []string{path.Join("/dev/pipes", f.Name)}
+			} else {
+				args = []string{data}
+			}
+		} else {
+			var sb strings.Builder
+			sb.WriteString(args[0])
+			for _, f := range c.Files {
+				sb.WriteString("\n" + f.Data + f.Name)
+			}
+			args = []string{sb.String()}
+		}
+	}
+	return st.withShell(args, c.PrependShell), script, nil
+}
+
+// runMount is a RUN --mount resolved for the cache key and for execution.
+type runMount struct {
+	m   *instructions.Mount
+	key string // what of it goes into the cache key
+	// prepare returns the executor mount, and a release function.
+	prepare func(ctx context.Context, uid, gid uint32) (executor.Mount, func(), error)
+}
+
+func (b *build) dispatchRun(ctx context.Context, st *stageState, c *instructions.RunCommand) error {
+	args, script, err := st.runArgs(c)
+	if err != nil {
+		return err
+	}
+	network := b.opts.Network
+	switch n := instructions.GetNetwork(c); n {
+	case "", "default":
+	case "none", "host":
+		network = n
+	default:
+		return fmt.Errorf("RUN --network=%s is not supported: use none or host", n)
+	}
+	var mounts []runMount
+	for _, m := range instructions.GetMounts(c) {
+		rm, err := b.runMount(ctx, m)
+		if err != nil {
+			return err
+		}
+		if rm != nil {
+			mounts = append(mounts, *rm)
+		}
+	}
+	env := st.runEnv()
+	text := "RUN " + strings.Join(args, " ")
+	argv, _ := json.Marshal(args)
+	envJSON, _ := json.Marshal(env)
+	keyParts := []string{"RUN", string(argv), "env=" + string(envJSON), "workdir=" + st.cfg.Config.WorkingDir,
+		"user=" + st.cfg.Config.User, "network=" + network}
+	if script != nil {
+		keyParts = append(keyParts, "script="+script.Data)
+	}
+	for _, m := range mounts {
+		keyParts = append(keyParts, "mount="+m.key)
+	}
+	cwd := st.cfg.Config.WorkingDir
+	if cwd == "" {
+		cwd = "/"
+	}
+	user := st.cfg.Config.User
+	return b.step(ctx, st, text, keyParts, func(ctx context.Context, root string) error {
+		ex, err := b.executor()
+		if err != nil {
+			return err
+		}
+		uid, gid := uint32(0), uint32(0)
+		var groups []uint32
+		if user != "" {
+			if uid, gid, err = resolveUser(root, user, false); err != nil {
+				return fmt.Errorf("USER %s: %w", user, err)
+			}
+			groups = supplementaryGroups(root, user)
+		}
+		meta := executor.Meta{Args: args, Env: env, Cwd: cwd, UID: uid, GID: gid, AdditionalGids: groups, Network: network}
+		for _, m := range mounts {
+			em, release, err := m.prepare(ctx, uid, gid)
+			if err != nil {
+				return err
+			}
+			defer release()
+			if em.Type == "secret-env" {
+				meta.Env = append(meta.Env, em.Destination+"="+em.Source)
+				continue
+			}
+			meta.Mounts = append(meta.Mounts, em)
+		}
+		if script != nil {
+			dir, err := os.MkdirTemp(b.root.RunDir(), "heredoc-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(dir)
+			p := filepath.Join(dir, script.Name)
+			if err := os.WriteFile(p, []byte(script.Data), 0o755); err != nil {
+				return err
+			}
+			meta.Mounts = append(meta.Mounts, executor.Mount{Type: "bind", Source: p, Destination: args[len(args)-1], Options: []string{"ro"}})
+		}
+		out := &lineWriter{emit: func(line string) { b.prog.Log(b.stepNo, line) }}
+		meta.Stdout, meta.Stderr = out, out
+		err = ex.Run(ctx, root, meta)
+		out.flush()
+		var ee *executor.ExitError
+		if errors.As(err, &ee) {
+			return fmt.Errorf("RUN %s: exit code %d%s", strings.Join(args, " "), ee.Code, out.tailText())
+		}
+		return err
+	})
+}
+
+// runMount resolves one RUN --mount. Cache mounts live in the store root and
+// never in a layer; bind mounts come from the context or a stage, read-only
+// unless rw (then a private copy); secrets are bind-mounted files whose
+// content never reaches a key, a layer or the history.
+func (b *build) runMount(ctx context.Context, m *instructions.Mount) (*runMount, error) {
+	target := m.Target
+	if m.Type == instructions.MountTypeSecret {
+		id := m.CacheID
+		if id == "" {
+			id = path.Base(target)
+		}
+		if target == "" && m.Env == nil {
+			target = "/run/secrets/" + id
+		}
+		m.CacheID, m.Target = id, target
+		if target == "" {
+			target = "/" // env-only secret: no file is mounted
+		}
+	}
+	if !path.IsAbs(target) {
+		return nil, fmt.Errorf("--mount target %q must be an absolute path", target)
+	}
+	switch m.Type {
+	case instructions.MountTypeCache:
+		id := m.CacheID
+		if id == "" {
+			id = target
+		}
+		sharing := string(m.CacheSharing)
+		if sharing == "" {
+			sharing = "shared"
+		}
+		sum := sha256.Sum256([]byte(id))
+		dir := filepath.Join(b.root.CacheMountDir(), hex.EncodeToString(sum[:16]))
+		mode := os.FileMode(0o755)
+		if m.Mode != nil {
+			mode = os.FileMode(*m.Mode)
+		}
+		return &runMount{m: m, key: fmt.Sprintf("cache,target=%s,id=%s,sharing=%s,ro=%v", target, id, sharing, m.ReadOnly),
+			prepare: func(ctx context.Context, uid, gid uint32) (executor.Mount, func(), error) {
+				if err := os.MkdirAll(b.root.CacheMountDir(), 0o700); err != nil {
+					return executor.Mount{}, nil, err
+				}
+				if err := os.Mkdir(dir, mode); err == nil {
+					u, g := uint32(0), uint32(0)
+					if m.UID != nil {
+						u = uint32(*m.UID)
+					}
+					if m.GID != nil {
+						g = uint32(*m.GID)
+					}
+					os.Chown(dir, int(u), int(g))
+					os.Chmod(dir, mode)
+				} else if !os.IsExist(err) {
+					return executor.Mount{}, nil, err
+				}
+				release := func() {}
+				src := dir
+				switch sharing {
+				case "locked", "private":
+					lf, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR, 0o600)
+					if err != nil {
+						return executor.Mount{}, nil, err
+					}
+					how := unix.LOCK_EX
+					if sharing == "private" {
+						how |= unix.LOCK_NB
+					}
+					if err := unix.Flock(int(lf.Fd()), how); err != nil {
+						lf.Close()
+						// private: another build holds it; use a fresh directory of our own.
+						tmp, err := os.MkdirTemp(b.root.CacheMountDir(), "private-")
+						if err != nil {
+							return executor.Mount{}, nil, err
+						}
+						src = tmp
+						release = func() { os.RemoveAll(tmp) }
+						break
+					}
+					release = func() { lf.Close() }
+				}
+				opts := []string{"rbind"}
+				if m.ReadOnly {
+					opts = append(opts, "ro")
+				}
+				return executor.Mount{Type: "bind", Source: src, Destination: target, Options: opts}, release, nil
+			}}, nil
+	case instructions.MountTypeTmpfs:
+		opts := []string{"nosuid", "nodev"}
+		if m.SizeLimit > 0 {
+			opts = append(opts, "size="+strconv.FormatInt(m.SizeLimit, 10))
+		}
+		return &runMount{m: m, key: "tmpfs,target=" + target, prepare: func(context.Context, uint32, uint32) (executor.Mount, func(), error) {
+			return executor.Mount{Type: "tmpfs", Source: "tmpfs", Destination: target, Options: opts}, func() {}, nil
+		}}, nil
+	case instructions.MountTypeSecret:
+		id := m.CacheID
+		src, ok := b.opts.Secrets[id]
+		if !ok {
+			if m.Required {
+				return nil, fmt.Errorf("secret %q is required: pass it with --secret id=%s,src=FILE", id, id)
+			}
+			return nil, nil
+		}
+		envName := ""
+		if m.Env != nil {
+			envName = *m.Env
+		}
+		// The key holds the secret's id and where it goes: never its content.
+		return &runMount{m: m, key: fmt.Sprintf("secret,id=%s,target=%s,env=%s", id, m.Target, envName),
+			prepare: func(context.Context, uint32, uint32) (executor.Mount, func(), error) {
+				if envName != "" && m.Target == "" {
+					data, err := os.ReadFile(src)
+					if err != nil {
+						return executor.Mount{}, nil, fmt.Errorf("secret %s: %w", id, err)
+					}
+					return executor.Mount{Type: "secret-env", Source: string(data), Destination: envName}, func() {}, nil
+				}
+				if _, err := os.Stat(src); err != nil {
+					return executor.Mount{}, nil, fmt.Errorf("secret %s: %w", id, err)
+				}
+				return executor.Mount{Type: "bind", Source: src, Destination: target, Options: []string{"rbind", "ro"}}, func() {}, nil
+			}}, nil
+	case instructions.MountTypeBind:
+		return b.bindMount(ctx, m)
+	}
+	return nil, fmt.Errorf("RUN --mount=type=%s is not supported: use cache, bind, tmpfs or secret", m.Type)
+}
+
+// bindMount resolves --mount=type=bind from the context (keyed by content)
+// or from a stage or image (keyed by its ID).
+func (b *build) bindMount(ctx context.Context, m *instructions.Mount) (*runMount, error) {
+	src := m.Source
+	if src == "" {
+		src = "/"
+	}
+	rw := !m.ReadOnly
+	var key string
+	var getRoot func(ctx context.Context) (string, func(), error)
+	if m.From == "" {
+		groups, err := selectSources(b.ctxDir, b.ignore, []string{src}, true)
+		if err != nil {
+			return nil, fmt.Errorf("--mount source %q: %w", src, err)
+		}
+		var all []cache.Entry
+		for _, g := range groups {
+			all = append(all, g.entries...)
+		}
+		sum, err := cache.Checksum(b.files, all)
+		if err != nil {
+			return nil, err
+		}
+		key = "context:" + sum
+		getRoot = func(context.Context) (string, func(), error) { return b.ctxDir, func() {}, nil }
+	} else {
+		diffIDs, layers, id, err := b.fromSource(ctx, m.From)
+		if err != nil {
+			return nil, err
+		}
+		key = "from:" + id
+		getRoot = func(ctx context.Context) (string, func(), error) {
+			return b.root.view(ctx, diffIDs, layers, fmt.Sprintf("view-%d-%d", os.Getpid(), b.seq.Add(1)))
+		}
+	}
+	return &runMount{m: m, key: fmt.Sprintf("bind,target=%s,source=%s,rw=%v,%s", m.Target, src, rw, key),
+		prepare: func(ctx context.Context, _, _ uint32) (executor.Mount, func(), error) {
+			root, release, err := getRoot(ctx)
+			if err != nil {
+				return executor.Mount{}, nil, err
+			}
+			p, err := securejoin.SecureJoin(root, src)
+			if err != nil {
+				release()
+				return executor.Mount{}, nil, err
+			}
+			if !rw {
+				return executor.Mount{Type: "bind", Source: p, Destination: m.Target, Options: []string{"rbind", "ro"}}, release, nil
+			}
+			// rw: writes go to a private copy and are discarded, as in BuildKit.
+			tmp, err := os.MkdirTemp(b.root.RunDir(), "bind-")
+			if err != nil {
+				release()
+				return executor.Mount{}, nil, err
+			}
+			dst := filepath.Join(tmp, "src")
+			if out, err := exec.Command("cp", "-a", p, dst).CombinedOutput(); err != nil {
+				release()
+				os.RemoveAll(tmp)
+				return executor.Mount{}, nil, fmt.Errorf("copy bind source: %v: %s", err, out)
+			}
+			release()
+			return executor.Mount{Type: "bind", Source: dst, Destination: m.Target, Options: []string{"rbind"}}, func() { os.RemoveAll(tmp) }, nil
+		}}, nil
+}
+
+// supplementaryGroups lists the gids of the groups in /etc/group that name user as a member.
+func supplementaryGroups(root, user string) []uint32 {
+	name, _, _ := strings.Cut(user, ":")
+	var out []uint32
+	scanDB(root, "/etc/group", func(f []string) bool {
+		if len(f) < 4 {
+			return false
+		}
+		for _, m := range strings.Split(f[3], ",") {
+			if m == name {
+				if g, err := strconv.ParseUint(f[2], 10, 32); err == nil {
+					out = append(out, uint32(g))
+				}
+			}
+		}
+		return false
+	})
+	return out
+}
+
+// lineWriter splits a step's output into lines for the progress view and
+// keeps the last ones for the error message.
+type lineWriter struct {
+	mu   sync.Mutex
+	buf  bytes.Buffer
+	tail []string
+	emit func(string)
+}
+
+const tailLines = 10
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.buf.Write(p)
+	for {
+		line, err := w.buf.ReadString('\n')
+		if err != nil {
+			w.buf.WriteString(line)
+			break
+		}
+		w.line(strings.TrimRight(line, "\r\n"))
+	}
+	return len(p), nil
+}
+
+func (w *lineWriter) line(s string) {
+	w.emit(s)
+	w.tail = append(w.tail, s)
+	if len(w.tail) > tailLines {
+		w.tail = w.tail[1:]
+	}
+}
+
+func (w *lineWriter) flush() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.buf.Len() > 0 {
+		w.line(w.buf.String())
+		w.buf.Reset()
+	}
+}
+
+func (w *lineWriter) tailText() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.tail) == 0 {
+		return ""
+	}
+	return "; last output:\n  " + strings.Join(w.tail, "\n  ")
+}

@@ -1,0 +1,338 @@
+package builder
+
+import (
+	"archive/tar"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lbuild/lbuild/builder/progress"
+)
+
+func needRunc(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("runc"); err != nil {
+		t.Skip("runc not installed")
+	}
+}
+
+// runtimeArtefacts are paths the runtime creates in a rootfs; the busybox
+// base has none of them, so none may show up in a RUN layer.
+var runtimeArtefacts = []string{"proc/", "sys/", "dev/", "etc/hosts", "etc/resolv.conf", "etc/hostname", "run/", "run/secrets/"}
+
+func assertNoArtefacts(t *testing.T, es []entry) {
+	t.Helper()
+	for _, e := range es {
+		for _, a := range runtimeArtefacts {
+			if e.name == a {
+				t.Errorf("runtime artefact %s in layer: %v", a, names(es))
+			}
+		}
+	}
+}
+
+func TestRunFilesystemChanges(t *testing.T) {
+	needRunc(t)
+	r := openRoot(t)
+	withBusybox(t, r)
+	dir := t.TempDir()
+	res, out := mustBuild(t, r, dir, `FROM local/busybox
+RUN mkdir -p /data/keep /data/gone && echo one > /data/keep/a && echo bye > /data/gone/x && echo old > /etc/motd
+RUN echo changed > /data/keep/a && rm /etc/motd && rm -rf /data/gone && mkdir /data/gone && touch /data/gone/new \
+ && chmod 700 /data/keep && chown 1000:50 /data/keep/a && ln -s /data/keep/a /link && ln /data/keep/a /data/hard
+`)
+	first := layerEntries(t, r, res.Steps[1].DiffID)
+	if e, ok := find(first, "data/keep/a"); !ok || e.body != "one\n" {
+		t.Errorf("created file: %v", names(first))
+	}
+	assertNoArtefacts(t, first)
+	es := layerEntries(t, r, res.Steps[2].DiffID)
+	assertNoArtefacts(t, es)
+	got := strings.Join(names(es), " ")
+	for _, want := range []string{"data/keep/a", "etc/.wh.motd", "data/gone/.wh..wh..opq", "data/gone/new", "link", "data/hard"} {
+		if !strings.Contains(" "+got+" ", " "+want+" ") {
+			t.Errorf("layer lacks %s: %s", want, got)
+		}
+	}
+	if strings.Contains(got, "data/gone/x") {
+		t.Errorf("opaque dir must not list the lower file: %s", got)
+	}
+	if e, _ := find(es, "data/hard"); e.body != "changed\n" || e.uid != 1000 || e.gid != 50 {
+		t.Errorf("changed file: %+v", e)
+	}
+	if e, _ := find(es, "data/keep/"); e.mode&0o777 != 0o700 {
+		t.Errorf("chmod: %o", e.mode)
+	}
+	if e, _ := find(es, "link"); e.typ != tar.TypeSymlink || e.link != "/data/keep/a" {
+		t.Errorf("symlink: %+v", e)
+	}
+	a, _ := find(es, "data/keep/a")
+	h, _ := find(es, "data/hard")
+	if !(h.typ == tar.TypeLink && h.link == "data/keep/a") && !(a.typ == tar.TypeLink && a.link == "data/hard") {
+		t.Errorf("hard link not kept: a=%+v hard=%+v", a, h)
+	}
+	if !strings.Contains(out, "RUN /bin/sh -c mkdir -p /data/keep") {
+		t.Errorf("progress: %s", out)
+	}
+}
+
+func TestRunConfigEffects(t *testing.T) {
+	needRunc(t)
+	r := openRoot(t)
+	withBusybox(t, r)
+	dir := t.TempDir()
+	res, out := mustBuild(t, r, dir, `FROM local/busybox
+ARG GREETING=hello
+ENV WHO=world PATH=/opt/bin:$PATH
+WORKDIR /work/dir
+USER app
+RUN echo "$GREETING $WHO $PATH" > out.txt && pwd >> out.txt && id -u >> out.txt && id -G >> out.txt
+USER root
+SHELL ["/bin/sh", "-ec"]
+RUN echo via-shell > /shell.txt
+RUN ["/bin/sh", "-c", "echo exec-form > /exec.txt"]
+`, func(o *Options) { o.Progress = progress.NewPlain(&strings.Builder{}) })
+	_ = out
+	var runs []StepResult
+	for _, s := range res.Steps {
+		if strings.HasPrefix(s.Text, "RUN") {
+			runs = append(runs, s)
+		}
+	}
+	if len(runs) != 3 {
+		t.Fatalf("runs: %+v", runs)
+	}
+	e, _ := find(layerEntries(t, r, runs[0].DiffID), "work/dir/out.txt")
+	want := "hello world /opt/bin:/usr/sbin:/usr/bin:/sbin:/bin\n/work/dir\n1000\n1000 50\n" // staff (50) lists app as a member
+	if e.body != want || e.uid != 1000 {
+		t.Errorf("RUN saw %q (uid %d), want %q", e.body, e.uid, want)
+	}
+	if e, _ := find(layerEntries(t, r, runs[1].DiffID), "shell.txt"); e.body != "via-shell\n" {
+		t.Errorf("SHELL form: %+v", e)
+	}
+	if !strings.HasPrefix(runs[1].Text, `RUN /bin/sh -ec echo via-shell`) {
+		t.Errorf("SHELL not applied: %q", runs[1].Text)
+	}
+	if e, _ := find(layerEntries(t, r, runs[2].DiffID), "exec.txt"); e.body != "exec-form\n" {
+		t.Errorf("exec form: %+v", e)
+	}
+}
+
+func TestRunFailure(t *testing.T) {
+	needRunc(t)
+	r := openRoot(t)
+	withBusybox(t, r)
+	dir := t.TempDir()
+	_, _, err := tryBuild(r, dir, "FROM local/busybox\nRUN echo line1 && echo line2 >&2 && exit 7\n")
+	if err == nil {
+		t.Fatal("no error")
+	}
+	msg := err.Error()
+	for _, want := range []string{"Dockerfile:2:", "exit code 7", "line1", "line2"} {
+		if !strings.Contains(msg, want) {
+			t.Errorf("error %q lacks %q", msg, want)
+		}
+	}
+}
+
+// A rebuild hits the cache without executing: a counter in a cache mount
+// proves the RUN ran once; the cache dir persists and is never in a layer.
+func TestRunCacheAndCacheMount(t *testing.T) {
+	needRunc(t)
+	r := openRoot(t)
+	withBusybox(t, r)
+	dir := t.TempDir()
+	df := `FROM local/busybox
+ARG V=1
+RUN --mount=type=cache,target=/cache,id=counter n=$(cat /cache/n 2>/dev/null || echo 0); echo $((n+1)) > /cache/n; echo $((n+1)) > /ran
+RUN echo v=$V > /v.txt
+`
+	first, _ := mustBuild(t, r, dir, df)
+	second, _ := mustBuild(t, r, dir, "")
+	if got := cachedFlags(second); !equalBools(got, []bool{true, true, true}) {
+		t.Fatalf("rebuild cached %v", got)
+	}
+	data, err := os.ReadFile(filepath.Join(r.CacheMountDir(), firstDir(t, r.CacheMountDir()), "n"))
+	if err != nil || string(data) != "1\n" {
+		t.Fatalf("cache mount counter %q %v: the cached rebuild must not execute", data, err)
+	}
+	for _, e := range layerEntries(t, r, first.Steps[2].DiffID) {
+		if strings.HasPrefix(e.name, "cache") {
+			t.Errorf("cache mount content in layer: %s", e.name)
+		}
+	}
+	// An ARG change misses from its first use (the RUN after it), not before.
+	third, _ := mustBuild(t, r, dir, "", func(o *Options) { o.BuildArgs = map[string]string{"V": "2"} })
+	if got := cachedFlags(third); !equalBools(got, []bool{true, false, false}) {
+		t.Fatalf("ARG change: cached %v", got)
+	}
+	if data, _ := os.ReadFile(filepath.Join(r.CacheMountDir(), firstDir(t, r.CacheMountDir()), "n")); string(data) != "2\n" {
+		t.Errorf("cache mount must persist across builds: %q", data)
+	}
+	if e, _ := find(layerEntries(t, r, third.Steps[3].DiffID), "v.txt"); e.body != "v=2\n" {
+		t.Errorf("ARG value in RUN env: %+v", e)
+	}
+}
+
+func firstDir(t *testing.T, dir string) string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range ents {
+		if e.IsDir() {
+			return e.Name()
+		}
+	}
+	t.Fatal("no cache mount dir")
+	return ""
+}
+
+func TestRunNetworkNone(t *testing.T) {
+	needRunc(t)
+	r := openRoot(t)
+	withBusybox(t, r)
+	dir := t.TempDir()
+	res, _ := mustBuild(t, r, dir, "FROM local/busybox\nRUN --network=none ls /sys/class/net > /none.txt\nRUN ls /sys/class/net > /host.txt\n")
+	if e, _ := find(layerEntries(t, r, res.Steps[1].DiffID), "none.txt"); e.body != "lo\n" {
+		t.Errorf("--network=none sees %q", e.body)
+	}
+	if e, _ := find(layerEntries(t, r, res.Steps[2].DiffID), "host.txt"); !strings.Contains(e.body, "lo") {
+		t.Errorf("host network sees %q", e.body)
+	}
+	res, _ = mustBuild(t, r, dir, "FROM local/busybox\nRUN ls /sys/class/net > /net.txt\n", func(o *Options) { o.Network = "none" })
+	if e, _ := find(layerEntries(t, r, res.Steps[1].DiffID), "net.txt"); e.body != "lo\n" {
+		t.Errorf("--network none for the build sees %q", e.body)
+	}
+}
+
+func TestRunSecretAndMounts(t *testing.T) {
+	needRunc(t)
+	r := openRoot(t)
+	withBusybox(t, r)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"src/input.txt": "from context\n"})
+	secret := filepath.Join(t.TempDir(), "token")
+	os.WriteFile(secret, []byte("s3cr3t-value"), 0o600)
+	res, out := mustBuild(t, r, dir, `FROM local/busybox
+RUN --mount=type=secret,id=token wc -c < /run/secrets/token > /secret-len
+RUN --mount=type=bind,source=src,target=/mnt cat /mnt/input.txt > /copied
+RUN --mount=type=tmpfs,target=/scratch echo temp > /scratch/t && ls /scratch > /tmpfs-list
+`, func(o *Options) { o.Secrets = map[string]string{"token": secret} })
+	for _, s := range res.Steps[1:] {
+		for _, e := range layerEntries(t, r, s.DiffID) {
+			if strings.Contains(e.body, "s3cr3t") || strings.HasPrefix(e.name, "run/") || strings.HasPrefix(e.name, "mnt") || strings.HasPrefix(e.name, "scratch") {
+				t.Errorf("mount leaked into layer: %s %q", e.name, e.body)
+			}
+		}
+		assertNoArtefacts(t, layerEntries(t, r, s.DiffID))
+	}
+	if e, _ := find(layerEntries(t, r, res.Steps[1].DiffID), "secret-len"); strings.TrimSpace(e.body) != "12" {
+		t.Errorf("secret not readable: %q", e.body)
+	}
+	if e, _ := find(layerEntries(t, r, res.Steps[2].DiffID), "copied"); e.body != "from context\n" {
+		t.Errorf("bind mount: %q", e.body)
+	}
+	if e, _ := find(layerEntries(t, r, res.Steps[3].DiffID), "tmpfs-list"); e.body != "t\n" {
+		t.Errorf("tmpfs: %q", e.body)
+	}
+	hist, _ := os.ReadFile(r.Store.BlobPath(res.Image.Manifest.Digest))
+	cfg, _ := os.ReadFile(r.Store.BlobPath(res.Image.ID))
+	if strings.Contains(string(hist)+string(cfg)+out, "s3cr3t") {
+		t.Error("secret value in image metadata or output")
+	}
+	// Without the secret (not required) the step runs without it; a required one fails clearly.
+	_, _, err := tryBuild(r, dir, "FROM local/busybox\nRUN --mount=type=secret,id=token,required cat /run/secrets/token\n")
+	if err == nil || !strings.Contains(err.Error(), "--secret id=token") {
+		t.Errorf("missing required secret: %v", err)
+	}
+}
+
+func TestRunHeredoc(t *testing.T) {
+	needRunc(t)
+	r := openRoot(t)
+	withBusybox(t, r)
+	dir := t.TempDir()
+	res, _ := mustBuild(t, r, dir, `FROM local/busybox
+RUN <<EOF
+echo first > /h1
+echo second >> /h1
+EOF
+RUN <<EOF
+#!/bin/sh
+echo "script $0" > /h2
+EOF
+RUN cat <<EOF > /h3
+piped heredoc
+EOF
+`)
+	check := func(step int, name, want string) {
+		if e, _ := find(layerEntries(t, r, res.Steps[step].DiffID), name); e.body != want {
+			t.Errorf("%s = %q, want %q", name, e.body, want)
+		}
+	}
+	check(1, "h1", "first\nsecond\n")
+	// The layer holds exactly what the command wrote: no runtime stubs, and
+	// no directory the runtime only touched (/etc for resolv.conf and hosts).
+	if got := strings.Join(names(layerEntries(t, r, res.Steps[1].DiffID)), " "); got != "h1" {
+		t.Errorf("RUN layer = %q, want just h1", got)
+	}
+	check(2, "h2", "script /dev/pipes/EOF\n")
+	check(3, "h3", "piped heredoc\n")
+	for _, s := range res.Steps[1:] {
+		assertNoArtefacts(t, layerEntries(t, r, s.DiffID))
+	}
+}
+
+// Ctrl-C: a cancelled build stops the container and leaves no mount and no
+// runtime container behind.
+func TestRunInterrupted(t *testing.T) {
+	needRunc(t)
+	r := openRoot(t)
+	withBusybox(t, r)
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte("FROM local/busybox\nRUN touch /started && sleep 60\n"), 0o644)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := r.Build(ctx, Options{ContextDir: dir})
+		done <- err
+	}()
+	time.Sleep(700 * time.Millisecond)
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Errorf("want context.Canceled, got %v", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("cancelled build did not stop")
+	}
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	if strings.Contains(string(mi), r.Dir) {
+		t.Errorf("mounts left under %s:\n%s", r.Dir, mi)
+	}
+	out, err := exec.Command("runc", "--root", filepath.Join(r.RunDir(), "runc"), "list", "-q").CombinedOutput()
+	if err == nil && strings.TrimSpace(string(out)) != "" {
+		t.Errorf("runtime containers left: %s", out)
+	}
+}
+
+func TestRunWithoutRuntime(t *testing.T) {
+	r := openRoot(t)
+	dir := t.TempDir()
+	t.Setenv("PATH", t.TempDir())
+	_, _, err := tryBuild(r, dir, "FROM scratch\nRUN true\n")
+	if err == nil || !strings.Contains(err.Error(), "apt-get install runc") || !strings.Contains(err.Error(), "Dockerfile:2") {
+		t.Errorf("without runc: %v", err)
+	}
+	// Builds without RUN still work.
+	writeFiles(t, dir, map[string]string{"a": "a"})
+	mustBuild(t, r, dir, "FROM scratch\nCOPY a /a\n")
+}

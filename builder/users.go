@@ -1,0 +1,120 @@
+package builder
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	securejoin "github.com/cyphar/filepath-securejoin"
+)
+
+// resolveUser turns "user[:group]" (names or numbers) into uid and gid using
+// the /etc/passwd and /etc/group of the filesystem at root, as docker does: a
+// user name takes its primary group from /etc/passwd; a bare uid keeps gid = uid
+// (COPY --chown) unless primaryGID is set (RUN/USER use gid 0 for unknown uids).
+func resolveUser(root, spec string, bareUIDGroup bool) (uid, gid uint32, err error) {
+	user, group, hasGroup := strings.Cut(spec, ":")
+	if user == "" {
+		return 0, 0, fmt.Errorf("invalid user %q: use user[:group] with names or numeric ids", spec)
+	}
+	if n, err := strconv.ParseUint(user, 10, 32); err == nil {
+		uid = uint32(n)
+		gid = 0
+		if bareUIDGroup {
+			gid = uid
+		}
+		if ent, ok := lookupID(root, "/etc/passwd", uid); ok {
+			gid = ent
+		}
+	} else {
+		u, g, ok, err := lookupName(root, "/etc/passwd", user)
+		if err != nil {
+			return 0, 0, err
+		}
+		if !ok {
+			return 0, 0, fmt.Errorf("unknown user %q: no such user in the image's /etc/passwd (use a numeric uid or create the user first)", user)
+		}
+		uid, gid = u, g
+	}
+	if hasGroup {
+		if n, err := strconv.ParseUint(group, 10, 32); err == nil {
+			gid = uint32(n)
+		} else {
+			g, _, ok, err := lookupName(root, "/etc/group", group)
+			if err != nil {
+				return 0, 0, err
+			}
+			if !ok {
+				return 0, 0, fmt.Errorf("unknown group %q: no such group in the image's /etc/group (use a numeric gid or create the group first)", group)
+			}
+			gid = g
+		}
+	}
+	return uid, gid, nil
+}
+
+// lookupName finds name in a passwd-style file: fields 3 and 4 (passwd: uid,
+// gid) or field 3 (group: gid).
+func lookupName(root, file, name string) (id, gid uint32, ok bool, err error) {
+	err = scanDB(root, file, func(f []string) bool {
+		if f[0] != name || len(f) < 3 {
+			return false
+		}
+		n, e := strconv.ParseUint(f[2], 10, 32)
+		if e != nil {
+			return false
+		}
+		id, ok = uint32(n), true
+		if len(f) > 3 {
+			if g, e := strconv.ParseUint(f[3], 10, 32); e == nil {
+				gid = uint32(g)
+			}
+		}
+		return true
+	})
+	return id, gid, ok, err
+}
+
+// lookupID finds the primary gid of uid in /etc/passwd.
+func lookupID(root, file string, uid uint32) (uint32, bool) {
+	var gid uint32
+	found := false
+	scanDB(root, file, func(f []string) bool {
+		if len(f) < 4 || f[2] != strconv.FormatUint(uint64(uid), 10) {
+			return false
+		}
+		if g, e := strconv.ParseUint(f[3], 10, 32); e == nil {
+			gid, found = uint32(g), true
+		}
+		return true
+	})
+	return gid, found
+}
+
+func scanDB(root, file string, fn func([]string) bool) error {
+	p, err := securejoin.SecureJoin(root, file)
+	if err != nil {
+		return err
+	}
+	f, err := os.Open(p)
+	if os.IsNotExist(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if fn(strings.Split(line, ":")) {
+			return nil
+		}
+	}
+	return sc.Err()
+}
