@@ -1,0 +1,2 @@
+#!/bin/sh
+echo "Hello, @NAME@! (built by a RUN step in lbuild)"
