@@ -10,7 +10,6 @@ import (
 	"runtime"
 	"sort"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -111,8 +110,8 @@ type build struct {
 	usedArgs map[string]bool
 	stepNo   int
 	steps    []StepResult
-	seq      atomic.Int64
-	exec     executorFactory
+
+	exec executorFactory
 }
 
 type kv struct{ k, v string }
@@ -381,7 +380,12 @@ func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) 
 	return st, nil
 }
 
+// label is a step's progress line: one line, so a heredoc shows its first
+// line and an ellipsis.
 func (s *stageState) label(text string) string {
+	if i := strings.IndexByte(text, '\n'); i >= 0 {
+		text = text[:i] + " …"
+	}
 	if s.name == "" {
 		return fmt.Sprintf("[%d/%d] %s", s.index, s.total, text)
 	}

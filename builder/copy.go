@@ -104,7 +104,7 @@ func (b *build) dispatchCopy(ctx context.Context, st *stageState, c copySpec) er
 		release = func() {}
 		defer func() { release() }()
 		getRoot := func(ctx context.Context) (string, error) {
-			dir, rel, err := b.root.view(ctx, diffIDs, layers, fmt.Sprintf("view-%d-%d", os.Getpid(), b.seq.Add(1)))
+			dir, rel, err := b.root.view(ctx, diffIDs, layers, fmt.Sprintf("view-%d-%d", os.Getpid(), activeSeq.Add(1)))
 			if err != nil {
 				return "", err
 			}

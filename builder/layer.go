@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sync/atomic"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/klauspost/compress/gzip"
@@ -21,7 +22,7 @@ func (b *build) commitLayer(ctx context.Context, st *stageState, fn layerFunc) (
 	if err := b.root.ensureChain(ctx, st.cfg.RootFS.DiffIDs, st.layers); err != nil {
 		return v1.Hash{}, 0, err
 	}
-	key := fmt.Sprintf("build-%d-%d", os.Getpid(), b.seq.Add(1))
+	key := fmt.Sprintf("build-%d-%d", os.Getpid(), activeSeq.Add(1))
 	dir, err := b.root.Snaps.Prepare(ctx, key, st.chainID)
 	if err != nil {
 		return v1.Hash{}, 0, fmt.Errorf("prepare snapshot: %w", err)
@@ -118,3 +119,7 @@ func (r *Root) view(ctx context.Context, diffIDs []v1.Hash, layers []v1.Descript
 	}
 	return dir, func() { r.Snaps.Remove(context.Background(), key) }, nil
 }
+
+// activeSeq numbers the active snapshots (and views) this process makes;
+// with the pid it makes their keys unique across builds and processes.
+var activeSeq atomic.Int64

@@ -346,7 +346,7 @@ func (b *build) bindMount(ctx context.Context, m *instructions.Mount) (*runMount
 		}
 		key = "from:" + id
 		getRoot = func(ctx context.Context) (string, func(), error) {
-			return b.root.view(ctx, diffIDs, layers, fmt.Sprintf("view-%d-%d", os.Getpid(), b.seq.Add(1)))
+			return b.root.view(ctx, diffIDs, layers, fmt.Sprintf("view-%d-%d", os.Getpid(), activeSeq.Add(1)))
 		}
 	}
 	return &runMount{m: m, key: fmt.Sprintf("bind,target=%s,source=%s,rw=%v,%s", m.Target, src, rw, key),

@@ -127,7 +127,7 @@ func newHistoryCmd(g *globals) *cobra.Command {
 				if i == len(img.Config.History)-1 {
 					id = shortID(img.ID)
 				}
-				by := h.CreatedBy
+				by := strings.ReplaceAll(h.CreatedBy, "\n", "\\n")
 				if !noTrunc && len(by) > 45 {
 					by = by[:44] + "…"
 				}

@@ -1,0 +1,180 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+var lbuildBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "lbuild-cli-")
+	if err != nil {
+		panic(err)
+	}
+	lbuildBin = filepath.Join(dir, "lbuild")
+	if out, err := exec.Command("go", "build", "-o", lbuildBin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build lbuild: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// run runs the lbuild binary with a store root and returns stdout, stderr
+// and the exit code.
+func run(t *testing.T, root string, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(lbuildBin, append([]string{"--root", root}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatal(err)
+	}
+	return out.String(), errb.String(), code
+}
+
+func ctxDir(t *testing.T, dockerfile string, files map[string]string) string {
+	dir := t.TempDir()
+	files["Dockerfile"] = dockerfile
+	for name, data := range files {
+		p := filepath.Join(dir, name)
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(data), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+func TestCLIBuildAndInspect(t *testing.T) {
+	root := t.TempDir()
+	dir := ctxDir(t, "FROM scratch\nLABEL app=demo\nCOPY a.txt /a.txt\nCOPY <<EOF /b.txt\nheredoc\nline two\nEOF\nENV MODE=prod\nCMD [\"/a\"]\n", map[string]string{"a.txt": "A"})
+
+	// The short form: lbuild -f Dockerfile -t NAME CONTEXT.
+	_, stderr, code := run(t, root, "-f", filepath.Join(dir, "Dockerfile"), "-t", "app:1", "--progress=plain", dir)
+	if code != 0 {
+		t.Fatalf("build exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"#1 [1/6] FROM scratch", "#3 [3/6] COPY a.txt /a.txt", "DONE", "naming to app:1", "COPY <<EOF /b.txt"} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("progress lacks %q:\n%s", want, stderr)
+		}
+	}
+	_, stderr, _ = run(t, root, "build", "-t", "app:1", "--progress=plain", dir)
+	if strings.Count(stderr, "CACHED") != 5 {
+		t.Errorf("rebuild not all CACHED:\n%s", stderr)
+	}
+
+	out, _, code := run(t, root, "images")
+	if code != 0 || !strings.Contains(out, "REPOSITORY") || !strings.Contains(out, "app ") || !strings.Contains(out, " 1 ") {
+		t.Errorf("images (%d):\n%s", code, out)
+	}
+	out, _, _ = run(t, root, "history", "app:1")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 6 || !strings.HasPrefix(lines[0], "IMAGE") || !strings.Contains(lines[0], "CREATED BY") || !strings.Contains(lines[0], "COMMENT") {
+		t.Errorf("history:\n%s", out)
+	}
+	if !strings.Contains(out, "<missing>") || !strings.Contains(out, `COPY <<EOF /b.txt`) {
+		t.Errorf("history rows:\n%s", out)
+	}
+
+	out, _, _ = run(t, root, "inspect", "app:1")
+	var got []struct {
+		ID       string `json:"Id"`
+		RepoTags []string
+		Config   struct {
+			Env    []string
+			Cmd    []string
+			Labels map[string]string
+		}
+		RootFS struct {
+			Type   string
+			Layers []string
+		}
+		History []struct {
+			CreatedBy  string `json:"created_by"`
+			EmptyLayer bool   `json:"empty_layer"`
+		}
+		Size int64
+	}
+	if err := json.Unmarshal([]byte(out), &got); err != nil || len(got) != 1 {
+		t.Fatalf("inspect JSON: %v\n%s", err, out)
+	}
+	g := got[0]
+	if !strings.HasPrefix(g.ID, "sha256:") || len(g.RepoTags) != 1 || g.RepoTags[0] != "app:1" || len(g.RootFS.Layers) != 2 ||
+		g.Config.Labels["app"] != "demo" || g.Config.Cmd[0] != "/a" || len(g.History) != 5 || g.Size == 0 {
+		t.Errorf("inspect: %+v", g)
+	}
+
+	if _, stderr, code := run(t, root, "tag", "app:1", "app:2"); code != 0 {
+		t.Fatalf("tag: %s", stderr)
+	}
+	out, _, _ = run(t, root, "rmi", "app:2")
+	if !strings.Contains(out, "Untagged: app:2") {
+		t.Errorf("rmi: %s", out)
+	}
+	if _, _, code := run(t, root, "inspect", "app:1"); code != 0 {
+		t.Error("rmi of one tag removed the other")
+	}
+}
+
+// Bad input: one error line naming the file and line, exit 1, store as it was.
+func TestCLIErrors(t *testing.T) {
+	root := t.TempDir()
+	dir := ctxDir(t, "FROM scratch\nCOPY a.txt /a\n", map[string]string{"a.txt": "A"})
+	if _, stderr, code := run(t, root, "build", "-t", "ok:1", dir); code != 0 {
+		t.Fatal(stderr)
+	}
+	index := filepath.Join(root, "oci", "index.json")
+	before, _ := os.ReadFile(index)
+
+	bad := ctxDir(t, "FROM scratch\nCOPY missing.txt /m\n", map[string]string{})
+	syntax := ctxDir(t, "FROM scratch\nBOGUS x\n", map[string]string{})
+	file := filepath.Join(t.TempDir(), "f")
+	os.WriteFile(file, nil, 0o644)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"missing source", []string{"build", "-t", "ok:1", bad}, "Dockerfile:2: source \"missing.txt\": not found in the build context"},
+		{"unknown instruction", []string{"build", "-t", "ok:1", syntax}, "Dockerfile:2: unknown instruction: BOGUS"},
+		{"unknown flag", []string{"build", "--bogus", dir}, "unknown flag: --bogus"},
+		{"no such image", []string{"history", "nope:1"}, "not found"},
+		{"unwritable root", []string{"--root", filepath.Join(file, "x"), "images"}, "not writable"},
+		{"bad progress", []string{"build", "--progress=fancy", dir}, "unknown progress mode"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, stderr, code := run(t, root, tc.args...)
+			if code != 1 {
+				t.Errorf("exit code %d, want 1", code)
+			}
+			lines := strings.Split(strings.TrimSpace(stderr), "\n")
+			last := lines[len(lines)-1]
+			if !strings.HasPrefix(last, "error: ") || !strings.Contains(last, tc.want) {
+				t.Errorf("stderr %q, want an error line with %q", stderr, tc.want)
+			}
+			if strings.Contains(stderr, "panic") || strings.Contains(stderr, "Usage:") {
+				t.Errorf("stderr: %s", stderr)
+			}
+		})
+	}
+	after, _ := os.ReadFile(index)
+	if !bytes.Equal(before, after) {
+		t.Errorf("failed commands changed index.json:\n%s\n->\n%s", before, after)
+	}
+}
