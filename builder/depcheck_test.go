@@ -16,6 +16,7 @@ func TestDependencyDirection(t *testing.T) {
 		"cache":            {"builder", "cmd", "snapshot", "parser"},
 		"snapshot":         {"builder", "cmd", "cache", "parser"},
 		"cache/store":      {"builder", "cmd", "snapshot", "parser"},
+		"cache/transfer":   {"builder", "cmd", "snapshot", "parser"},
 		"builder/executor": {"cmd", "parser", "cache", "snapshot"},
 	}
 	for pkg, bad := range forbidden {

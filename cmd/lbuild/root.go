@@ -71,5 +71,6 @@ twice and images that begin with the same steps share those layers.
 	pf.BoolVar(&g.debug, "debug", false, "log debug messages")
 	bo.register(cmd)
 	cmd.AddCommand(newBuildCmd(g), newImagesCmd(g), newHistoryCmd(g), newInspectCmd(g), newTagCmd(g), newRmiCmd(g))
+	cmd.AddCommand(newPullCmd(g), newPushCmd(g), newSaveCmd(g), newLoadCmd(g), newLoginCmd(g))
 	return cmd
 }

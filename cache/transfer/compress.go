@@ -1,0 +1,324 @@
+package transfer
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/klauspost/compress/gzip"
+	"github.com/klauspost/compress/zstd"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/lbuild/lbuild/cache/store"
+)
+
+// Compression algorithms.
+const (
+	Gzip = "gzip"
+	Zstd = "zstd"
+)
+
+// Compression is how an uncompressed layer is compressed on the way out.
+// Level 0 means the algorithm's default (gzip 6, zstd 3).
+type Compression struct {
+	Algorithm string // Gzip or Zstd
+	Level     int
+}
+
+// ParseCompression reads "gzip", "zstd", "gzip,level=N" (1-9) or
+// "zstd,level=N" (1-22). An empty string means gzip.
+func ParseCompression(spec string) (Compression, error) {
+	parts := strings.Split(strings.TrimSpace(spec), ",")
+	c := Compression{Algorithm: strings.ToLower(strings.TrimSpace(parts[0]))}
+	if c.Algorithm == "" {
+		c.Algorithm = Gzip
+	}
+	if c.Algorithm != Gzip && c.Algorithm != Zstd {
+		return Compression{}, fmt.Errorf("compression %q: want gzip or zstd[,level=N]", spec)
+	}
+	for _, p := range parts[1:] {
+		k, v, ok := strings.Cut(strings.TrimSpace(p), "=")
+		if !ok || k != "level" {
+			return Compression{}, fmt.Errorf("compression %q: unknown option %q (want level=N)", spec, p)
+		}
+		n, err := strconv.Atoi(v)
+		max := 9
+		if c.Algorithm == Zstd {
+			max = 22
+		}
+		if err != nil || n < 1 || n > max {
+			return Compression{}, fmt.Errorf("compression %q: level must be 1-%d", spec, max)
+		}
+		c.Level = n
+	}
+	return c, nil
+}
+
+func (c Compression) level() int {
+	if c.Level != 0 {
+		return c.Level
+	}
+	if c.Algorithm == Zstd {
+		return 3
+	}
+	return 6
+}
+
+// String is the canonical spelling, e.g. "gzip,level=6".
+func (c Compression) String() string {
+	return fmt.Sprintf("%s,level=%d", c.Algorithm, c.level())
+}
+
+// key names the mapping file: the same compressed bytes come out of the
+// same input, algorithm, level and library.
+func (c Compression) key() string { return fmt.Sprintf("%s-%d", c.Algorithm, c.level()) }
+
+func (c Compression) newWriter(w io.Writer) (io.WriteCloser, error) {
+	switch c.Algorithm {
+	case Gzip:
+		return gzip.NewWriterLevel(w, c.level())
+	case Zstd:
+		return zstd.NewWriter(w, zstd.WithEncoderLevel(zstd.EncoderLevelFromZstd(c.level())))
+	}
+	return nil, fmt.Errorf("unknown compression %q", c.Algorithm)
+}
+
+// mediaTypeFor is the media type of an uncompressed layer of type mt once
+// compressed with c.
+func (c Compression) mediaTypeFor(mt types.MediaType) (types.MediaType, error) {
+	switch {
+	case c.Algorithm == Gzip && mt == types.DockerUncompressedLayer:
+		return types.DockerLayer, nil
+	case c.Algorithm == Gzip:
+		return types.OCILayer, nil
+	case c.Algorithm == Zstd && mt == types.DockerUncompressedLayer:
+		return "", errors.New("zstd layers need an OCI manifest, and this image has a docker one: use gzip")
+	default:
+		return types.OCILayerZStd, nil
+	}
+}
+
+func isUncompressedLayer(mt types.MediaType) bool {
+	return mt == types.OCIUncompressedLayer || mt == types.DockerUncompressedLayer
+}
+
+// compressedRecord is the persisted mapping of one (DiffID, Compression).
+type compressedRecord struct {
+	DiffID      v1.Hash         `json:"diffID"`
+	Compression string          `json:"compression"`
+	Digest      v1.Hash         `json:"digest"`
+	Size        int64           `json:"size"`
+	MediaType   types.MediaType `json:"mediaType"`
+}
+
+// compressor merges concurrent compressions of the same layer and setting
+// within this process (as buildkit's flightcontrol does).
+type compressor struct {
+	mu       sync.Mutex
+	inflight map[string]*flight
+}
+
+type flight struct {
+	done chan struct{}
+	desc v1.Descriptor
+	err  error
+}
+
+var layerCompressor = &compressor{inflight: map[string]*flight{}}
+
+func mappingPath(st *store.Store, diffID v1.Hash, c Compression) string {
+	return filepath.Join(st.Dir(), ".compressed", diffID.Hex+"."+c.key()+".json")
+}
+
+// cachedCompressed returns the remembered compressed form of layer l, if
+// both the mapping and the blob are still there.
+func cachedCompressed(st *store.Store, l v1.Descriptor, c Compression) (v1.Descriptor, bool) {
+	b, err := os.ReadFile(mappingPath(st, l.Digest, c))
+	if err != nil {
+		return v1.Descriptor{}, false
+	}
+	var rec compressedRecord
+	if json.Unmarshal(b, &rec) != nil || rec.DiffID != l.Digest || !st.HasBlob(rec.Digest) {
+		return v1.Descriptor{}, false
+	}
+	if size, err := st.BlobSize(rec.Digest); err != nil || size != rec.Size {
+		return v1.Descriptor{}, false
+	}
+	out := l
+	out.MediaType, out.Digest, out.Size = rec.MediaType, rec.Digest, rec.Size
+	return out, true
+}
+
+// Compressed returns the descriptor layer l leaves the machine with under
+// compression c. A layer that is already compressed is returned as it is.
+// An uncompressed one is compressed once, in a single streaming pass (store
+// blob -> sha256 check of the DiffID -> compressor -> new store blob), and
+// the result is remembered under STORE/.compressed/; later calls (in this or
+// another process) return the stored blob without compressing again.
+// The second result reports whether compression ran.
+func Compressed(ctx context.Context, st *store.Store, l v1.Descriptor, c Compression) (v1.Descriptor, bool, error) {
+	if !isUncompressedLayer(l.MediaType) {
+		return l, false, nil
+	}
+	if d, ok := cachedCompressed(st, l, c); ok {
+		return d, false, nil
+	}
+	key := l.Digest.Hex + "." + c.key()
+	cp := layerCompressor
+	cp.mu.Lock()
+	if f, ok := cp.inflight[key]; ok {
+		cp.mu.Unlock()
+		select {
+		case <-f.done:
+			return f.desc, false, f.err
+		case <-ctx.Done():
+			return v1.Descriptor{}, false, ctx.Err()
+		}
+	}
+	f := &flight{done: make(chan struct{})}
+	cp.inflight[key] = f
+	cp.mu.Unlock()
+
+	f.desc, f.err = compressLayer(ctx, st, l, c)
+	close(f.done)
+	cp.mu.Lock()
+	delete(cp.inflight, key)
+	cp.mu.Unlock()
+	return f.desc, f.err == nil, f.err
+}
+
+// compressRuns counts compressLayer calls, for tests.
+var compressRuns atomic.Int64
+
+func compressLayer(ctx context.Context, st *store.Store, l v1.Descriptor, c Compression) (v1.Descriptor, error) {
+	compressRuns.Add(1)
+	mt, err := c.mediaTypeFor(l.MediaType)
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	rc, err := st.OpenBlob(l.Digest)
+	if err != nil {
+		return v1.Descriptor{}, fmt.Errorf("compress layer %s: %w", shortHex(l.Digest), err)
+	}
+	defer rc.Close()
+	bw, err := st.Writer()
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	defer bw.Close()
+	zw, err := c.newWriter(bw)
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	diff := sha256.New()
+	buf := make([]byte, 1<<20)
+	src := io.TeeReader(&ctxReader{ctx: ctx, r: rc}, diff)
+	if _, err := io.CopyBuffer(zw, src, buf); err != nil {
+		zw.Close()
+		return v1.Descriptor{}, fmt.Errorf("compress layer %s: %w", shortHex(l.Digest), err)
+	}
+	if err := zw.Close(); err != nil {
+		return v1.Descriptor{}, fmt.Errorf("compress layer %s: %w", shortHex(l.Digest), err)
+	}
+	if got := hex.EncodeToString(diff.Sum(nil)); got != l.Digest.Hex {
+		return v1.Descriptor{}, fmt.Errorf("compress layer %s: stored blob hashes to sha256:%s: %w", l.Digest, got, ErrDigestMismatch)
+	}
+	h, n, err := bw.Commit()
+	if err != nil {
+		return v1.Descriptor{}, fmt.Errorf("compress layer %s: %w", shortHex(l.Digest), err)
+	}
+	rec := compressedRecord{DiffID: l.Digest, Compression: c.String(), Digest: h, Size: n, MediaType: mt}
+	b, _ := json.Marshal(rec)
+	if err := writeFileAtomic(mappingPath(st, l.Digest, c), b); err != nil {
+		return v1.Descriptor{}, err
+	}
+	out := l
+	out.MediaType, out.Digest, out.Size = mt, h, n
+	return out, nil
+}
+
+// KeepCompressed reports the compressed blobs recorded under
+// STORE/.compressed/ whose uncompressed layer is in live. Pass it (or
+// something built on it) as the keep function of store.GC so that GC does
+// not throw away the compressed forms of layers it keeps.
+func KeepCompressed(st *store.Store, live func(v1.Hash) bool) (map[v1.Hash]bool, error) {
+	ents, err := os.ReadDir(filepath.Join(st.Dir(), ".compressed"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return map[v1.Hash]bool{}, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read compressed mappings: %w", err)
+	}
+	keep := map[v1.Hash]bool{}
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(st.Dir(), ".compressed", e.Name()))
+		if err != nil {
+			continue
+		}
+		var rec compressedRecord
+		if json.Unmarshal(b, &rec) == nil && (live == nil || live(rec.DiffID)) {
+			keep[rec.Digest] = true
+		}
+	}
+	return keep, nil
+}
+
+// writeFileAtomic writes path through a temp file in the same directory,
+// synced and renamed into place.
+func writeFileAtomic(path string, b []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	f, err := os.CreateTemp(dir, ".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Chmod(0o644)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// ctxReader stops a long copy when ctx is cancelled.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (r *ctxReader) Read(p []byte) (int, error) {
+	if err := r.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return r.r.Read(p)
+}
