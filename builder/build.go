@@ -19,6 +19,7 @@ import (
 	"github.com/lbuild/lbuild/builder/progress"
 	"github.com/lbuild/lbuild/cache"
 	"github.com/lbuild/lbuild/cache/store"
+	"github.com/lbuild/lbuild/cache/transfer"
 	"github.com/lbuild/lbuild/parser"
 	"github.com/lbuild/lbuild/snapshot"
 )
@@ -38,6 +39,11 @@ type Options struct {
 	Secrets    map[string]string // RUN --mount=type=secret sources: id -> host file
 	Runtime    string            // OCI runtime for RUN; "" = runc from PATH
 	Progress   progress.Writer   // nil = discard
+	// Platform is the platform a FROM pulls for ("" = linux/GOARCH; a
+	// FROM --platform wins). Insecure lists registries spoken to over plain
+	// http (localhost and 127.0.0.1 always are).
+	Platform string
+	Insecure []string
 	// Now returns the time recorded for steps built now; nil = time.Now.
 	Now func() time.Time
 }
@@ -319,7 +325,17 @@ func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) 
 	if base == "" {
 		return nil, &parser.Error{File: b.df.Path, Line: s.Line(), Err: fmt.Errorf("FROM %s expands to an empty base name: pass it with --build-arg", s.BaseName)}
 	}
-	st := &stageState{st: s, name: name, total: len(s.Commands) + 1}
+	// A stage this one stands on is built first, so its steps show before this FROM.
+	var parent *stageState
+	if dep, ok := b.df.Stage(base); ok && dep.Index < s.Index && !strings.EqualFold(base, "scratch") {
+		if parent, err = b.stage(ctx, dep); err != nil {
+			return nil, err
+		}
+	}
+	st := &stageState{st: s, name: name, total: len(s.Commands) + 1, index: 1}
+	b.stepNo++
+	fromID := b.stepNo
+	b.prog.Start(fromID, st.label("FROM "+base))
 	var triggers []string
 	text := "FROM " + base
 	switch {
@@ -327,22 +343,14 @@ func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) 
 		st.cfg = &v1.ConfigFile{OS: "linux", Architecture: runtime.GOARCH, RootFS: v1.RootFS{Type: "layers"}}
 		st.key = cache.NewKey("", "FROM scratch", st.cfg.OS+"/"+st.cfg.Architecture)
 	default:
-		if dep, ok := b.df.Stage(base); ok && dep.Index < s.Index {
-			parent, err := b.stage(ctx, dep)
-			if err != nil {
-				return nil, err
-			}
+		if parent != nil {
 			st.cfg = cloneConfig(parent.cfg)
 			st.layers = append([]v1.Descriptor(nil), parent.layers...)
 			st.chainID, st.key = parent.chainID, parent.key
 		} else {
-			img, err := b.root.Store.Resolve(base)
-			if errors.Is(err, store.ErrNotFound) {
-				return nil, &parser.Error{File: b.df.Path, Line: s.Line(),
-					Err: fmt.Errorf("base image %q not found in the local store: build or load it first (lbuild images lists what is there)", base)}
-			}
+			img, err := b.baseImage(ctx, base, s)
 			if err != nil {
-				return nil, err
+				return nil, &parser.Error{File: b.df.Path, Line: s.Line(), Err: err}
 			}
 			st.cfg = cloneConfig(img.Config)
 			st.layers = append([]v1.Descriptor(nil), img.Layers...)
@@ -361,10 +369,8 @@ func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) 
 	if _, ok := lookupEnv(st.cfg.Config.Env, "PATH"); !ok {
 		st.cfg.Config.Env = append(st.cfg.Config.Env, "PATH="+DefaultPath)
 	}
-	b.stepNo++
 	st.index = 1
-	b.prog.Start(b.stepNo, st.label(text))
-	b.prog.Done(b.stepNo, nil)
+	b.prog.Done(fromID, nil)
 	b.steps = append(b.steps, StepResult{Stage: name, Text: text, Key: st.key, Cached: true, ChainID: st.chainID})
 
 	for _, t := range triggers {
@@ -398,6 +404,34 @@ func chainOf(diffIDs []v1.Hash) string {
 		chain = snapshot.ChainID(chain, d.String())
 	}
 	return chain
+}
+
+// baseImage finds a FROM's image in the store, or pulls it from its registry
+// once (the next build finds it in the store).
+func (b *build) baseImage(ctx context.Context, ref string, s *parser.Stage) (*store.Image, error) {
+	img, err := b.root.Store.Resolve(ref)
+	if err == nil || !errors.Is(err, store.ErrNotFound) {
+		return img, err
+	}
+	platform := b.opts.Platform
+	if s.Platform != "" {
+		p, _, err := b.lex.ProcessWord(s.Platform, shell.EnvsFromSlice(kvSlice(b.metaArgs)))
+		if err != nil {
+			return nil, err
+		}
+		platform = p
+	}
+	out := &lineWriter{emit: func(line string) { b.prog.Log(b.stepNo, line) }}
+	opts := []transfer.Opt{transfer.WithProgress(out), transfer.WithInsecure(b.opts.Insecure...)}
+	if platform != "" {
+		opts = append(opts, transfer.WithPlatform(platform))
+	}
+	img, err = transfer.Pull(ctx, b.root.Store, ref, opts...)
+	out.flush()
+	if err != nil {
+		return nil, fmt.Errorf("base image %q is not in the local store and pulling it failed: %w", ref, err)
+	}
+	return img, nil
 }
 
 // writeImage stores the final state of a stage as an image.

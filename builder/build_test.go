@@ -485,7 +485,7 @@ func TestBuildErrors(t *testing.T) {
 		{"missing source", "FROM scratch\nCOPY nope.txt /\n", "Dockerfile:2: source \"nope.txt\": not found in the build context"},
 		{"unknown stage", "FROM scratch\nCOPY --from=ghost /a /a\n", "Dockerfile:2: COPY --from=ghost: no stage or image"},
 		{"bad chown", "FROM local/busybox\nCOPY --chown=ghost a.txt /a\n", "Dockerfile:2: --chown=ghost: unknown user \"ghost\""},
-		{"unknown base", "FROM nothere:1\n", "Dockerfile:1: base image \"nothere:1\" not found"},
+		{"unknown base", "FROM 127.0.0.1:1/nothere:1\n", "Dockerfile:1: base image \"127.0.0.1:1/nothere:1\" is not in the local store and pulling it failed"},
 		{"bad chmod", "FROM scratch\nCOPY --chmod=999 a.txt /a\n", "Dockerfile:2: invalid --chmod=999"},
 		{"syntax", "FROM scratch\nCOPY a.txt\n", "Dockerfile:2: COPY requires at least two arguments"},
 

@@ -4,12 +4,15 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	goruntime "runtime"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/lbuild/lbuild/builder"
 	"github.com/lbuild/lbuild/builder/progress"
+	"github.com/lbuild/lbuild/cache/store"
+	"github.com/lbuild/lbuild/cache/transfer"
 )
 
 type buildFlags struct {
@@ -23,6 +26,10 @@ type buildFlags struct {
 	secrets   []string
 	runtime   string
 	quiet     bool
+	push      bool
+	outputs   []string
+	platform  string
+	insecure  []string
 }
 
 func (f *buildFlags) register(cmd *cobra.Command) {
@@ -37,6 +44,10 @@ func (f *buildFlags) register(cmd *cobra.Command) {
 	fl.StringArrayVar(&f.secrets, "secret", nil, "secret for RUN --mount=type=secret: id=ID,src=PATH; repeatable")
 	fl.StringVar(&f.runtime, "runtime", "", "OCI runtime for RUN (default: runc)")
 	fl.BoolVarP(&f.quiet, "quiet", "q", false, "print only the image ID")
+	fl.BoolVar(&f.push, "push", false, "push the result to each tag's registry (same as --output type=registry)")
+	fl.StringArrayVarP(&f.outputs, "output", "o", nil, "also export the result: type=oci,dest=DIR | type=docker,dest=FILE | type=registry")
+	fl.StringVar(&f.platform, "platform", "", "platform for FROM images pulled from a registry (default linux/"+goruntime.GOARCH+")")
+	fl.StringArrayVar(&f.insecure, "insecure-registry", nil, "registry HOST[:PORT] spoken to over plain http (repeatable)")
 }
 
 func newBuildCmd(g *globals) *cobra.Command {
@@ -65,6 +76,19 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 		Runtime:    f.runtime,
 		BuildArgs:  map[string]string{},
 		Secrets:    map[string]string{},
+		Platform:   f.platform,
+		Insecure:   f.insecure,
+	}
+	outs, err := parseOutputs(f.outputs, f.push)
+	if err != nil {
+		return err
+	}
+	if len(outs) > 0 && len(f.tags) == 0 {
+		for _, o := range outs {
+			if o.typ == "registry" {
+				return fmt.Errorf("--push needs a name to push to: add -t REGISTRY/NAME:TAG")
+			}
+		}
 	}
 	if f.network != "host" && f.network != "none" {
 		return fmt.Errorf("--network=%s: use host or none", f.network)
@@ -120,11 +144,77 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 	}
 	if f.quiet {
 		fmt.Fprintln(cmd.OutOrStdout(), res.Image.ID)
-		return nil
+	} else {
+		fmt.Fprintf(out, "writing image %s\n", res.Image.ID)
+		for _, t := range f.tags {
+			fmt.Fprintf(out, "naming to %s\n", t)
+		}
 	}
-	fmt.Fprintf(out, "writing image %s\n", res.Image.ID)
-	for _, t := range f.tags {
-		fmt.Fprintf(out, "naming to %s\n", t)
+	return export(cmd, r.Store, res.Image, f, outs)
+}
+
+// output is one --output of build.
+type output struct{ typ, dest string }
+
+// parseOutputs reads BuildKit's --output spelling: type=oci,dest=DIR,
+// type=docker,dest=FILE, type=registry (and --push).
+func parseOutputs(specs []string, push bool) ([]output, error) {
+	var outs []output
+	if push {
+		outs = append(outs, output{typ: "registry"})
+	}
+	for _, spec := range specs {
+		var o output
+		for _, part := range strings.Split(spec, ",") {
+			k, v, _ := strings.Cut(part, "=")
+			switch k {
+			case "type":
+				o.typ = v
+			case "dest":
+				o.dest = v
+			default:
+				return nil, fmt.Errorf("--output %s: unknown field %q (use type=oci|docker|registry,dest=PATH)", spec, k)
+			}
+		}
+		switch o.typ {
+		case "oci", "docker":
+			if o.dest == "" {
+				return nil, fmt.Errorf("--output %s: type=%s needs dest=PATH", spec, o.typ)
+			}
+		case "registry":
+		default:
+			return nil, fmt.Errorf("--output %s: unknown type %q (use oci, docker or registry)", spec, o.typ)
+		}
+		outs = append(outs, o)
+	}
+	return outs, nil
+}
+
+// export sends a built image where --output and --push say.
+func export(cmd *cobra.Command, st *store.Store, img *store.Image, f *buildFlags, outs []output) error {
+	ctx := cmd.Context()
+	opts := []transfer.Opt{transfer.WithProgress(cmd.ErrOrStderr()), transfer.WithInsecure(f.insecure...)}
+	for _, o := range outs {
+		switch o.typ {
+		case "registry":
+			for _, t := range f.tags {
+				if _, err := transfer.Push(ctx, st, img, t, opts...); err != nil {
+					return fmt.Errorf("push %s: %w", t, err)
+				}
+			}
+		case "oci":
+			ref := ""
+			if len(f.tags) > 0 {
+				ref = f.tags[0]
+			}
+			if _, err := transfer.SaveOCILayout(ctx, st, img, ref, o.dest, opts...); err != nil {
+				return fmt.Errorf("export to %s: %w", o.dest, err)
+			}
+		case "docker":
+			if err := saveFile(ctx, st, []*store.Image{img}, f.tags, o.dest, transfer.FormatDocker, opts...); err != nil {
+				return fmt.Errorf("export to %s: %w", o.dest, err)
+			}
+		}
 	}
 	return nil
 }

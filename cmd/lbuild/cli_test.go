@@ -5,11 +5,18 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"net/http/httptest"
+
+	"github.com/google/go-containerregistry/pkg/crane"
+	"github.com/google/go-containerregistry/pkg/registry"
 )
 
 var lbuildBin string
@@ -176,5 +183,37 @@ func TestCLIErrors(t *testing.T) {
 	after, _ := os.ReadFile(index)
 	if !bytes.Equal(before, after) {
 		t.Errorf("failed commands changed index.json:\n%s\n->\n%s", before, after)
+	}
+}
+
+func TestCLIBuildOutputsAndPush(t *testing.T) {
+	reg := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	defer reg.Close()
+	host := strings.TrimPrefix(reg.URL, "http://")
+	root := t.TempDir()
+	dir := ctxDir(t, "FROM scratch\nCOPY a.txt /a.txt\n", map[string]string{"a.txt": "A"})
+	ociDir := filepath.Join(t.TempDir(), "layout")
+	archive := filepath.Join(t.TempDir(), "img.tar")
+	ref := host + "/out/app:1"
+	_, stderr, code := run(t, root, "build", "-t", ref, "--push",
+		"--output", "type=oci,dest="+ociDir, "--output", "type=docker,dest="+archive, dir)
+	if code != 0 {
+		t.Fatalf("build: %s", stderr)
+	}
+	if !strings.Contains(stderr, "Pushed") || !strings.Contains(stderr, "digest: sha256:") {
+		t.Errorf("push output:\n%s", stderr)
+	}
+	if _, err := crane.Digest(ref, crane.Insecure); err != nil {
+		t.Errorf("pushed image not in the registry: %v", err)
+	}
+	if _, err := exec.LookPath("skopeo"); err == nil {
+		for _, src := range []string{"oci:" + ociDir, "docker-archive:" + archive} {
+			if out, err := exec.Command("skopeo", "inspect", src).CombinedOutput(); err != nil {
+				t.Errorf("skopeo inspect %s: %v\n%s", src, err, out)
+			}
+		}
+	}
+	if _, stderr, code := run(t, root, "build", "--output", "type=tarball", dir); code != 1 || !strings.Contains(stderr, "unknown type") {
+		t.Errorf("bad --output: %d %s", code, stderr)
 	}
 }

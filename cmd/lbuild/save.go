@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -64,28 +65,7 @@ tag in the archive; an image given by ID is saved untagged.`,
 			if output == "" || output == "-" {
 				return transfer.Save(cmd.Context(), r.Store, imgs, refs, cmd.OutOrStdout(), f, opts...)
 			}
-			// Write beside the destination and rename, so a failed save
-			// leaves no partial archive under the final name.
-			tmp, err := os.CreateTemp(filepath.Dir(output), "."+filepath.Base(output)+".tmp-*")
-			if err != nil {
-				var pe *os.PathError
-				if errors.As(err, &pe) {
-					err = pe.Err
-				}
-				return fmt.Errorf("save: create %s: %w", output, err)
-			}
-			defer os.Remove(tmp.Name())
-			err = transfer.Save(cmd.Context(), r.Store, imgs, refs, tmp, f, opts...)
-			if err == nil {
-				err = tmp.Chmod(0o644)
-			}
-			if cerr := tmp.Close(); err == nil {
-				err = cerr
-			}
-			if err == nil {
-				err = os.Rename(tmp.Name(), output)
-			}
-			if err != nil {
+			if err := saveFile(cmd.Context(), r.Store, imgs, refs, output, f, opts...); err != nil {
 				return fmt.Errorf("save %s: %w", output, err)
 			}
 			return nil
@@ -101,4 +81,29 @@ tag in the archive; an image given by ID is saved untagged.`,
 func isTerminal(f *os.File) bool {
 	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
 	return err == nil
+}
+
+// saveFile writes an archive of imgs to path, beside it first and renamed
+// into place, so a failed save leaves no partial archive under that name.
+func saveFile(ctx context.Context, st *store.Store, imgs []*store.Image, refs []string, path string, f transfer.Format, opts ...transfer.Opt) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	err = transfer.Save(ctx, st, imgs, refs, tmp, f, opts...)
+	if err == nil {
+		err = tmp.Chmod(0o644)
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	return err
 }
