@@ -17,6 +17,7 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/lbuild/lbuild/builder/executor"
 	"github.com/lbuild/lbuild/cache"
 	"github.com/lbuild/lbuild/cache/store"
 	"github.com/lbuild/lbuild/snapshot"
@@ -74,11 +75,35 @@ func Open(dir string, opts ...RootOpt) (*Root, error) {
 		return nil, err
 	}
 	r := &Root{Dir: abs, Store: st, Records: rec, Snaps: sn}
-	// Leftovers of a crashed earlier run: mounts and temp dirs nobody owns.
+	// Leftovers of a crashed earlier run: first its runtime containers (runc
+	// runs in its own process group, so a RUN outlives a killed lbuild), then
+	// the mounts and temp dirs nobody owns.
+	if err := r.cleanupRuntime(); err != nil {
+		return nil, err
+	}
 	if err := sn.Cleanup(context.Background()); err != nil {
 		return nil, fmt.Errorf("clean up snapshots: %w", err)
 	}
 	return r, nil
+}
+
+// cleanupRuntime kills and deletes the RUN containers of lbuild processes
+// that died. It needs runc only if such state exists.
+func (r *Root) cleanupRuntime() error {
+	if _, err := os.Stat(filepath.Join(r.RunDir(), "runc")); err != nil {
+		return nil
+	}
+	rc, err := executor.NewRunc("", r.RunDir())
+	if errors.Is(err, executor.ErrRuntimeNotFound) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := rc.Cleanup(context.Background()); err != nil {
+		return fmt.Errorf("clean up runtime state: %w", err)
+	}
+	return nil
 }
 
 func unwrapPath(err error) error {

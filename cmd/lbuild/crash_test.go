@@ -1,0 +1,99 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lbuild/lbuild/builder/buildertest"
+)
+
+// startRunBuild starts a build whose RUN sleeps, and returns once the
+// runtime container is running.
+func startRunBuild(t *testing.T, root string) (*exec.Cmd, *bytes.Buffer) {
+	t.Helper()
+	if _, err := exec.LookPath("runc"); err != nil {
+		t.Skip("runc not installed")
+	}
+	base := t.TempDir()
+	if err := buildertest.BusyboxContext(base); err != nil {
+		t.Skip(err)
+	}
+	if _, stderr, code := run(t, root, "build", "-t", "local/busybox", base); code != 0 {
+		t.Fatal(stderr)
+	}
+	dir := ctxDir(t, "FROM local/busybox\nRUN touch /started && sleep 30\n", map[string]string{})
+	cmd := exec.Command(lbuildBin, "--root", root, "build", "--progress=plain", dir)
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for len(runcList(t, root)) == 0 {
+		if time.Now().After(deadline) {
+			cmd.Process.Kill()
+			t.Fatalf("RUN container never started:\n%s", stderr.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return cmd, &stderr
+}
+
+func runcList(t *testing.T, root string) []string {
+	out, _ := exec.Command("runc", "--root", filepath.Join(root, "run", "runc"), "list", "-q").Output()
+	return strings.Fields(string(out))
+}
+
+func assertNothingLeft(t *testing.T, root string) {
+	t.Helper()
+	mi, _ := os.ReadFile("/proc/self/mountinfo")
+	for _, l := range strings.Split(string(mi), "\n") {
+		if strings.Contains(l, root) {
+			t.Errorf("mount left behind: %s", l)
+		}
+	}
+	if ids := runcList(t, root); len(ids) > 0 {
+		t.Errorf("runtime containers left behind: %v", ids)
+	}
+}
+
+// Ctrl-C stops the build, kills the container and unmounts everything.
+func TestCLIInterrupt(t *testing.T) {
+	root := t.TempDir()
+	cmd, stderr := startRunBuild(t, root)
+	cmd.Process.Signal(syscall.SIGINT)
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(15 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("SIGINT did not stop the build")
+	}
+	if cmd.ProcessState.ExitCode() != 1 || !strings.Contains(stderr.String(), "context canceled") {
+		t.Errorf("exit %d, stderr:\n%s", cmd.ProcessState.ExitCode(), stderr)
+	}
+	assertNothingLeft(t, root)
+}
+
+// A build killed outright leaves its container and mounts; the next lbuild
+// start (any command) cleans them up.
+func TestCLICrashRecovery(t *testing.T) {
+	root := t.TempDir()
+	cmd, _ := startRunBuild(t, root)
+	cmd.Process.Kill()
+	cmd.Wait()
+	if len(runcList(t, root)) == 0 {
+		t.Log("the runtime container died with lbuild; checking mounts only")
+	}
+	if _, stderr, code := run(t, root, "images"); code != 0 {
+		t.Fatal(stderr)
+	}
+	assertNothingLeft(t, root)
+}
