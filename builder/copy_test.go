@@ -1,0 +1,137 @@
+package builder
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
+)
+
+func tarBytes(t *testing.T, name, body string) []byte {
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	tw.WriteHeader(&tar.Header{Name: name, Mode: 0o644, Size: int64(len(body)), Typeflag: tar.TypeReg})
+	tw.Write([]byte(body))
+	tw.Close()
+	return buf.Bytes()
+}
+
+// ADD extracts local archives: plain tar, gzip, bzip2, xz and zstd. A file
+// that is not an archive is copied as it is.
+func TestAddArchives(t *testing.T) {
+	r := openRoot(t)
+	dir := t.TempDir()
+	plain := tarBytes(t, "in-tar.txt", "tar")
+	compress := func(name string, f func(*bytes.Buffer) (interface {
+		Write([]byte) (int, error)
+		Close() error
+	}, error)) {
+		var buf bytes.Buffer
+		w, err := f(&buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(tarBytes(t, "in-"+name+".txt", name))
+		w.Close()
+		os.WriteFile(filepath.Join(dir, "a."+name), buf.Bytes(), 0o644)
+	}
+	os.WriteFile(filepath.Join(dir, "a.tar"), plain, 0o644)
+	compress("gz", func(b *bytes.Buffer) (interface {
+		Write([]byte) (int, error)
+		Close() error
+	}, error) {
+		return gzip.NewWriter(b), nil
+	})
+	compress("xz", func(b *bytes.Buffer) (interface {
+		Write([]byte) (int, error)
+		Close() error
+	}, error) {
+		return xz.NewWriter(b)
+	})
+	compress("zst", func(b *bytes.Buffer) (interface {
+		Write([]byte) (int, error)
+		Close() error
+	}, error) {
+		return zstd.NewWriter(b)
+	})
+	files := []string{"a.tar", "a.gz", "a.xz", "a.zst"}
+	if _, err := exec.LookPath("bzip2"); err == nil {
+		cmd := exec.Command("bzip2", "-c")
+		cmd.Stdin = bytes.NewReader(tarBytes(t, "in-bz2.txt", "bz2"))
+		out, err := cmd.Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		os.WriteFile(filepath.Join(dir, "a.bz2"), out, 0o644)
+		files = append(files, "a.bz2")
+	}
+	writeFiles(t, dir, map[string]string{"notes.txt": "not an archive"})
+	df := "FROM scratch\n"
+	for _, f := range files {
+		df += "ADD " + f + " /x/\n"
+	}
+	df += "ADD notes.txt /x/\n"
+	res, _ := mustBuild(t, r, dir, df)
+	for i, f := range files {
+		name := "x/in-" + map[string]string{"a.tar": "tar", "a.gz": "gz", "a.xz": "xz", "a.zst": "zst", "a.bz2": "bz2"}[f] + ".txt"
+		if _, ok := find(layerEntries(t, r, res.Steps[i+1].DiffID), name); !ok {
+			t.Errorf("ADD %s did not extract %s: %v", f, name, names(layerEntries(t, r, res.Steps[i+1].DiffID)))
+		}
+	}
+	if e, ok := find(layerEntries(t, r, res.Steps[len(files)+1].DiffID), "x/notes.txt"); !ok || e.body != "not an archive" {
+		t.Error("a plain file is copied by ADD")
+	}
+	if _, _, err := tryBuild(r, dir, "FROM scratch\nADD https://example.com/x.tar /x/\n"); err == nil {
+		t.Error("ADD of a URL must fail clearly for now")
+	}
+}
+
+// COPY --from takes files from an image in the store as well as a stage.
+func TestCopyFromImage(t *testing.T) {
+	r := openRoot(t)
+	withBusybox(t, r)
+	dir := t.TempDir()
+	res, _ := mustBuild(t, r, dir, "FROM scratch\nCOPY --from=local/busybox /etc/passwd /etc/group /etc/\n")
+	es := layerEntries(t, r, res.Steps[1].DiffID)
+	if e, ok := find(es, "etc/passwd"); !ok || !bytes.Contains([]byte(e.body), []byte("app:x:1000")) {
+		t.Errorf("COPY --from=image: %v", names(es))
+	}
+}
+
+// A build whose steps all hit the cache unpacks nothing: with the snapshots
+// gone, a cached rebuild does not bring them back.
+func TestCachedBuildUnpacksNothing(t *testing.T) {
+	r := openRoot(t)
+	withBusybox(t, r)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"a": "a"})
+	mustBuild(t, r, dir, "FROM local/busybox\nCOPY a /a\nENV X=1\n")
+	layers := filepath.Join(r.Dir, "snapshots", "layers")
+	if err := os.RemoveAll(layers); err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(layers, 0o755)
+	r2, err := Open(r.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, _ := mustBuild(t, r2, dir, "")
+	if got := cachedFlags(res); !equalBools(got, []bool{true, true}) {
+		t.Fatalf("cached %v", got)
+	}
+	if ents, _ := os.ReadDir(layers); len(ents) != 0 {
+		t.Errorf("a fully cached build unpacked %d layers", len(ents))
+	}
+	// A step that runs unpacks exactly the chain it stands on.
+	writeFiles(t, dir, map[string]string{"a": "changed"})
+	mustBuild(t, r2, dir, "")
+	if ents, _ := os.ReadDir(layers); len(ents) != 2 {
+		t.Errorf("after one executed step: %d layers unpacked, want 2 (base + the new one)", len(ents))
+	}
+}
