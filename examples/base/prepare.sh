@@ -2,9 +2,13 @@
 # Makes the build context of the base image: a root filesystem holding
 # Debian's static busybox (sh, httpd, wget, vi, … as symlinks) and a minimal
 # /etc. Offline: it only copies /bin/busybox (apt-get install busybox-static).
+#   prepare.sh [DIR]   makes DIR/rootfs and DIR/Dockerfile (default: beside this script)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
-rootfs=$here/rootfs
+out=${1:-$here}
+mkdir -p "$out"
+[ "$out" -ef "$here" ] || cp "$here/Dockerfile" "$out/Dockerfile"
+rootfs=$out/rootfs
 [ -x /bin/busybox ] || { echo "busybox-static is not installed: apt-get install busybox-static" >&2; exit 1; }
 rm -rf "$rootfs"
 mkdir -p "$rootfs"/{bin,etc,tmp,root,www,home/app}
