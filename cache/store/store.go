@@ -124,7 +124,7 @@ func Open(dir string, opts ...Opt) (*Store, error) {
 	b, err := os.ReadFile(filepath.Join(abs, layoutFile))
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		if err := s.writeFileAtomic(layoutFile, []byte(layoutContent)); err != nil {
+		if err := WriteFileAtomic(filepath.Join(s.dir, layoutFile), filepath.Join(s.dir, ingestDir), []byte(layoutContent)); err != nil {
 			return nil, fmt.Errorf("open store %s: %w", abs, err)
 		}
 	case err != nil:
@@ -363,34 +363,6 @@ func syncDir(dir string) error {
 		return fmt.Errorf("sync dir: %w", err)
 	}
 	return nil
-}
-
-// writeFileAtomic writes name (relative to the layout root) through a synced
-// temporary file in .ingest and a rename, then syncs the root.
-func (s *Store) writeFileAtomic(name string, b []byte) error {
-	f, err := os.CreateTemp(filepath.Join(s.dir, ingestDir), "file-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	tmp := f.Name()
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, filepath.Join(s.dir, name))
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	return syncDir(s.dir)
 }
 
 // Image is an image stored in the layout.
@@ -812,5 +784,5 @@ func (s *Store) updateIndex(fn func(*v1.IndexManifest) (bool, error)) error {
 	if err != nil {
 		return fmt.Errorf("marshal index: %w", err)
 	}
-	return s.writeFileAtomic(indexFile, b)
+	return WriteFileAtomic(filepath.Join(s.dir, indexFile), filepath.Join(s.dir, ingestDir), b)
 }

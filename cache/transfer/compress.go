@@ -279,37 +279,6 @@ func KeepCompressed(st *store.Store, live func(v1.Hash) bool) (map[v1.Hash]bool,
 	return keep, nil
 }
 
-// writeFileAtomic writes path through a temp file in the same directory,
-// synced and renamed into place.
-func writeFileAtomic(path string, b []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	f, err := os.CreateTemp(dir, ".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Chmod(0o644)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
-		os.Remove(f.Name())
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
-}
-
 // ctxReader stops a long copy when ctx is cancelled.
 type ctxReader struct {
 	ctx context.Context
@@ -321,4 +290,13 @@ func (r *ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return r.r.Read(p)
+}
+
+// writeFileAtomic writes path (creating its directory) through a synced
+// temp file beside it.
+func writeFileAtomic(path string, b []byte) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return store.WriteFileAtomic(path, "", b)
 }
