@@ -220,7 +220,12 @@ type change struct {
 }
 
 func writeChanges(out io.Writer, changes []change) error {
+	return writeChangesOpts(out, changes, false)
+}
+
+func writeChangesOpts(out io.Writer, changes []change, noData bool) error {
 	w := newTarWriter(out, false)
+	w.noData = noData
 	for i := range changes {
 		c := &changes[i]
 		var err error

@@ -119,6 +119,9 @@ type tarWriter struct {
 	// lowers are the layer dirs below an upperdir (top first), to leave out
 	// directories that were copied up but not changed.
 	lowers []string
+	// noData writes regular files with size 0 and no content (Changes
+	// only needs the names).
+	noData bool
 }
 
 func newTarWriter(w io.Writer, strip bool) *tarWriter {
@@ -148,7 +151,9 @@ func (w *tarWriter) entry(rel, abs string, st *unix.Statx_t) (opaque bool, err e
 		hdr.Name += "/"
 	case unix.S_IFREG:
 		hdr.Typeflag = tar.TypeReg
-		hdr.Size = int64(st.Size)
+		if !w.noData {
+			hdr.Size = int64(st.Size)
+		}
 		if st.Nlink > 1 {
 			k := [3]uint64{uint64(st.Dev_major), uint64(st.Dev_minor), st.Ino}
 			if first, ok := w.links[k]; ok {
@@ -246,8 +251,15 @@ func (w *tarWriter) marker(name string) error {
 // deleted) is left out: with nothing below it in the layer and the same
 // mode, owner, mtime and xattrs as in the lower layers, it is no change.
 func writeUpperTar(ctx context.Context, root string, out io.Writer, strip bool, lowers ...string) error {
+	return writeUpperTarOpts(ctx, root, out, strip, false, lowers...)
+}
+
+// writeUpperTarOpts is writeUpperTar; with noData regular files are written
+// without content.
+func writeUpperTarOpts(ctx context.Context, root string, out io.Writer, strip, noData bool, lowers ...string) error {
 	w := newTarWriter(out, strip)
 	w.lowers = lowers
+	w.noData = noData
 	if err := w.walkUpper(ctx, "", root); err != nil {
 		return err
 	}

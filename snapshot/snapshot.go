@@ -100,6 +100,22 @@ type Snapshotter interface {
 	// land outside the layer (absolute paths, "..", symlinks leading out) are
 	// rejected with an error.
 	Apply(ctx context.Context, name, parent string, r io.Reader) error
+	// DiffLive writes the same layer tar as Diff but leaves the active
+	// snapshot as it was: the view stays mounted and nothing in it is
+	// modified (bookkeeping xattrs are left out of the tar, not stripped),
+	// so it may run while a container uses the view, from any process,
+	// without taking the snapshot's lock. Files written meanwhile may be
+	// caught half way, as with docker commit --pause=false.
+	DiffLive(ctx context.Context, key string, w io.Writer) error
+	// Changes lists what active snapshot key changed relative to its
+	// parent, as docker diff does: added (A), changed (C) and deleted (D)
+	// paths, parents before children. A directory is listed as changed when
+	// something in it changed. Non-destructive, like DiffLive.
+	Changes(ctx context.Context, key string) ([]Change, error)
+	// Usage returns the bytes of file content the active snapshot key holds
+	// of its own (the overlay upperdir; for the copy driver, the changed
+	// files), not counting its parent layers.
+	Usage(ctx context.Context, key string) (int64, error)
 	// LowerDirs returns the directories (top layer first) a view over committed
 	// name is made of: the fs directories of name and its ancestors.
 	LowerDirs(name string) ([]string, error)
@@ -121,6 +137,8 @@ type prepareConfig struct {
 
 // WithPersistent makes the active snapshot survive its process (containers):
 // Cleanup leaves it alone; another process may later Diff, Commit or Remove it.
+// Prepare does not keep holding its lock, so another process may do so even
+// while the preparing process still runs.
 func WithPersistent() Opt {
 	return func(c *prepareConfig) { c.persistent = true }
 }

@@ -182,6 +182,11 @@ func (s *snapshotter) prepare(ctx context.Context, key, parent string, cfg prepa
 		s.discard(a)
 		return "", fmt.Errorf("prepare %s: %w", key, err)
 	}
+	if cfg.persistent {
+		// Anyone may take it from here; lookup locks it per operation.
+		a.lock.Close()
+		return view, nil
+	}
 	s.mu.Lock()
 	s.actives[key] = a
 	s.mu.Unlock()

@@ -1,0 +1,263 @@
+package snapshot
+
+import (
+	"archive/tar"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// ChangeKind is the kind of a Change, as docker diff prints it.
+type ChangeKind byte
+
+// Change kinds.
+const (
+	ChangeAdd    ChangeKind = 'A'
+	ChangeModify ChangeKind = 'C'
+	ChangeDelete ChangeKind = 'D'
+)
+
+// Change is one changed path of an active snapshot.
+type Change struct {
+	Kind ChangeKind
+	// Path is absolute in the view ("/etc/hosts").
+	Path string
+}
+
+// String formats c as docker diff does: "C /etc".
+func (c Change) String() string { return string(c.Kind) + " " + c.Path }
+
+// liveActive is what the non-destructive operations need to know about an
+// active snapshot, read without taking its lock.
+type liveActive struct {
+	activeMeta
+	dir string
+}
+
+// peek reads the metadata of active snapshot key without locking it.
+func (s *snapshotter) peek(key string) (*liveActive, error) {
+	s.mu.Lock()
+	if a := s.actives[key]; a != nil && !a.gone {
+		la := &liveActive{activeMeta: a.activeMeta, dir: a.dir}
+		s.mu.Unlock()
+		return la, nil
+	}
+	s.mu.Unlock()
+	la := &liveActive{dir: filepath.Join(s.root, "active", keyID(key))}
+	b, err := os.ReadFile(filepath.Join(la.dir, "meta.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("snapshot %s: %w", key, ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("read snapshot metadata: %w", err)
+	}
+	if err := json.Unmarshal(b, &la.activeMeta); err != nil {
+		return nil, fmt.Errorf("read snapshot metadata: %w", err)
+	}
+	if la.Key != key {
+		return nil, fmt.Errorf("snapshot %s: %w", key, ErrNotFound)
+	}
+	if la.ReadOnly {
+		return nil, fmt.Errorf("snapshot %s: read-only view", key)
+	}
+	return la, nil
+}
+
+// copyChanges computes the copy driver's changes of la against its manifest.
+func copyChanges(ctx context.Context, la *liveActive) ([]change, manifest, error) {
+	m, err := loadManifest(filepath.Join(la.dir, "manifest"))
+	if err != nil {
+		return nil, nil, err
+	}
+	d := &copyDiffer{ctx: ctx, m: m, children: map[string][]string{}}
+	for p := range m {
+		dir := filepath.Dir(p)
+		if dir == "." {
+			dir = ""
+		}
+		d.children[dir] = append(d.children[dir], filepath.Base(p))
+	}
+	changes, err := d.dir("", filepath.Join(la.dir, "fs"), false)
+	return changes, m, err
+}
+
+func (s *snapshotter) writeLive(ctx context.Context, la *liveActive, w io.Writer, noData bool) error {
+	if la.Driver == DriverOverlay {
+		var lowers []string
+		if la.Parent != "" {
+			var err error
+			if lowers, err = s.LowerDirs(la.Parent); err != nil {
+				return err
+			}
+		}
+		return writeUpperTarOpts(ctx, filepath.Join(la.dir, "upper"), w, false, noData, lowers...)
+	}
+	changes, _, err := copyChanges(ctx, la)
+	if err != nil {
+		return err
+	}
+	return writeChangesOpts(w, changes, noData)
+}
+
+func (s *snapshotter) DiffLive(ctx context.Context, key string, w io.Writer) error {
+	la, err := s.peek(key)
+	if err != nil {
+		return err
+	}
+	if err := s.writeLive(ctx, la, w, false); err != nil {
+		return fmt.Errorf("diff %s: %w", key, err)
+	}
+	return nil
+}
+
+func (s *snapshotter) Changes(ctx context.Context, key string) ([]Change, error) {
+	la, err := s.peek(key)
+	if err != nil {
+		return nil, err
+	}
+	var existed func(rel string) bool
+	if la.Driver == DriverOverlay {
+		var lowers []string
+		if la.Parent != "" {
+			if lowers, err = s.LowerDirs(la.Parent); err != nil {
+				return nil, err
+			}
+		}
+		existed = func(rel string) bool { return inLowers(lowers, rel) }
+	} else {
+		m, err := loadManifest(filepath.Join(la.dir, "manifest"))
+		if err != nil {
+			return nil, err
+		}
+		existed = func(rel string) bool { _, ok := m[rel]; return ok }
+	}
+
+	pr, pw := io.Pipe()
+	werr := make(chan error, 1)
+	go func() {
+		err := s.writeLive(ctx, la, pw, true)
+		pw.CloseWithError(err)
+		werr <- err
+	}()
+	var out []Change
+	tr := tar.NewReader(pr)
+	var rerr error
+	for {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			rerr = err
+			break
+		}
+		rel := strings.TrimSuffix(hdr.Name, "/")
+		dir, base := path.Split(rel)
+		switch {
+		case base == opaqueMarker:
+			continue // its directory is listed already
+		case strings.HasPrefix(base, whiteoutPrefix):
+			out = append(out, Change{ChangeDelete, "/" + dir + strings.TrimPrefix(base, whiteoutPrefix)})
+		case existed(rel):
+			out = append(out, Change{ChangeModify, "/" + rel})
+		default:
+			out = append(out, Change{ChangeAdd, "/" + rel})
+		}
+	}
+	pr.CloseWithError(errors.New("stopped reading"))
+	if err := <-werr; err != nil && rerr == nil {
+		rerr = err
+	}
+	if rerr != nil {
+		return nil, fmt.Errorf("changes %s: %w", key, rerr)
+	}
+	return out, nil
+}
+
+// inLowers reports whether rel exists in the view made of the overlay-form
+// layer dirs lowers (top first).
+func inLowers(lowers []string, rel string) bool {
+	parts := strings.Split(rel, "/")
+	for _, l := range lowers {
+		var st unix.Statx_t
+		if err := lstatx(filepath.Join(l, rel), &st); err == nil {
+			return !isWhiteout(&st)
+		}
+		// Absent here: a whiteout or opaque dir on the way hides the lower layers.
+		for i := len(parts) - 1; i >= 1; i-- {
+			p := filepath.Join(l, filepath.Join(parts[:i]...))
+			if err := lstatx(p, &st); err != nil {
+				continue
+			}
+			if isWhiteout(&st) || st.Mode&unix.S_IFMT != unix.S_IFDIR {
+				return false
+			}
+			if o, err := getXattr(p, opaqueXattr); err == nil && string(o) == "y" {
+				return false
+			}
+			break
+		}
+	}
+	return false
+}
+
+func (s *snapshotter) Usage(ctx context.Context, key string) (int64, error) {
+	la, err := s.peek(key)
+	if err != nil {
+		return 0, err
+	}
+	if la.Driver == DriverOverlay {
+		return dirUsage(ctx, filepath.Join(la.dir, "upper"))
+	}
+	changes, _, err := copyChanges(ctx, la)
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	for _, c := range changes {
+		if c.kind == changeEntry && c.st.Mode&unix.S_IFMT == unix.S_IFREG {
+			n += int64(c.st.Size)
+		}
+	}
+	return n, nil
+}
+
+// dirUsage sums the sizes of the regular files below root, each hard-linked
+// file once.
+func dirUsage(ctx context.Context, root string) (int64, error) {
+	var n int64
+	seen := map[uint64]bool{}
+	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if !d.Type().IsRegular() {
+			return nil
+		}
+		var st unix.Statx_t
+		if err := lstatx(p, &st); err != nil {
+			return err
+		}
+		if st.Nlink > 1 {
+			if seen[st.Ino] {
+				return nil
+			}
+			seen[st.Ino] = true
+		}
+		n += int64(st.Size)
+		return nil
+	})
+	return n, err
+}
