@@ -60,29 +60,37 @@ func self() (owner, error) {
 
 // startTime reads the start time of pid from /proc/<pid>/stat.
 func startTime(pid int) (uint64, error) {
+	start, _, err := procStat(pid)
+	return start, err
+}
+
+// procStat reads the start time and the state (R, S, Z, ...) of pid from
+// /proc/<pid>/stat.
+func procStat(pid int) (uint64, byte, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	// The command name (field 2) is in parentheses and may contain
 	// spaces and parentheses: parse after the last ')'.
 	i := bytes.LastIndexByte(b, ')')
 	if i < 0 {
-		return 0, fmt.Errorf("parsing /proc/%d/stat", pid)
+		return 0, 0, fmt.Errorf("parsing /proc/%d/stat", pid)
 	}
 	f := strings.Fields(string(b[i+1:]))
 	// f[0] is field 3 (state), so field 22 is f[19].
 	if len(f) < 20 {
-		return 0, fmt.Errorf("parsing /proc/%d/stat: too few fields", pid)
+		return 0, 0, fmt.Errorf("parsing /proc/%d/stat: too few fields", pid)
 	}
-	return strconv.ParseUint(f[19], 10, 64)
+	start, err := strconv.ParseUint(f[19], 10, 64)
+	return start, f[0][0], err
 }
 
 // alive reports whether the owner process still runs (same pid, same start
-// time).
+// time, not a zombie nobody has reaped yet).
 func (o owner) alive() bool {
-	start, err := startTime(o.pid)
-	return err == nil && start == o.start
+	start, state, err := procStat(o.pid)
+	return err == nil && start == o.start && state != 'Z' && state != 'X'
 }
 
 // Cleanup kills and deletes the runtime containers, and removes the

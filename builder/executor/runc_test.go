@@ -574,6 +574,10 @@ func TestCleanup(t *testing.T) {
 			_ = os.RemoveAll(filepath.Join(r.bundles, id))
 		}
 	}()
+	// runc start returns before the container's init has exec'd sleep.
+	for deadline := time.Now().Add(5 * time.Second); len(procsWithArg(marker)) < 4 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if n := len(procsWithArg(marker)); n != 4 {
 		t.Fatalf("%d sleep processes, want 4", n)
 	}
