@@ -217,3 +217,18 @@ func TestCLIBuildOutputsAndPush(t *testing.T) {
 		t.Errorf("bad --output: %d %s", code, stderr)
 	}
 }
+
+func TestSubcommandsUnique(t *testing.T) {
+	seen := map[string]bool{}
+	for _, c := range newRootCmd().Commands() {
+		if seen[c.Name()] {
+			t.Errorf("subcommand %q registered twice", c.Name())
+		}
+		seen[c.Name()] = true
+	}
+	for _, want := range []string{"build", "images", "history", "inspect", "tag", "rmi", "pull", "push", "save", "load", "login", "run", "ps", "stop", "rm", "logs", "exec", "diff", "commit", "share", "du", "system"} {
+		if !seen[want] {
+			t.Errorf("subcommand %q missing", want)
+		}
+	}
+}

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -12,6 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 
+	"github.com/lbuild/lbuild/builder"
 	"github.com/lbuild/lbuild/cache/store"
 )
 
@@ -102,11 +104,7 @@ func newHistoryCmd(g *globals) *cobra.Command {
 		Short: "Show the history of an image (as docker image history)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := g.open()
-			if err != nil {
-				return err
-			}
-			img, err := resolve(r.Store, args[0])
+			_, img, err := g.image(args[0])
 			if err != nil {
 				return err
 			}
@@ -139,6 +137,16 @@ func newHistoryCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&noTrunc, "no-trunc", false, "do not truncate output")
 	return cmd
+}
+
+// image opens the store root and finds the image called name.
+func (g *globals) image(name string) (*builder.Root, *store.Image, error) {
+	r, err := g.open()
+	if err != nil {
+		return nil, nil, err
+	}
+	img, err := resolve(r.Store, name)
+	return r, img, err
 }
 
 func resolve(s *store.Store, name string) (*store.Image, error) {
@@ -212,11 +220,7 @@ func newTagCmd(g *globals) *cobra.Command {
 		Short: "Give an image another name",
 		Args:  cobra.ExactArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := g.open()
-			if err != nil {
-				return err
-			}
-			img, err := resolve(r.Store, args[0])
+			r, img, err := g.image(args[0])
 			if err != nil {
 				return err
 			}
@@ -236,10 +240,18 @@ func newRmiCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			inUse, err := r.ContainerImages()
+			if err != nil {
+				return err
+			}
 			for _, a := range args {
 				img, err := resolve(r.Store, a)
 				if err != nil {
 					return err
+				}
+				// An image a container stands on loses its last name or goes only with -f.
+				if ctrs := inUse[img.ID]; len(ctrs) > 0 && !force && (len(img.Refs) <= 1 || !slices.Contains(img.Refs, store.NormalizeRef(a))) {
+					return fmt.Errorf("image %s is used by container %s: remove the container (lbuild rm) first, or pass -f", a, strings.Join(ctrs, ", "))
 				}
 				byName := false
 				for _, ref := range img.Refs {
@@ -265,6 +277,6 @@ func newRmiCmd(g *globals) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.Flags().BoolVarP(&force, "force", "f", false, "remove an image with several tags by ID")
+	cmd.Flags().BoolVarP(&force, "force", "f", false, "remove an image with several tags by ID, or one a container uses")
 	return cmd
 }

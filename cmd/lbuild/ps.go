@@ -1,0 +1,70 @@
+package main
+
+import (
+	"fmt"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/docker/go-units"
+	"github.com/spf13/cobra"
+
+	"github.com/lbuild/lbuild/builder"
+)
+
+func newPsCmd(g *globals) *cobra.Command {
+	var all, quiet bool
+	cmd := &cobra.Command{
+		Use:   "ps [-a]",
+		Short: "List containers (running ones; -a for all)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			r, err := g.open()
+			if err != nil {
+				return err
+			}
+			ctrs, err := r.Containers(cmd.Context())
+			if err != nil {
+				return err
+			}
+			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 8, 3, ' ', 0)
+			if !quiet {
+				fmt.Fprintln(w, "CONTAINER ID\tIMAGE\tCOMMAND\tCREATED\tSTATUS\tNAMES")
+			}
+			for _, c := range ctrs {
+				if !all && !c.Running() {
+					continue
+				}
+				if quiet {
+					fmt.Fprintln(w, c.ShortID())
+					continue
+				}
+				command := strings.Join(c.Args, " ")
+				if len(command) > 20 {
+					command = command[:19] + "…"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%q\t%s\t%s\t%s\n", c.ShortID(), c.Image, command, since(c.Created), containerStatus(c), c.Name)
+			}
+			return w.Flush()
+		},
+	}
+	cmd.Flags().BoolVarP(&all, "all", "a", false, "show all containers (default: running only)")
+	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "only show container IDs")
+	return cmd
+}
+
+// containerStatus is docker's STATUS column: "Up 5 seconds", "Exited (0) 3
+// minutes ago", "Created".
+func containerStatus(c *builder.Container) string {
+	switch c.Status {
+	case builder.StatusRunning:
+		return "Up " + units.HumanDuration(time.Since(c.Started))
+	case builder.StatusExited:
+		code := fmt.Sprint(c.ExitCode)
+		if c.ExitCode < 0 {
+			code = "unknown"
+		}
+		return fmt.Sprintf("Exited (%s) %s", code, since(c.Finished))
+	}
+	return "Created"
+}
