@@ -1,0 +1,79 @@
+// Package examples holds the example build contexts and the demo script;
+// its test runs the demo end to end.
+package examples
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestDemo builds lbuild and runs demo.sh with it, in a fresh store, the way
+// "make demo" does, and checks that its output shows the sharing table and
+// the pages the containers served.
+func TestDemo(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the demo needs root")
+	}
+	for _, bin := range []string{"runc", "curl", "/bin/busybox"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			t.Skipf("the demo needs %s", bin)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	lbuild := filepath.Join(t.TempDir(), "lbuild")
+	if out, err := exec.CommandContext(ctx, "go", "build", "-o", lbuild, "../cmd/lbuild").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	cmd := exec.CommandContext(ctx, "./demo.sh")
+	var env []string
+	for _, e := range os.Environ() {
+		if !strings.HasPrefix(e, "LBUILD_ROOT=") && !strings.HasPrefix(e, "LBUILD=") {
+			env = append(env, e)
+		}
+	}
+	cmd.Env = append(env, "LBUILD="+lbuild)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	start := time.Now()
+	err := cmd.Run()
+	t.Logf("demo took %v", time.Since(start).Round(time.Millisecond))
+	if err != nil {
+		t.Fatalf("demo.sh: %v\n%s", err, out.String())
+	}
+	s := out.String()
+	for _, re := range []string{
+		// The sharing table: the base in all four images, the index.html
+		// layer in hello-web and config-web only, the pair sharing all but
+		// the last layer.
+		`LAYER\s+SIZE\s+CREATED BY\s+local/base\s+hello-web\s+config-web\s+pre-config-web`,
+		`COPY rootfs/ /\s+x\s+x\s+x\s+x\n`,
+		`COPY index.html /www/index.html\s+-\s+x\s+x\s+-\n`,
+		`COPY index.html /www/index.html\s+-\s+-\s+-\s+x\n`,
+		`COPY common/ /www/\s+x\s+x\n`,
+		`COPY blue.html /www/index.html\s+x\s+-\n`,
+		// The pages served, the change in one container only.
+		`\(hello-1\): Hello from lbuild`,
+		`\(hello-2\): Hello from lbuild`,
+		`\(config-1\): Hello from lbuild`,
+		`\(hello-1\): Changed inside hello-1`,
+		`lbuild diff hello-1\nC /www\nC /www/index.html\n`,
+		`lbuild diff hello-2\n\(no changes\)`,
+		`Containers \(each container's own writable layer\)`,
+		`demo: done`,
+	} {
+		if !regexp.MustCompile(re).MatchString(s) {
+			t.Errorf("demo output lacks %q", re)
+		}
+	}
+	if t.Failed() {
+		t.Logf("demo output:\n%s", s)
+	}
+}
