@@ -393,11 +393,28 @@ func copyInto(root, workdir string, c copySpec, groups []group, mode os.FileMode
 			if err := mkdirAll(root, dest, uid, gid, c.chown != ""); err != nil {
 				return err
 			}
+			var dirs []cache.Entry // their times are set after their contents
 			for _, e := range g.entries {
 				if e.Rel == "." && existed {
 					continue // an existing destination keeps its own metadata
 				}
-				if err := copyEntry(root, path.Join(dest, e.Rel), e, uid, gid, mode, c.add); err != nil {
+				if err := copyEntry(root, path.Join(dest, e.Rel), e, uid, gid, mode); err != nil {
+					return err
+				}
+				if e.Info.IsDir() {
+					dirs = append(dirs, e)
+				}
+			}
+			// Creating a child moves its directory's mtime, so directories
+			// get their source mtime last, deepest first: the same sources
+			// then give the same layer bytes whenever they are copied.
+			for i := len(dirs) - 1; i >= 0; i-- {
+				p, err := securejoin.SecureJoin(root, path.Join(dest, dirs[i].Rel))
+				if err != nil {
+					return err
+				}
+				mt := dirs[i].Info.ModTime()
+				if err := os.Chtimes(p, mt, mt); err != nil {
 					return err
 				}
 			}
@@ -425,7 +442,7 @@ func copyInto(root, workdir string, c copySpec, groups []group, mode os.FileMode
 					continue
 				}
 			}
-			if err := copyEntry(root, target, e, uid, gid, mode, false); err != nil {
+			if err := copyEntry(root, target, e, uid, gid, mode); err != nil {
 				return err
 			}
 		}
@@ -473,8 +490,9 @@ func mkdirAll(root, dir string, uid, gid uint32, chown bool) error {
 }
 
 // copyEntry copies one file, dir or symlink to target (absolute in root),
-// giving it uid:gid, the source mode (or --chmod) and the source mtime.
-func copyEntry(root, target string, e cache.Entry, uid, gid uint32, chmod os.FileMode, _ bool) error {
+// giving it uid:gid, the source mode (or --chmod) and, but for a directory
+// (whose time the caller sets once its contents are in), the source mtime.
+func copyEntry(root, target string, e cache.Entry, uid, gid uint32, chmod os.FileMode) error {
 	p, err := securejoin.SecureJoin(root, target)
 	if err != nil {
 		return err
@@ -522,10 +540,7 @@ func copyEntry(root, target string, e cache.Entry, uid, gid uint32, chmod os.Fil
 	if err := os.Lchown(p, int(uid), int(gid)); err != nil {
 		return err
 	}
-	if err := os.Chmod(p, applyMode(m, chmod)); err != nil {
-		return err
-	}
-	return os.Chtimes(p, fi.ModTime(), fi.ModTime())
+	return os.Chmod(p, applyMode(m, chmod))
 }
 
 func applyMode(src, chmod os.FileMode) os.FileMode {

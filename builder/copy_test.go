@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
@@ -133,5 +134,22 @@ func TestCachedBuildUnpacksNothing(t *testing.T) {
 	mustBuild(t, r2, dir, "")
 	if ents, _ := os.ReadDir(layers); len(ents) != 2 {
 		t.Errorf("after one executed step: %d layers unpacked, want 2 (base + the new one)", len(ents))
+	}
+}
+
+// The same sources copied at different times give the same layer bytes:
+// copied directories keep their source mtimes although their children are
+// created after them. (The two builds run more than a second apart, the
+// resolution of tar mtimes.)
+func TestCopyLayerReproducible(t *testing.T) {
+	r := openRoot(t)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"tree/a": "a", "tree/sub/b": "b", "tree/sub/deeper/c": "c"})
+	first, _ := mustBuild(t, r, dir, "FROM scratch\nCOPY tree /tree\n")
+	time.Sleep(1100 * time.Millisecond)
+	second, _ := mustBuild(t, r, dir, "", func(o *Options) { o.NoCache = true })
+	if first.Steps[1].DiffID != second.Steps[1].DiffID {
+		t.Errorf("same sources, different layers:\n%v\n%v",
+			layerEntries(t, r, first.Steps[1].DiffID), layerEntries(t, r, second.Steps[1].DiffID))
 	}
 }

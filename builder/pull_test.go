@@ -2,6 +2,8 @@ package builder
 
 import (
 	"context"
+	"io"
+	"log"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -17,7 +19,7 @@ import (
 // registry once; the next build finds it in the store and asks nothing.
 func TestFromPullsOnce(t *testing.T) {
 	var requests atomic.Int64
-	reg := registry.New()
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		requests.Add(1)
 		reg.ServeHTTP(w, r)
