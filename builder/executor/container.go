@@ -80,17 +80,9 @@ func (r *Runc) Create(id, rootfs string, meta Meta) error {
 	if id == "" || strings.ContainsAny(id, "/-") {
 		return fmt.Errorf("invalid container id %q", id)
 	}
-	if err := normalizeMeta(&meta); err != nil {
-		return err
-	}
-	rootfs, err := filepath.Abs(rootfs)
+	rootfs, err := checkRun(rootfs, &meta)
 	if err != nil {
 		return err
-	}
-	if fi, err := os.Stat(rootfs); err != nil {
-		return fmt.Errorf("rootfs: %w", err)
-	} else if !fi.IsDir() {
-		return fmt.Errorf("rootfs %s is not a directory", rootfs)
 	}
 	if err := mkdirAllOwned(rootfs, meta.Cwd, meta.UID, meta.GID); err != nil {
 		return fmt.Errorf("creating working directory: %w", err)

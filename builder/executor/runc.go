@@ -102,20 +102,30 @@ func NewRunc(runtime, stateDir string) (*Runc, error) {
 	return r, nil
 }
 
-// Run implements Executor with "runc run" in the foreground, the
-// process's stdio passed straight through to it.
-func (r *Runc) Run(ctx context.Context, rootfs string, meta Meta) (retErr error) {
-	if err := normalizeMeta(&meta); err != nil {
-		return err
+// checkRun normalizes meta and returns rootfs as an absolute path, checking
+// that it is a directory.
+func checkRun(rootfs string, meta *Meta) (string, error) {
+	if err := normalizeMeta(meta); err != nil {
+		return "", err
 	}
 	rootfs, err := filepath.Abs(rootfs)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if fi, err := os.Stat(rootfs); err != nil {
-		return fmt.Errorf("rootfs: %w", err)
+		return "", fmt.Errorf("rootfs: %w", err)
 	} else if !fi.IsDir() {
-		return fmt.Errorf("rootfs %s is not a directory", rootfs)
+		return "", fmt.Errorf("rootfs %s is not a directory", rootfs)
+	}
+	return rootfs, nil
+}
+
+// Run implements Executor with "runc run" in the foreground, the
+// process's stdio passed straight through to it.
+func (r *Runc) Run(ctx context.Context, rootfs string, meta Meta) (retErr error) {
+	rootfs, err := checkRun(rootfs, &meta)
+	if err != nil {
+		return err
 	}
 	if err := ctx.Err(); err != nil {
 		return err
