@@ -1,0 +1,84 @@
+package progress
+
+import (
+	"bytes"
+	"errors"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+func TestPlain(t *testing.T) {
+	var b bytes.Buffer
+	p := NewPlain(&b)
+	p.Start(1, "[1/2] FROM scratch")
+	p.Done(1, nil)
+	p.Start(2, "[2/2] RUN make")
+	p.Log(2, "compiling")
+	p.Done(2, errors.New("exit code 2"))
+	p.Start(3, "[2/2] COPY a /a")
+	p.Cached(3)
+	want := `^#1 \[1/2\] FROM scratch\n#1 DONE \d+\.\ds\n\n#2 \[2/2\] RUN make\n#2 \d+\.\d{3} compiling\n#2 ERROR: exit code 2\n\n#3 \[2/2\] COPY a /a\n#3 CACHED\n\n$`
+	if !regexp.MustCompile(want).MatchString(b.String()) {
+		t.Errorf("plain output:\n%s", b.String())
+	}
+}
+
+// The tty view redraws the running step with its last output lines, and
+// leaves one line per finished step.
+func TestTTY(t *testing.T) {
+	var b bytes.Buffer
+	w, err := New("tty", &b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.Start(1, "[1/2] RUN make")
+	for i := range 10 {
+		w.Log(1, "line "+string(rune('0'+i)))
+	}
+	mid := b.String()
+	w.Done(1, nil)
+	w.Start(2, "[2/2] COPY a /a")
+	w.Cached(2)
+	out := b.String()
+	if !strings.Contains(mid, "    line 9") || !strings.Contains(mid, "\x1b[1A\x1b[2K") {
+		t.Errorf("running step not redrawn with its output:\n%q", mid)
+	}
+	// What stays on screen: erase the redrawn parts as a terminal would.
+	screen := render(out)
+	if len(screen) != 2 || !regexp.MustCompile(`=> #1 \[1/2\] RUN make  \d+\.\ds$`).MatchString(screen[0]) ||
+		!strings.HasSuffix(screen[1], "=> #2 [2/2] COPY a /a  CACHED") {
+		t.Errorf("final screen %q", screen)
+	}
+	if _, err := New("fancy", &b); err == nil {
+		t.Error("unknown mode must fail")
+	}
+}
+
+// render applies the cursor-up and erase-line sequences the tty view uses
+// and returns the lines left on the screen.
+func render(s string) []string {
+	var lines []string
+	cur := ""
+	for i := 0; i < len(s); i++ {
+		switch {
+		case strings.HasPrefix(s[i:], "\x1b[1A"):
+			if cur == "" && len(lines) > 0 {
+				cur = lines[len(lines)-1]
+				lines = lines[:len(lines)-1]
+			}
+			i += 3
+		case strings.HasPrefix(s[i:], "\x1b[2K"):
+			cur = ""
+			i += 3
+		case s[i] == '\r':
+			cur = ""
+		case s[i] == '\n':
+			lines = append(lines, cur)
+			cur = ""
+		default:
+			cur += string(s[i])
+		}
+	}
+	return lines
+}
