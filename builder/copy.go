@@ -2,6 +2,7 @@ package builder
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -18,46 +19,88 @@ import (
 
 	"github.com/lbuild/lbuild/cache"
 	"github.com/lbuild/lbuild/cache/store"
+	"github.com/lbuild/lbuild/parser"
 )
 
-// copySpec is a COPY or ADD after expansion.
+// copySpec is a COPY or ADD after expansion. Its exported fields are what
+// its cache key is made of (as JSON, so no two spellings collide).
 type copySpec struct {
-	add      bool
-	srcs     []string
-	contents []instructions.SourceContent // heredoc sources
-	dest     string
-	from     string
-	chown    string
-	chmod    string
+	Add      bool
+	Srcs     []string
+	contents []instructions.SourceContent // heredoc sources (keyed by content)
+	Dest     string
+	From     string
+	Chown    string
+	Chmod    string
+	Exclude  []string
+	Link     bool
+	Parents  bool
+	Unpack   *bool  // ADD --unpack
+	checksum string // ADD --checksum (URL sources only)
+	gitDir   *bool  // ADD --keep-git-dir (git sources only)
 }
 
 func copyFromCopy(c *instructions.CopyCommand) copySpec {
-	return copySpec{srcs: c.SourcePaths, contents: c.SourceContents, dest: c.DestPath, from: c.From, chown: c.Chown, chmod: c.Chmod}
+	return copySpec{Srcs: c.SourcePaths, contents: c.SourceContents, Dest: c.DestPath, From: c.From, Chown: c.Chown, Chmod: c.Chmod,
+		Exclude: c.ExcludePatterns, Link: c.Link, Parents: c.Parents}
 }
 
 func copyFromAdd(c *instructions.AddCommand) copySpec {
-	return copySpec{add: true, srcs: c.SourcePaths, contents: c.SourceContents, dest: c.DestPath, chown: c.Chown, chmod: c.Chmod}
+	return copySpec{Add: true, Srcs: c.SourcePaths, contents: c.SourceContents, Dest: c.DestPath, Chown: c.Chown, Chmod: c.Chmod,
+		Exclude: c.ExcludePatterns, Link: c.Link, Unpack: c.Unpack, checksum: c.Checksum, gitDir: c.KeepGitDir}
+}
+
+// keyJSON is the instruction's part of its cache key.
+func (c copySpec) keyJSON() string {
+	b, err := json.Marshal(c)
+	if err != nil {
+		panic(err) // strings, bools and slices always marshal
+	}
+	return string(b)
+}
+
+// unsupported reports a flag lbuild parses but cannot honour yet, so that it
+// is refused rather than silently ignored.
+func (c copySpec) unsupported() error {
+	switch {
+	case c.Parents:
+		return errors.New("COPY --parents is not supported yet: copy each directory to its destination")
+	case c.checksum != "":
+		return errors.New("ADD --checksum applies to URL sources, which are not supported yet")
+	case c.gitDir != nil:
+		return errors.New("ADD --keep-git-dir applies to git sources, which are not supported yet")
+	}
+	return nil
 }
 
 func (c copySpec) text() string {
 	var b strings.Builder
-	if c.add {
+	if c.Add {
 		b.WriteString("ADD")
 	} else {
 		b.WriteString("COPY")
 	}
-	for _, f := range [][2]string{{"from", c.from}, {"chown", c.chown}, {"chmod", c.chmod}} {
+	for _, f := range [][2]string{{"from", c.From}, {"chown", c.Chown}, {"chmod", c.Chmod}} {
 		if f[1] != "" {
 			fmt.Fprintf(&b, " --%s=%s", f[0], f[1])
 		}
 	}
-	for _, s := range c.srcs {
+	for _, e := range c.Exclude {
+		fmt.Fprintf(&b, " --exclude=%s", e)
+	}
+	if c.Link {
+		b.WriteString(" --link")
+	}
+	if c.Unpack != nil {
+		fmt.Fprintf(&b, " --unpack=%v", *c.Unpack)
+	}
+	for _, s := range c.Srcs {
 		b.WriteString(" " + s)
 	}
 	for _, s := range c.contents {
 		b.WriteString(" <<" + s.Path)
 	}
-	b.WriteString(" " + c.dest)
+	b.WriteString(" " + c.Dest)
 	return b.String()
 }
 
@@ -68,32 +111,40 @@ type group struct {
 	name    string        // base name of a file source
 	entries []cache.Entry // a dir's tree (Rel relative to it, "." for itself) or the one file (Rel = name)
 	data    *string       // heredoc content instead of a file
+	pruned  bool          // .dockerignore or --exclude left something out
 }
 
 func (b *build) dispatchCopy(ctx context.Context, st *stageState, c copySpec) error {
 	text := c.text()
-	mode, err := parseChmod(c.chmod)
+	mode, err := parseChmod(c.Chmod)
 	if err != nil {
 		return err
 	}
-	for _, s := range c.srcs {
+	for _, s := range c.Srcs {
 		if isURL(s) {
-			if c.add {
+			if c.Add {
 				return fmt.Errorf("ADD from a URL or git repository (%s) is not supported yet: download it into the build context and COPY it", s)
 			}
 			return fmt.Errorf("COPY cannot take a URL (%s): use ADD, or download it into the build context", s)
 		}
 	}
-	keyParts := []string{text, "workdir=" + st.cfg.Config.WorkingDir}
+	if err := c.unsupported(); err != nil {
+		return err
+	}
+	keyParts := []string{c.keyJSON(), "workdir=" + st.cfg.Config.WorkingDir}
+	excl, err := parser.NewIgnore(c.Exclude)
+	if err != nil {
+		return fmt.Errorf("--exclude: %w", err)
+	}
 
 	var srcRoot string
 	var release func()
 	var ignore = b.ignore
 	switch {
-	case c.from == "":
+	case c.From == "":
 		srcRoot = b.ctxDir
 	default:
-		diffIDs, layers, id, err := b.fromSource(ctx, c.from)
+		diffIDs, layers, id, err := b.fromSource(ctx, c.From)
 		if err != nil {
 			return err
 		}
@@ -116,7 +167,7 @@ func (b *build) dispatchCopy(ctx context.Context, st *stageState, c copySpec) er
 			if err != nil {
 				return err
 			}
-			groups, err := selectSources(src, nil, c.srcs, false)
+			groups, err := selectSources(src, nil, excl, c.Srcs, false)
 			if err != nil {
 				return err
 			}
@@ -124,7 +175,7 @@ func (b *build) dispatchCopy(ctx context.Context, st *stageState, c copySpec) er
 		})
 	}
 
-	groups, err := selectSources(srcRoot, ignore, c.srcs, true)
+	groups, err := selectSources(srcRoot, ignore, excl, c.Srcs, true)
 	if err != nil {
 		return err
 	}
@@ -155,14 +206,15 @@ func (b *build) dispatchCopy(ctx context.Context, st *stageState, c copySpec) er
 
 // fromSource resolves COPY --from: a stage of this Dockerfile (built first if
 // needed) or an image in the store. It returns the layers and an ID that
-// stands for the content in cache keys.
+// stands for the content in cache keys (a stage's key and chain ID, an
+// image's ID).
 func (b *build) fromSource(ctx context.Context, from string) ([]v1Hash, []v1Desc, string, error) {
 	if s, ok := b.df.Stage(from); ok {
 		st, err := b.stage(ctx, s)
 		if err != nil {
 			return nil, nil, "", err
 		}
-		return st.cfg.RootFS.DiffIDs, st.layers, string(st.key), nil
+		return st.cfg.RootFS.DiffIDs, st.layers, string(st.key) + "@" + st.chainID, nil
 	}
 	img, err := b.root.Store.Resolve(from)
 	if errors.Is(err, store.ErrNotFound) {
@@ -211,8 +263,11 @@ func hasGlob(s string) bool { return strings.ContainsAny(s, "*?[") }
 // selectSources resolves COPY sources inside root. Every path is taken
 // relative to root ("../x" and "/x" stay inside it) and symlinks are followed
 // within it, so nothing outside root is read. In the build context,
-// .dockerignore'd paths are treated as absent.
-func selectSources(root string, ig ignorer, srcs []string, isContext bool) ([]group, error) {
+// .dockerignore'd paths (ig, matched on context-relative paths) are treated as
+// absent; --exclude patterns (excl) are matched on paths relative to each
+// source, as BuildKit does. A wildcard that matches nothing is skipped, as in
+// BuildKit; a plain path that does not exist is an error.
+func selectSources(root string, ig, excl ignorer, srcs []string, isContext bool) ([]group, error) {
 	var groups []group
 	for _, src := range srcs {
 		clean := path.Clean("/" + filepath.ToSlash(src))
@@ -226,13 +281,13 @@ func selectSources(root string, ig ignorer, srcs []string, isContext bool) ([]gr
 		} else {
 			rels = []string{strings.TrimPrefix(clean, "/")}
 		}
-		if len(rels) == 0 {
-			return nil, fmt.Errorf("no source files match %q in the build context (or .dockerignore excludes them)", src)
-		}
 		for _, rel := range rels {
-			g, err := resolveSource(root, rel, ig, isContext)
+			g, err := resolveSource(root, rel, ig, excl, isContext)
 			if err != nil {
 				return nil, fmt.Errorf("source %q: %w", src, err)
+			}
+			if !g.dir && len(g.entries) == 0 {
+				continue // excluded by --exclude
 			}
 			groups = append(groups, g)
 		}
@@ -304,8 +359,9 @@ func globInRoot(root, pattern string, ig ignorer) ([]string, error) {
 }
 
 // resolveSource stats one source (following symlinks within root) and, for a
-// directory, walks its tree in lexical order.
-func resolveSource(root, rel string, ig ignorer, isContext bool) (group, error) {
+// directory, walks its tree in lexical order. A group whose walk left
+// anything out is marked pruned.
+func resolveSource(root, rel string, ig, excl ignorer, isContext bool) (group, error) {
 	if ex, err := excluded(ig, rel); err != nil {
 		return group{}, err
 	} else if ex {
@@ -324,6 +380,9 @@ func resolveSource(root, rel string, ig ignorer, isContext bool) (group, error) 
 	}
 	if !fi.IsDir() {
 		name := path.Base("/" + rel)
+		if ex, err := excluded(excl, name); err != nil || ex {
+			return group{name: name, pruned: true}, err
+		}
 		return group{name: name, entries: []cache.Entry{{Rel: name, Abs: abs, Info: fi}}}, nil
 	}
 	g := group{dir: true}
@@ -335,47 +394,59 @@ func resolveSource(root, rel string, ig ignorer, isContext bool) (group, error) 
 		}
 		r, _ := filepath.Rel(abs, p)
 		if r != "." {
-			ex, err := excluded(ig, path.Join(base, filepath.ToSlash(r)))
-			if err != nil {
-				return err
-			}
-			if ex {
-				if d.IsDir() && (ig == nil || !ig.HasExclusions()) {
-					return filepath.SkipDir
+			r = filepath.ToSlash(r)
+			for _, m := range []struct {
+				ig  ignorer
+				rel string
+			}{{ig, path.Join(base, r)}, {excl, r}} {
+				ex, err := excluded(m.ig, m.rel)
+				if err != nil {
+					return err
 				}
-				return nil
+				if ex {
+					g.pruned = true
+					if d.IsDir() && !m.ig.HasExclusions() {
+						return filepath.SkipDir
+					}
+					return nil
+				}
 			}
 		}
 		info, err := d.Info()
 		if err != nil {
 			return err
 		}
-		g.entries = append(g.entries, cache.Entry{Rel: filepath.ToSlash(r), Abs: p, Info: info})
+		g.entries = append(g.entries, cache.Entry{Rel: r, Abs: p, Info: info})
 		return nil
 	})
 	return g, err
 }
 
 // copyInto copies the groups into the filesystem at root, following docker's
-// destination rules: a dest ending in "/", several sources or a wildcard, or
-// an existing directory means "into this directory"; a relative dest is
-// relative to WORKDIR; missing parents are created.
+// destination rules: a dest ending in "/", several sources, or an existing
+// directory means "into this directory"; a relative dest is relative to
+// WORKDIR; missing parents are created.
 func copyInto(root, workdir string, c copySpec, groups []group, mode os.FileMode) error {
-	dest := c.dest
+	dest := c.Dest
 	if !path.IsAbs(dest) {
 		if workdir == "" {
 			workdir = "/"
 		}
-		dest = path.Join(workdir, dest) + map[bool]string{true: "/"}[strings.HasSuffix(c.dest, "/") || c.dest == "." || strings.HasSuffix(c.dest, "/.")]
+		dest = path.Join(workdir, dest) + map[bool]string{true: "/"}[strings.HasSuffix(c.Dest, "/") || c.Dest == "." || strings.HasSuffix(c.Dest, "/.")]
 	}
 	uid, gid := uint32(0), uint32(0)
-	if c.chown != "" {
+	if c.Chown != "" {
 		var err error
-		if uid, gid, err = resolveUser(root, c.chown, true); err != nil {
-			return fmt.Errorf("--chown=%s: %w", c.chown, err)
+		if uid, gid, err = resolveUser(root, c.Chown, true); err != nil {
+			return fmt.Errorf("--chown=%s: %w", c.Chown, err)
 		}
 	}
-	intoDir := strings.HasSuffix(dest, "/") || len(groups) > 1 || anyGlob(c.srcs)
+	if len(groups) == 0 && strings.HasSuffix(dest, "/") {
+		// Only wildcards that matched nothing: the destination is still made.
+		return mkdirAll(root, dest, uid, gid, c.Chown != "")
+	}
+	// A wildcard matching one file copies it to dest itself, as BuildKit does.
+	intoDir := strings.HasSuffix(dest, "/") || len(groups) > 1
 	destAbs, err := securejoin.SecureJoin(root, dest)
 	if err != nil {
 		return err
@@ -390,13 +461,25 @@ func copyInto(root, workdir string, c copySpec, groups []group, mode os.FileMode
 			if fi, err := os.Stat(destAbs); err == nil && fi.IsDir() {
 				existed = true
 			}
-			if err := mkdirAll(root, dest, uid, gid, c.chown != ""); err != nil {
+			if err := mkdirAll(root, dest, uid, gid, c.Chown != ""); err != nil {
 				return err
 			}
 			var dirs []cache.Entry // their times are set after their contents
+			made := map[string]bool{".": true}
 			for _, e := range g.entries {
 				if e.Rel == "." && existed {
 					continue // an existing destination keeps its own metadata
+				}
+				if e.Info.IsDir() {
+					made[e.Rel] = true
+				}
+				// A file a "!" exception keeps inside an excluded directory
+				// has no directory entry before it.
+				if parent := path.Dir(e.Rel); !made[parent] {
+					if err := mkdirAll(root, path.Join(dest, parent), uid, gid, c.Chown != ""); err != nil {
+						return err
+					}
+					made[parent] = true
 				}
 				if err := copyEntry(root, path.Join(dest, e.Rel), e, uid, gid, mode); err != nil {
 					return err
@@ -423,7 +506,7 @@ func copyInto(root, workdir string, c copySpec, groups []group, mode os.FileMode
 			if intoDir {
 				target = path.Join(dest, g.name)
 			}
-			if err := mkdirAll(root, path.Dir(target), uid, gid, c.chown != ""); err != nil {
+			if err := mkdirAll(root, path.Dir(target), uid, gid, c.Chown != ""); err != nil {
 				return err
 			}
 			if g.data != nil {
@@ -433,8 +516,8 @@ func copyInto(root, workdir string, c copySpec, groups []group, mode os.FileMode
 				continue
 			}
 			e := g.entries[0]
-			if c.add && e.Info.Mode().IsRegular() {
-				ok, err := extractArchive(root, dest, e.Abs, uid, gid, c.chown != "")
+			if c.Add && e.Info.Mode().IsRegular() && (c.Unpack == nil || *c.Unpack) {
+				ok, err := extractArchive(root, dest, e.Abs, uid, gid, c.Chown != "")
 				if err != nil {
 					return fmt.Errorf("ADD %s: %w", g.name, err)
 				}
@@ -448,15 +531,6 @@ func copyInto(root, workdir string, c copySpec, groups []group, mode os.FileMode
 		}
 	}
 	return nil
-}
-
-func anyGlob(srcs []string) bool {
-	for _, s := range srcs {
-		if hasGlob(s) {
-			return true
-		}
-	}
-	return false
 }
 
 // mkdirAll creates dir and its missing parents (mode 0755) inside root;

@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -151,5 +152,66 @@ func TestCopyLayerReproducible(t *testing.T) {
 	if first.Steps[1].DiffID != second.Steps[1].DiffID {
 		t.Errorf("same sources, different layers:\n%v\n%v",
 			layerEntries(t, r, first.Steps[1].DiffID), layerEntries(t, r, second.Steps[1].DiffID))
+	}
+}
+
+// COPY as BuildKit does it: a wildcard matching one file copies it to dest
+// itself (COPY target/*.jar app.jar), a wildcard matching nothing is skipped,
+// --exclude leaves paths out (matched relative to each source), ADD
+// --unpack=false copies an archive as it is, and a file a "!" exception keeps
+// inside an excluded directory is copied with its parents.
+func TestCopyBuildKitRules(t *testing.T) {
+	r := openRoot(t)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{
+		"target/demo-1.0.jar": "jar", "app/a.go": "a", "app/a.log": "log", "app/sub/b.log": "log2", "app/sub/b.go": "b",
+		"sub/skip.txt": "s", "sub/keep.txt": "k", ".dockerignore": "sub\n!sub/keep.txt\n",
+	})
+	os.WriteFile(filepath.Join(dir, "x.tar"), tarBytes(t, "in.txt", "tar"), 0o644)
+	res, _ := mustBuild(t, r, dir, `FROM scratch
+COPY target/*.jar app.jar
+COPY package*.json yarn.lock* /js/
+COPY --exclude=**/*.log app /app/
+ADD --unpack=false x.tar /archives/
+COPY . /ctx/
+`)
+	step := func(i int) []entry { return layerEntries(t, r, res.Steps[i].DiffID) }
+	if e, ok := find(step(1), "app.jar"); !ok || e.typ != tar.TypeReg || e.body != "jar" {
+		t.Errorf("COPY target/*.jar app.jar: %v", names(step(1)))
+	}
+	if got := strings.Join(names(step(2)), " "); got != "js/" {
+		t.Errorf("wildcards matching nothing: %q", got)
+	}
+	if got := strings.Join(names(step(3)), " "); got != "app/ app/a.go app/sub/ app/sub/b.go" {
+		t.Errorf("--exclude=**/*.log: %q", got)
+	}
+	if e, ok := find(step(4), "archives/x.tar"); !ok || e.typ != tar.TypeReg {
+		t.Errorf("ADD --unpack=false: %v", names(step(4)))
+	}
+	got := strings.Join(names(step(5)), " ")
+	if !strings.Contains(got, "ctx/sub/keep.txt") || strings.Contains(got, "skip.txt") {
+		t.Errorf("dockerignore exception inside an excluded dir: %q", got)
+	}
+	// --exclude is part of the key: the same COPY without it misses.
+	res2, _ := mustBuild(t, r, dir, "FROM scratch\nCOPY target/*.jar app.jar\nCOPY package*.json yarn.lock* /js/\nCOPY app /app/\n")
+	if res2.Steps[3].Cached {
+		t.Error("COPY without --exclude must not hit the cache of COPY --exclude")
+	}
+}
+
+// Two COPY --from spellings that read the same as text (the JSON form keeps
+// "a b" one path) must not share a cache key.
+func TestCopyKeyForms(t *testing.T) {
+	r := openRoot(t)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"d/a b": "space", "d/a": "a", "b": "b"})
+	mustBuild(t, r, dir, "FROM scratch AS s\nCOPY d /d\nCOPY b /b\nFROM scratch\nCOPY --from=s [\"/d/a b\", \"/out/\"]\n")
+	res, _ := mustBuild(t, r, dir, "FROM scratch AS s\nCOPY d /d\nCOPY b /b\nFROM scratch\nCOPY --from=s /d/a b /out/\n")
+	last := res.Steps[len(res.Steps)-1]
+	if last.Cached {
+		t.Fatal("exec-form and shell-form COPY shared a cache key")
+	}
+	if got := strings.Join(names(layerEntries(t, r, last.DiffID)), " "); got != "out/ out/a out/b" {
+		t.Errorf("COPY --from=s /d/a b /out/: %q", got)
 	}
 }

@@ -2,6 +2,7 @@ package builder
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"path"
@@ -42,7 +43,7 @@ func (b *build) dispatch(ctx context.Context, st *stageState, c instructions.Com
 			st.cfg.Config.Env = setEnv(st.cfg.Config.Env, e.Key, e.Value)
 			parts = append(parts, e.Key+"="+e.Value)
 		}
-		return b.meta(ctx, st, "ENV "+strings.Join(parts, " "))
+		return b.meta(ctx, st, "ENV "+strings.Join(parts, " "), c.Env)
 	case *instructions.LabelCommand:
 		if st.cfg.Config.Labels == nil {
 			st.cfg.Config.Labels = map[string]string{}
@@ -52,10 +53,10 @@ func (b *build) dispatch(ctx context.Context, st *stageState, c instructions.Com
 			st.cfg.Config.Labels[l.Key] = l.Value
 			parts = append(parts, l.Key+"="+strconv.Quote(l.Value))
 		}
-		return b.meta(ctx, st, "LABEL "+strings.Join(parts, " "))
+		return b.meta(ctx, st, "LABEL "+strings.Join(parts, " "), c.Labels)
 	case *instructions.MaintainerCommand:
 		st.cfg.Author = c.Maintainer
-		return b.meta(ctx, st, "MAINTAINER "+c.Maintainer)
+		return b.meta(ctx, st, "MAINTAINER "+c.Maintainer, nil)
 	case *instructions.WorkdirCommand:
 		wd := c.Path
 		if !path.IsAbs(wd) {
@@ -66,10 +67,10 @@ func (b *build) dispatch(ctx context.Context, st *stageState, c instructions.Com
 			wd = path.Join(cur, wd)
 		}
 		st.cfg.Config.WorkingDir = path.Clean(wd)
-		return b.meta(ctx, st, "WORKDIR "+st.cfg.Config.WorkingDir)
+		return b.meta(ctx, st, "WORKDIR "+st.cfg.Config.WorkingDir, nil)
 	case *instructions.UserCommand:
 		st.cfg.Config.User = c.User
-		return b.meta(ctx, st, "USER "+c.User)
+		return b.meta(ctx, st, "USER "+c.User, nil)
 	case *instructions.ExposeCommand:
 		if st.cfg.Config.ExposedPorts == nil {
 			st.cfg.Config.ExposedPorts = map[string]struct{}{}
@@ -85,7 +86,7 @@ func (b *build) dispatch(ctx context.Context, st *stageState, c instructions.Com
 				ports = append(ports, p)
 			}
 		}
-		return b.meta(ctx, st, "EXPOSE "+strings.Join(ports, " "))
+		return b.meta(ctx, st, "EXPOSE "+strings.Join(ports, " "), nil)
 	case *instructions.VolumeCommand:
 		if st.cfg.Config.Volumes == nil {
 			st.cfg.Config.Volumes = map[string]struct{}{}
@@ -96,35 +97,35 @@ func (b *build) dispatch(ctx context.Context, st *stageState, c instructions.Com
 			}
 			st.cfg.Config.Volumes[v] = struct{}{}
 		}
-		return b.meta(ctx, st, fmt.Sprintf("VOLUME %v", c.Volumes))
+		return b.meta(ctx, st, fmt.Sprintf("VOLUME %v", c.Volumes), c.Volumes)
 	case *instructions.CmdCommand:
 		args := st.withShell(c.CmdLine, c.PrependShell)
 		st.cfg.Config.Cmd = args
 		st.cmdSet = true
-		return b.meta(ctx, st, fmt.Sprintf("CMD %s", jsonArgs(args)))
+		return b.meta(ctx, st, fmt.Sprintf("CMD %s", jsonArgs(args)), nil)
 	case *instructions.EntrypointCommand:
 		args := st.withShell(c.CmdLine, c.PrependShell)
 		st.cfg.Config.Entrypoint = args
 		if !st.cmdSet {
 			st.cfg.Config.Cmd = nil
 		}
-		return b.meta(ctx, st, fmt.Sprintf("ENTRYPOINT %s", jsonArgs(args)))
+		return b.meta(ctx, st, fmt.Sprintf("ENTRYPOINT %s", jsonArgs(args)), nil)
 	case *instructions.ShellCommand:
 		st.cfg.Config.Shell = append([]string(nil), c.Shell...)
-		return b.meta(ctx, st, fmt.Sprintf("SHELL %s", jsonArgs(c.Shell)))
+		return b.meta(ctx, st, fmt.Sprintf("SHELL %s", jsonArgs(c.Shell)), nil)
 	case *instructions.StopSignalCommand:
 		if err := checkSignal(c.Signal); err != nil {
 			return err
 		}
 		st.cfg.Config.StopSignal = c.Signal
-		return b.meta(ctx, st, "STOPSIGNAL "+c.Signal)
+		return b.meta(ctx, st, "STOPSIGNAL "+c.Signal, nil)
 	case *instructions.HealthCheckCommand:
 		h := c.Health
 		st.cfg.Config.Healthcheck = &v1.HealthConfig{Test: h.Test, Interval: h.Interval, Timeout: h.Timeout, StartPeriod: h.StartPeriod, Retries: h.Retries}
-		return b.meta(ctx, st, fmt.Sprintf("HEALTHCHECK %s", jsonArgs(h.Test)))
+		return b.meta(ctx, st, fmt.Sprintf("HEALTHCHECK %s", jsonArgs(h.Test)), st.cfg.Config.Healthcheck)
 	case *instructions.OnbuildCommand:
 		st.cfg.Config.OnBuild = append(st.cfg.Config.OnBuild, c.Expression)
-		return b.meta(ctx, st, "ONBUILD "+c.Expression)
+		return b.meta(ctx, st, "ONBUILD "+c.Expression, nil)
 	case *instructions.ArgCommand:
 		return b.dispatchArg(ctx, st, c)
 	case *instructions.CopyCommand:
@@ -174,10 +175,20 @@ func (b *build) dispatchArg(ctx context.Context, st *stageState, c *instructions
 }
 
 // meta runs a metadata step: a history entry with empty_layer and no layer.
-// Its key is the instruction as expanded: the config it yields follows from
-// the parent state and the instruction alone.
-func (b *build) meta(ctx context.Context, st *stageState, text string) error {
-	return b.step(ctx, st, text, []string{text}, nil)
+// Its key is the instruction as expanded, plus the exact values it sets
+// (data, as JSON) where the shown text could read the same for two
+// different instructions (ENV A="1 B=2" and ENV A=1 B=2): the config it
+// yields follows from the parent state and these alone.
+func (b *build) meta(ctx context.Context, st *stageState, text string, data any) error {
+	parts := []string{text}
+	if data != nil {
+		j, err := json.Marshal(data)
+		if err != nil {
+			return err
+		}
+		parts = append(parts, string(j))
+	}
+	return b.step(ctx, st, text, parts, nil)
 }
 
 // layerFunc changes the filesystem view at root (an active snapshot).
@@ -187,7 +198,10 @@ type layerFunc func(ctx context.Context, root string) error
 // parent key and keyParts, reuse a cached record, or execute (a layer step runs
 // fn on a snapshot of the parent and commits the diff) and record the result.
 func (b *build) step(ctx context.Context, st *stageState, text string, keyParts []string, fn layerFunc) error {
-	key := cache.NewKey(st.key, keyParts...)
+	// The key chains the parent's key and the content it stands on (its chain
+	// ID): a --no-cache build may record a different result under a key, and
+	// what was built on the old result must then not be taken for the new.
+	key := cache.NewKey(st.key, append([]string{"parent=" + st.chainID}, keyParts...)...)
 	b.stepNo++
 	id := b.stepNo
 	b.prog.Start(id, st.label(text))

@@ -325,7 +325,7 @@ func (b *build) bindMount(ctx context.Context, m *instructions.Mount) (*runMount
 	var key string
 	var getRoot func(ctx context.Context) (string, func(), error)
 	if m.From == "" {
-		groups, err := selectSources(b.ctxDir, b.ignore, []string{src}, true)
+		groups, err := selectSources(b.ctxDir, b.ignore, nil, []string{src}, true)
 		if err != nil {
 			return nil, fmt.Errorf("--mount source %q: %w", src, err)
 		}

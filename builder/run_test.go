@@ -336,3 +336,35 @@ func TestRunWithoutRuntime(t *testing.T) {
 	writeFiles(t, dir, map[string]string{"a": "a"})
 	mustBuild(t, r, dir, "FROM scratch\nCOPY a /a\n")
 }
+
+// A stage rebuilt with --no-cache records a new result under the same key;
+// steps built on (or copying from) its old result must not be reused for
+// the new one: keys chain the content they stand on, not only the parent key.
+func TestNoCacheStageNotStale(t *testing.T) {
+	needRunc(t)
+	r := openRoot(t)
+	withBusybox(t, r)
+	dir := t.TempDir()
+	df := "FROM local/busybox AS builder\nRUN cat /proc/sys/kernel/random/uuid > /stamp\n" +
+		"FROM builder AS child\nRUN cp /stamp /child-stamp\n" +
+		"FROM local/busybox\nCOPY --from=builder /stamp /stamp\nCOPY --from=child /child-stamp /child-stamp\n"
+	mustBuild(t, r, dir, df)
+	fresh, _ := mustBuild(t, r, dir, "", func(o *Options) { o.NoCache = true; o.Target = "builder" })
+	stamp, _ := find(layerEntries(t, r, fresh.Steps[len(fresh.Steps)-1].DiffID), "stamp")
+	res, _ := mustBuild(t, r, dir, "")
+	var got, child entry
+	for _, s := range res.Steps {
+		if s.DiffID == "" {
+			continue
+		}
+		if e, ok := find(layerEntries(t, r, s.DiffID), "stamp"); ok && s.Stage == "stage-2" {
+			got = e
+		}
+		if e, ok := find(layerEntries(t, r, s.DiffID), "child-stamp"); ok && s.Stage == "stage-2" {
+			child = e
+		}
+	}
+	if got.body != stamp.body || child.body != stamp.body {
+		t.Errorf("after --no-cache of the builder stage (stamp %q), the image copied %q and the child stage has %q", stamp.body, got.body, child.body)
+	}
+}

@@ -41,6 +41,19 @@ func LoadIgnore(contextDir, dockerfile string) (*Ignore, error) {
 	return &Ignore{File: p, Patterns: pats, pm: pm}, nil
 }
 
+// NewIgnore makes an Ignore from patterns in .dockerignore syntax (as
+// COPY --exclude takes them); no patterns means nothing is excluded.
+func NewIgnore(patterns []string) (*Ignore, error) {
+	if len(patterns) == 0 {
+		return &Ignore{}, nil
+	}
+	pm, err := patternmatcher.New(patterns)
+	if err != nil {
+		return nil, fmt.Errorf("bad pattern in %q: %w", patterns, err)
+	}
+	return &Ignore{Patterns: patterns, pm: pm}, nil
+}
+
 // Excluded reports whether the context-relative path rel (slash or OS
 // separated) is excluded. parentExcluded is the answer for rel's parent dir, as
 // patternmatcher's MatchesOrParentMatches needs for "!" exceptions.
