@@ -161,6 +161,18 @@ func (r *Root) newBuild(opts Options) (*build, error) {
 		root: r, opts: opts, df: df, lex: df.Lex(), ignore: ig, ctxDir: ctxDir, files: files,
 		prog: opts.Progress, stages: map[int]*stageState{}, building: map[int]bool{}, usedArgs: map[string]bool{},
 	}
+	// BuildKit's automatic platform ARGs: in scope for FROM lines, and in a
+	// stage once declared (ARG TARGETARCH).
+	target := opts.Platform
+	if target == "" {
+		target = "linux/" + runtime.GOARCH
+	}
+	for _, p := range []struct{ prefix, platform string }{{"BUILD", "linux/" + runtime.GOARCH}, {"TARGET", target}} {
+		parts := strings.SplitN(p.platform, "/", 3)
+		parts = append(parts, "", "")
+		b.metaArgs = append(b.metaArgs, kv{p.prefix + "PLATFORM", p.platform}, kv{p.prefix + "OS", parts[0]},
+			kv{p.prefix + "ARCH", parts[1]}, kv{p.prefix + "VARIANT", parts[2]})
+	}
 	// Global ARGs: defaults expanded against the ones before, overridden by --build-arg.
 	for _, a := range df.MetaArgs {
 		for _, arg := range a.Args {
@@ -347,6 +359,7 @@ func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) 
 			st.cfg = cloneConfig(parent.cfg)
 			st.layers = append([]v1.Descriptor(nil), parent.layers...)
 			st.chainID, st.key = parent.chainID, parent.key
+			st.args = append([]kv(nil), parent.args...) // ARGs in scope carry over, as in BuildKit
 		} else {
 			img, err := b.baseImage(ctx, base, s)
 			if err != nil {

@@ -16,6 +16,7 @@ import (
 
 	securejoin "github.com/cyphar/filepath-securejoin"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"golang.org/x/sys/unix"
 
 	"github.com/lbuild/lbuild/cache"
 	"github.com/lbuild/lbuild/cache/store"
@@ -600,7 +601,9 @@ func copyEntry(root, target string, e cache.Entry, uid, gid uint32, chmod os.Fil
 		if err := os.Lchown(p, int(uid), int(gid)); err != nil {
 			return err
 		}
-		return nil
+		// The link's own mtime, not its target's, so layers are the same bytes.
+		ts := []unix.Timespec{unix.NsecToTimespec(fi.ModTime().UnixNano()), unix.NsecToTimespec(fi.ModTime().UnixNano())}
+		return unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
 	case m.IsRegular():
 		f, err := os.Open(e.Abs)
 		if err != nil {

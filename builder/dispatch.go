@@ -12,6 +12,7 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/buildkit/frontend/dockerfile/shell"
 	"github.com/sirupsen/logrus"
 
 	"github.com/lbuild/lbuild/cache"
@@ -33,6 +34,19 @@ func (b *build) dispatch(ctx context.Context, st *stageState, c instructions.Com
 			}); err != nil {
 				return err
 			}
+		}
+	}
+	// Heredoc bodies (COPY <<EOF) expand like a shell heredoc: quotes are
+	// kept, as BuildKit does with SkipProcessQuotes.
+	if ex, ok := c.(instructions.SupportsSingleWordExpansionRaw); ok {
+		lex := shell.NewLex(b.df.Escape)
+		lex.SkipProcessQuotes = true
+		env := st.expandEnv()
+		if err := ex.ExpandRaw(func(w string) (string, error) {
+			out, _, err := lex.ProcessWord(w, env)
+			return out, err
+		}); err != nil {
+			return err
 		}
 	}
 	st.index++

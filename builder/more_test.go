@@ -4,8 +4,10 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 )
 
 // --target builds the named stage and only the stages it needs.
@@ -99,5 +101,82 @@ func TestRunBindFromStage(t *testing.T) {
 	}
 	if e, _ := find(layerEntries(t, r, last.DiffID), "got"); e.body != "2ro\n" {
 		t.Errorf("bind from stage after change: %q", e.body)
+	}
+}
+
+// BuildKit's platform ARGs, ARGs inherited from a base stage, heredoc
+// expansion in COPY, and COPY --chown=<uid> meaning uid:uid.
+func TestBuildKitArgSemantics(t *testing.T) {
+	needRunc(t)
+	r := openRoot(t)
+	withBusybox(t, r)
+	dir := t.TempDir()
+	res, _ := mustBuild(t, r, dir, `FROM --platform=$BUILDPLATFORM local/busybox AS a
+ARG V=inherited
+ARG TARGETOS TARGETARCH
+RUN echo "[$TARGETOS][$TARGETARCH][$V]" > /args
+FROM a
+RUN echo "[$V]" > /child
+ENV NAME=world
+COPY <<EOF /hello.txt
+hello $NAME
+EOF
+COPY <<'EOF' /literal.txt
+hello $NAME
+EOF
+COPY --chown=1000 <<EOF /owned
+x
+EOF
+`)
+	want := map[string]string{"args": "[linux][" + runtime.GOARCH + "][inherited]\n", "child": "[inherited]\n", "hello.txt": "hello world\n", "literal.txt": "hello $NAME\n"}
+	seen := map[string]bool{}
+	for _, s := range res.Steps {
+		if s.DiffID == "" {
+			continue
+		}
+		for _, e := range layerEntries(t, r, s.DiffID) {
+			if w, ok := want[e.name]; ok {
+				seen[e.name] = true
+				if e.body != w {
+					t.Errorf("%s = %q, want %q", e.name, e.body, w)
+				}
+			}
+			if e.name == "owned" && (e.uid != 1000 || e.gid != 1000) {
+				t.Errorf("--chown=1000 gave %d:%d, want 1000:1000", e.uid, e.gid)
+			}
+		}
+	}
+	if len(seen) != len(want) {
+		t.Errorf("files found: %v", seen)
+	}
+}
+
+// A copied symlink keeps its own mtime, so two uncached builds of the same
+// sources give the same layer.
+func TestCopySymlinkReproducible(t *testing.T) {
+	r := openRoot(t)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"d/f": "f"})
+	os.Symlink("f", filepath.Join(dir, "d", "link"))
+	first, _ := mustBuild(t, r, dir, "FROM scratch\nCOPY d /app/\n")
+	time.Sleep(1100 * time.Millisecond)
+	second, _ := mustBuild(t, r, dir, "", func(o *Options) { o.NoCache = true })
+	if first.Steps[1].DiffID != second.Steps[1].DiffID {
+		t.Error("a copied symlink made the layer differ between builds")
+	}
+}
+
+// COPY --chown=<uid> is uid:uid even when /etc/passwd gives that uid another
+// primary group (BuildKit's UserOpt_ByID); a name takes its primary group.
+func TestChownNumericGID(t *testing.T) {
+	r := openRoot(t)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"passwd": "u:x:2000:100:u:/:/bin/sh\n", "f": "f"})
+	res, _ := mustBuild(t, r, dir, "FROM scratch\nCOPY passwd /etc/passwd\nCOPY --chown=2000 f /by-id\nCOPY --chown=u f /by-name\n")
+	if e, _ := find(layerEntries(t, r, res.Steps[2].DiffID), "by-id"); e.uid != 2000 || e.gid != 2000 {
+		t.Errorf("--chown=2000: %d:%d, want 2000:2000", e.uid, e.gid)
+	}
+	if e, _ := find(layerEntries(t, r, res.Steps[3].DiffID), "by-name"); e.uid != 2000 || e.gid != 100 {
+		t.Errorf("--chown=u: %d:%d, want 2000:100", e.uid, e.gid)
 	}
 }

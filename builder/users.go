@@ -12,8 +12,8 @@ import (
 
 // resolveUser turns "user[:group]" (names or numbers) into uid and gid using
 // the /etc/passwd and /etc/group of the filesystem at root, as docker does: a
-// user name takes its primary group from /etc/passwd; a bare uid keeps gid = uid
-// (COPY --chown) unless primaryGID is set (RUN/USER use gid 0 for unknown uids).
+// user name takes its primary group from /etc/passwd; a bare uid has gid = uid
+// with bareUIDGroup (COPY --chown), else its primary group or 0 (RUN, USER).
 func resolveUser(root, spec string, bareUIDGroup bool) (uid, gid uint32, err error) {
 	user, group, hasGroup := strings.Cut(spec, ":")
 	if user == "" {
@@ -21,12 +21,10 @@ func resolveUser(root, spec string, bareUIDGroup bool) (uid, gid uint32, err err
 	}
 	if n, err := strconv.ParseUint(user, 10, 32); err == nil {
 		uid = uint32(n)
-		gid = 0
 		if bareUIDGroup {
-			gid = uid
-		}
-		if ent, ok := lookupID(root, "/etc/passwd", uid); ok {
-			gid = ent
+			gid = uid // COPY --chown=1000 means 1000:1000, as BuildKit does
+		} else if ent, ok := lookupID(root, "/etc/passwd", uid); ok {
+			gid = ent // USER 1000 takes the primary group, or 0
 		}
 	} else {
 		u, g, ok, err := lookupName(root, "/etc/passwd", user)
