@@ -324,6 +324,7 @@ func (b *build) bindMount(ctx context.Context, m *instructions.Mount) (*runMount
 	rw := !m.ReadOnly
 	var key string
 	var getRoot func(ctx context.Context) (string, func(), error)
+	var filtered []group
 	if m.From == "" {
 		groups, err := selectSources(b.ctxDir, b.ignore, nil, []string{src}, true)
 		if err != nil {
@@ -332,6 +333,11 @@ func (b *build) bindMount(ctx context.Context, m *instructions.Mount) (*runMount
 		var all []cache.Entry
 		for _, g := range groups {
 			all = append(all, g.entries...)
+			if g.pruned && g.dir {
+				// .dockerignore leaves something out below the source: the
+				// step sees a copy of what is selected, as the key says.
+				filtered = groups
+			}
 		}
 		sum, err := cache.Checksum(b.files, all)
 		if err != nil {
@@ -351,6 +357,21 @@ func (b *build) bindMount(ctx context.Context, m *instructions.Mount) (*runMount
 	}
 	return &runMount{m: m, key: fmt.Sprintf("bind,target=%s,source=%s,rw=%v,%s", m.Target, src, rw, key),
 		prepare: func(ctx context.Context, _, _ uint32) (executor.Mount, func(), error) {
+			if filtered != nil {
+				tmp, err := os.MkdirTemp(b.root.RunDir(), "bind-")
+				if err != nil {
+					return executor.Mount{}, nil, err
+				}
+				if err := copyInto(tmp, "/", copySpec{Dest: "/"}, filtered, 0); err != nil {
+					os.RemoveAll(tmp)
+					return executor.Mount{}, nil, fmt.Errorf("copy bind source: %w", err)
+				}
+				opts := []string{"rbind"}
+				if !rw {
+					opts = append(opts, "ro")
+				}
+				return executor.Mount{Type: "bind", Source: tmp, Destination: m.Target, Options: opts}, func() { os.RemoveAll(tmp) }, nil
+			}
 			root, release, err := getRoot(ctx)
 			if err != nil {
 				return executor.Mount{}, nil, err

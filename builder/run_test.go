@@ -368,3 +368,17 @@ func TestNoCacheStageNotStale(t *testing.T) {
 		t.Errorf("after --no-cache of the builder stage (stamp %q), the image copied %q and the child stage has %q", stamp.body, got.body, child.body)
 	}
 }
+
+// A bind mount from the context sees what .dockerignore leaves in, no
+// more: what the step sees is what its cache key was computed over.
+func TestRunBindHonoursDockerignore(t *testing.T) {
+	needRunc(t)
+	r := openRoot(t)
+	withBusybox(t, r)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"src/app.txt": "app", "src/secret.env": "TOPSECRET", ".dockerignore": "src/secret.env\n"})
+	res, _ := mustBuild(t, r, dir, "FROM local/busybox\nRUN --mount=type=bind,source=src,target=/src ls /src > /seen\n")
+	if e, _ := find(layerEntries(t, r, res.Steps[1].DiffID), "seen"); e.body != "app.txt\n" {
+		t.Errorf("bind mount showed %q, want only app.txt", e.body)
+	}
+}
