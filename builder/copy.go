@@ -633,7 +633,7 @@ func removeNonDir(p string) error {
 		return nil
 	}
 	if cur.IsDir() {
-		return fmt.Errorf("cannot overwrite directory %s with a file", p)
+		return &os.PathError{Op: "replace", Path: p, Err: errors.New("a directory cannot be replaced by a file")}
 	}
 	return os.Remove(p)
 }

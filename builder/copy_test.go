@@ -215,3 +215,18 @@ func TestCopyKeyForms(t *testing.T) {
 		t.Errorf("COPY --from=s /d/a b /out/: %q", got)
 	}
 }
+
+// A COPY that fails inside the image names the image path, not lbuild's
+// snapshot directories.
+func TestCopyErrorNamesImagePath(t *testing.T) {
+	r := openRoot(t)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"d/x": "x", "e/x/y": "y"})
+	_, _, err := tryBuild(r, dir, "FROM scratch\nCOPY e /t/\nCOPY d /t/\n")
+	if err == nil || !strings.Contains(err.Error(), "replace /t/x: a directory cannot be replaced by a file") {
+		t.Fatalf("copying a file over a directory: %v", err)
+	}
+	if strings.Contains(err.Error(), r.Dir) || strings.Contains(err.Error(), "snapshots") {
+		t.Errorf("error leaks the store path: %v", err)
+	}
+}

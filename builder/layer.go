@@ -2,9 +2,11 @@ package builder
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
+	"strings"
 	"sync/atomic"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -34,7 +36,7 @@ func (b *build) commitLayer(ctx context.Context, st *stageState, fn layerFunc) (
 		}
 	}()
 	if err := fn(ctx, dir); err != nil {
-		return v1.Hash{}, 0, err
+		return v1.Hash{}, 0, inImage(err, dir)
 	}
 	w, err := b.root.Store.Writer()
 	if err != nil {
@@ -118,6 +120,27 @@ func (r *Root) view(ctx context.Context, diffIDs []v1.Hash, layers []v1.Descript
 		return "", nil, fmt.Errorf("view snapshot: %w", err)
 	}
 	return dir, func() { r.Snaps.Remove(context.Background(), key) }, nil
+}
+
+// inImage rewrites the paths of file errors from inside the snapshot at
+// root ("…/snapshots/active/<id>/merged/app/x") to image paths ("/app/x"):
+// the user knows the image, not lbuild's store.
+func inImage(err error, root string) error {
+	fix := func(p string) string {
+		if rest, ok := strings.CutPrefix(p, root); ok {
+			return "/" + strings.TrimPrefix(rest, "/")
+		}
+		return p
+	}
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		pe.Path = fix(pe.Path)
+	}
+	var le *os.LinkError
+	if errors.As(err, &le) {
+		le.Old, le.New = fix(le.Old), fix(le.New)
+	}
+	return err
 }
 
 // activeSeq numbers the active snapshots (and views) this process makes;
