@@ -1,6 +1,8 @@
 package executor
 
 import (
+	"golang.org/x/sys/unix"
+
 	"bytes"
 	"context"
 	"encoding/json"
@@ -93,6 +95,40 @@ func (o owner) alive() bool {
 	return err == nil && start == o.start && state != 'Z' && state != 'X'
 }
 
+// lockRun takes the exclusive lock of run id (bundles/<id>.lock) and returns
+// the function that removes and releases it.
+func (r *Runc) lockRun(id string) (func(), error) {
+	p := filepath.Join(r.bundles, id+".lock")
+	f, err := os.OpenFile(p, os.O_CREATE|os.O_RDWR, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("lock run: %w", err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("lock run: %w", err)
+	}
+	return func() {
+		os.Remove(p)
+		f.Close()
+	}, nil
+}
+
+// runAlive reports whether the run id of owner o is still in progress: its
+// lock is held (by any process, in any PID namespace). Runs without a lock
+// file are judged by their owner's pid.
+func (r *Runc) runAlive(id string, o owner) bool {
+	f, err := os.Open(filepath.Join(r.bundles, id+".lock"))
+	if err != nil {
+		return o.alive()
+	}
+	defer f.Close()
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		return true // held: the run goes on
+	}
+	unix.Flock(int(f.Fd()), unix.LOCK_UN)
+	return false
+}
+
 // Cleanup kills and deletes the runtime containers, and removes the
 // bundles, left in the state dir by lbuild processes that died (their IDs
 // embed the owner's pid and start time, so a reused pid is not mistaken for
@@ -108,7 +144,7 @@ func (r *Runc) Cleanup(ctx context.Context) error {
 	}
 	for _, id := range strings.Fields(string(out)) {
 		o, ok := parseContainerID(id)
-		if !ok || o.alive() {
+		if !ok || r.runAlive(id, o) {
 			continue
 		}
 		_, _ = r.runtimeCmd(ctx, "kill", "--all", id, "KILL")
@@ -121,8 +157,13 @@ func (r *Runc) Cleanup(ctx context.Context) error {
 		return errors.Join(append(errs, err)...)
 	}
 	for _, e := range ents {
-		o, ok := parseContainerID(e.Name())
-		if !ok || o.alive() {
+		name := strings.TrimSuffix(e.Name(), ".lock")
+		o, ok := parseContainerID(name)
+		if !ok || r.runAlive(name, o) {
+			continue
+		}
+		if name != e.Name() {
+			os.Remove(filepath.Join(r.bundles, e.Name())) // a dead run's lock file
 			continue
 		}
 		if err := ctx.Err(); err != nil {

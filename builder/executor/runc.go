@@ -132,6 +132,14 @@ func (r *Runc) Run(ctx context.Context, rootfs string, meta Meta) (retErr error)
 	}
 
 	id := r.owner.containerID(idCounter.Add(1))
+	// The run's lock is held from before its bundle exists until after it is
+	// gone: Cleanup takes a run for dead only if it can take this lock, which
+	// works across PID namespaces sharing one store root.
+	unlock, err := r.lockRun(id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	bundle := filepath.Join(r.bundles, id)
 	if err := os.Mkdir(bundle, 0o711); err != nil {
 		return fmt.Errorf("creating bundle: %w", err)

@@ -720,3 +720,50 @@ func BenchmarkRunTrue(b *testing.B) {
 		}
 	}
 }
+
+// A run whose owner's pid looks dead (as it does from another PID namespace
+// sharing the store root) but whose run lock is held is left alone; once the
+// lock is released, Cleanup removes it.
+func TestCleanupHonoursRunLock(t *testing.T) {
+	r, rootfs := newRunc(t), newRootfs(t)
+	child := exec.Command("/bin/busybox", "true")
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	st, err := startTime(child.Process.Pid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	child.Wait()
+	id := owner{pid: child.Process.Pid, start: st}.containerID(7)
+	marker := fmt.Sprint(100000 + rand.IntN(900000))
+	// Another process holds the lock.
+	lock := filepath.Join(r.bundles, id+".lock")
+	holder := exec.Command("/usr/bin/flock", "-x", "-o", lock, "sleep", "30")
+	if err := holder.Start(); err != nil {
+		t.Skip("flock(1) not available:", err)
+	}
+	defer holder.Process.Kill()
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if r.runAlive(id, owner{}) || time.Now().After(deadline) {
+			break // held (or give up; the assertion below reports it)
+		}
+	}
+	createContainer(t, r, rootfs, id, marker)
+	defer r.delete(context.Background(), id)
+
+	if err := r.Cleanup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := r.runtimeCmd(context.Background(), "list", "--quiet"); !strings.Contains(string(out), id) {
+		t.Fatal("Cleanup removed a run whose lock is held")
+	}
+	holder.Process.Kill()
+	holder.Wait()
+	if err := r.Cleanup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if out, _ := r.runtimeCmd(context.Background(), "list", "--quiet"); strings.Contains(string(out), id) {
+		t.Error("Cleanup kept a run whose lock is free and whose owner is dead")
+	}
+}
