@@ -81,6 +81,9 @@ func Open(dir string, opts ...RootOpt) (*Root, error) {
 	if err := r.cleanupRuntime(); err != nil {
 		return nil, err
 	}
+	if err := r.reapUnfinished(context.Background()); err != nil {
+		return nil, fmt.Errorf("clean up unfinished containers: %w", err)
+	}
 	if err := sn.Cleanup(context.Background()); err != nil {
 		return nil, fmt.Errorf("clean up snapshots: %w", err)
 	}

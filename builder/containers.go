@@ -172,6 +172,14 @@ func (r *Root) CreateContainer(ctx context.Context, opts ContainerOptions) (_ *C
 		Runtime: opts.Runtime, StopSignal: cfg.Config.StopSignal, AutoRemove: opts.AutoRemove,
 	}
 	c.Snapshot = "ctr-" + c.ID
+	// Until the record exists, a locked marker says this container is being
+	// made; a crash before then leaves a marker whose lock is free, and the
+	// next start reaps what was made (reapUnfinished).
+	done, err := r.markCreating(c.ID)
+	if err != nil {
+		return nil, err
+	}
+	defer done()
 	c.LogPath = filepath.Join(r.containerDir(c.ID), "container.log")
 	hostname := c.ShortID()
 	c.Env = mergeEnv(cfg.Config.Env, append([]string{"HOSTNAME=" + hostname}, opts.Env...))
@@ -356,6 +364,63 @@ func flock(p string) (func(), error) {
 		return nil, fmt.Errorf("lock %s: %w", p, err)
 	}
 	return func() { f.Close() }, nil
+}
+
+// creatingMarker is the lock file held while container id is being made.
+func (r *Root) creatingMarker(id string) string {
+	return filepath.Join(r.containersDir(), ".creating-"+id+".lock")
+}
+
+func (r *Root) markCreating(id string) (func(), error) {
+	if err := os.MkdirAll(r.containersDir(), 0o700); err != nil {
+		return nil, err
+	}
+	unlock, err := flock(r.creatingMarker(id))
+	if err != nil {
+		return nil, err
+	}
+	return func() {
+		os.Remove(r.creatingMarker(id))
+		unlock()
+	}, nil
+}
+
+// reapUnfinished removes what a crashed CreateContainer left without a
+// record: its runtime container and its persistent snapshot. A marker
+// whose lock is held belongs to a creation in progress and is left alone.
+func (r *Root) reapUnfinished(ctx context.Context) error {
+	ents, err := os.ReadDir(r.containersDir())
+	if err != nil {
+		return nil // no containers dir: nothing was ever made
+	}
+	var errs []error
+	for _, e := range ents {
+		id, ok := strings.CutPrefix(e.Name(), ".creating-")
+		if !ok {
+			continue
+		}
+		id = strings.TrimSuffix(id, ".lock")
+		f, err := os.Open(filepath.Join(r.containersDir(), e.Name()))
+		if err != nil {
+			continue
+		}
+		if unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB) != nil {
+			f.Close()
+			continue // being made right now
+		}
+		if _, err := os.Stat(filepath.Join(r.containerDir(id), "config.json")); err != nil {
+			if rt, err := executor.NewRunc("", r.RunDir()); err == nil {
+				rt.Delete(ctx, id)
+			}
+			if err := r.Snaps.Remove(ctx, "ctr-"+id); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
+				errs = append(errs, err)
+			}
+			os.RemoveAll(r.containerDir(id))
+		}
+		os.Remove(f.Name())
+		f.Close()
+	}
+	return errors.Join(errs...)
 }
 
 // lockContainers serializes creating (name checks) and removing containers.

@@ -311,3 +311,45 @@ func BenchmarkContainerStart(b *testing.B) {
 		})
 	}
 }
+
+// A CreateContainer that crashed before writing its record leaves a marker
+// whose lock is free: the next Open removes its snapshot. One whose marker
+// is locked (still being made) is left alone.
+func TestReapUnfinishedContainers(t *testing.T) {
+	r := openRoot(t)
+	withBusybox(t, r)
+	img, err := r.Store.Resolve("local/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := r.ensureChain(ctx, img.Config.RootFS.DiffIDs, img.Layers); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"crashed", "inprogress"} {
+		if _, err := r.Snaps.Prepare(ctx, "ctr-"+id, chainOf(img.Config.RootFS.DiffIDs), snapshot.WithPersistent()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.MkdirAll(r.containersDir(), 0o700)
+	os.WriteFile(r.creatingMarker("crashed"), nil, 0o600)
+	done, err := r.markCreating("inprogress")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+
+	r2, err := Open(r.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(r.creatingMarker("crashed")); err == nil {
+		t.Error("the crashed creation's marker is still there")
+	}
+	if err := r2.Snaps.Remove(ctx, "ctr-crashed"); !errors.Is(err, snapshot.ErrNotFound) {
+		t.Errorf("the crashed creation's snapshot was not reaped (Remove: %v)", err)
+	}
+	if err := r2.Snaps.Remove(ctx, "ctr-inprogress"); err != nil {
+		t.Errorf("the in-progress creation's snapshot was reaped: %v", err)
+	}
+}
