@@ -109,7 +109,7 @@ func (b *storeBlob) Size() (int64, error)                { return b.desc.Size, n
 func (b *storeBlob) MediaType() (types.MediaType, error) { return b.desc.MediaType, nil }
 func (b *storeBlob) Compressed() (io.ReadCloser, error) {
 	b.opened = true
-	return b.st.OpenBlob(b.desc.Digest)
+	return openBlob(b.st, b.desc.Digest)
 }
 
 var _ partial.CompressedLayer = (*storeBlob)(nil)

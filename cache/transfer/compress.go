@@ -1,6 +1,7 @@
 package transfer
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
@@ -125,7 +126,7 @@ type compressedRecord struct {
 }
 
 // compressor merges concurrent compressions of the same layer and setting
-// within this process (as buildkit's flightcontrol does).
+// in the same store within this process (as buildkit's flightcontrol does).
 type compressor struct {
 	mu       sync.Mutex
 	inflight map[string]*flight
@@ -138,6 +139,46 @@ type flight struct {
 }
 
 var layerCompressor = &compressor{inflight: map[string]*flight{}}
+
+func flightKey(st *store.Store, diffID v1.Hash, c Compression) string {
+	return st.Dir() + "\x00" + diffID.Hex + "." + c.key()
+}
+
+// once returns cached() if it has an answer, or else calls run, unless
+// another goroutine is already making the same key: then it waits for that
+// one and takes its result. When that one failed (perhaps only because its
+// own context ended, or its upload failed), it tries again itself. The
+// second result reports whether run ran here.
+func (cp *compressor) once(ctx context.Context, key string, cached func() (v1.Descriptor, bool), run func() (v1.Descriptor, error)) (v1.Descriptor, bool, error) {
+	for {
+		if d, ok := cached(); ok {
+			return d, false, nil
+		}
+		cp.mu.Lock()
+		if f, ok := cp.inflight[key]; ok {
+			cp.mu.Unlock()
+			select {
+			case <-f.done:
+				if f.err == nil {
+					return f.desc, false, nil
+				}
+				continue
+			case <-ctx.Done():
+				return v1.Descriptor{}, false, ctx.Err()
+			}
+		}
+		f := &flight{done: make(chan struct{})}
+		cp.inflight[key] = f
+		cp.mu.Unlock()
+
+		f.desc, f.err = run()
+		cp.mu.Lock()
+		delete(cp.inflight, key)
+		cp.mu.Unlock()
+		close(f.done)
+		return f.desc, f.err == nil, f.err
+	}
+}
 
 func mappingPath(st *store.Store, diffID v1.Hash, c Compression) string {
 	return filepath.Join(st.Dir(), ".compressed", diffID.Hex+"."+c.key()+".json")
@@ -162,6 +203,19 @@ func cachedCompressed(st *store.Store, l v1.Descriptor, c Compression) (v1.Descr
 	return out, true
 }
 
+// remember records that layer l compresses under c to the stored blob
+// d (which must be committed already) and returns l's outgoing descriptor.
+func remember(st *store.Store, l v1.Descriptor, c Compression, d v1.Descriptor) (v1.Descriptor, error) {
+	rec := compressedRecord{DiffID: l.Digest, Compression: c.String(), Digest: d.Digest, Size: d.Size, MediaType: d.MediaType}
+	b, _ := json.Marshal(rec)
+	if err := writeFileAtomic(mappingPath(st, l.Digest, c), b); err != nil {
+		return v1.Descriptor{}, err
+	}
+	out := l
+	out.MediaType, out.Digest, out.Size = d.MediaType, d.Digest, d.Size
+	return out, nil
+}
+
 // Compressed returns the descriptor layer l leaves the machine with under
 // compression c. A layer that is already compressed is returned as it is.
 // An uncompressed one is compressed once, in a single streaming pass (store
@@ -169,85 +223,122 @@ func cachedCompressed(st *store.Store, l v1.Descriptor, c Compression) (v1.Descr
 // the result is remembered under STORE/.compressed/; later calls (in this or
 // another process) return the stored blob without compressing again.
 // The second result reports whether compression ran.
+//
+// Push does not call this for layers it has to compress: it compresses and
+// uploads them in the same pass (see streamCompressed).
 func Compressed(ctx context.Context, st *store.Store, l v1.Descriptor, c Compression) (v1.Descriptor, bool, error) {
 	if !isUncompressedLayer(l.MediaType) {
 		return l, false, nil
 	}
-	if d, ok := cachedCompressed(st, l, c); ok {
-		return d, false, nil
-	}
-	key := l.Digest.Hex + "." + c.key()
-	cp := layerCompressor
-	cp.mu.Lock()
-	if f, ok := cp.inflight[key]; ok {
-		cp.mu.Unlock()
-		select {
-		case <-f.done:
-			return f.desc, false, f.err
-		case <-ctx.Done():
-			return v1.Descriptor{}, false, ctx.Err()
-		}
-	}
-	f := &flight{done: make(chan struct{})}
-	cp.inflight[key] = f
-	cp.mu.Unlock()
-
-	f.desc, f.err = compressLayer(ctx, st, l, c)
-	close(f.done)
-	cp.mu.Lock()
-	delete(cp.inflight, key)
-	cp.mu.Unlock()
-	return f.desc, f.err == nil, f.err
+	return layerCompressor.once(ctx, flightKey(st, l.Digest, c),
+		func() (v1.Descriptor, bool) { return cachedCompressed(st, l, c) },
+		func() (v1.Descriptor, error) { return compressLayer(ctx, st, l, c) })
 }
 
-// compressRuns counts compressLayer calls, for tests.
+// compressRuns counts compression passes (compressPass calls), for tests.
 var compressRuns atomic.Int64
 
+// openHook, when not nil, is called with the digest of each store blob this
+// package opens to compress or upload it. For tests; set it only while no
+// other test runs.
+var openHook func(v1.Hash)
+
+func openBlob(st *store.Store, h v1.Hash) (io.ReadCloser, error) {
+	if openHook != nil {
+		openHook(h)
+	}
+	return st.OpenBlob(h)
+}
+
 func compressLayer(ctx context.Context, st *store.Store, l v1.Descriptor, c Compression) (v1.Descriptor, error) {
-	compressRuns.Add(1)
 	mt, err := c.mediaTypeFor(l.MediaType)
 	if err != nil {
 		return v1.Descriptor{}, err
 	}
-	rc, err := st.OpenBlob(l.Digest)
-	if err != nil {
-		return v1.Descriptor{}, fmt.Errorf("compress layer %s: %w", shortHex(l.Digest), err)
-	}
-	defer rc.Close()
-	bw, err := st.Writer()
+	bw, want, _, err := compressPass(ctx, st, l, c, nil)
 	if err != nil {
 		return v1.Descriptor{}, err
 	}
 	defer bw.Close()
-	zw, err := c.newWriter(bw)
+	h, n, err := bw.Commit()
 	if err != nil {
-		return v1.Descriptor{}, err
+		return v1.Descriptor{}, fmt.Errorf("compress layer %s: %w", shortHex(l.Digest), err)
+	}
+	if h != want {
+		return v1.Descriptor{}, fmt.Errorf("compress layer %s: store committed %s, compressor produced %s", shortHex(l.Digest), h, want)
+	}
+	return remember(st, l, c, v1.Descriptor{MediaType: mt, Digest: h, Size: n})
+}
+
+// compressPass is the one pass over an uncompressed layer l: it reads the
+// store blob once, checks that it hashes to l's digest (its DiffID), and
+// writes it compressed with c into a new store blob writer and, when out is
+// not nil, to out as well. It returns that writer uncommitted (the caller
+// must Commit or Close it) with the sha256 and size of the compressed
+// bytes. On an error nothing is left behind.
+func compressPass(ctx context.Context, st *store.Store, l v1.Descriptor, c Compression, out io.Writer) (*store.BlobWriter, v1.Hash, int64, error) {
+	compressRuns.Add(1)
+	fail := func(err error) (*store.BlobWriter, v1.Hash, int64, error) {
+		return nil, v1.Hash{}, 0, fmt.Errorf("compress layer %s: %w", shortHex(l.Digest), err)
+	}
+	rc, err := openBlob(st, l.Digest)
+	if err != nil {
+		return fail(err)
+	}
+	defer rc.Close()
+	bw, err := st.Writer()
+	if err != nil {
+		return fail(err)
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			bw.Close()
+		}
+	}()
+	dgst := sha256.New()
+	var n countWriter
+	ws := []io.Writer{bw, dgst, &n}
+	if out != nil {
+		ws = append(ws, out)
+	}
+	// Compressors write in small pieces (flate every ~240 bytes): batch
+	// them, or each becomes a file write and a pipe hand-off.
+	batch := bufio.NewWriterSize(io.MultiWriter(ws...), compressedBatch)
+	zw, err := c.newWriter(batch)
+	if err != nil {
+		return fail(err)
 	}
 	diff := sha256.New()
 	buf := make([]byte, 1<<20)
 	src := io.TeeReader(&ctxReader{ctx: ctx, r: rc}, diff)
 	if _, err := io.CopyBuffer(zw, src, buf); err != nil {
 		zw.Close()
-		return v1.Descriptor{}, fmt.Errorf("compress layer %s: %w", shortHex(l.Digest), err)
+		return fail(err)
 	}
 	if err := zw.Close(); err != nil {
-		return v1.Descriptor{}, fmt.Errorf("compress layer %s: %w", shortHex(l.Digest), err)
+		return fail(err)
+	}
+	if err := batch.Flush(); err != nil {
+		return fail(err)
 	}
 	if got := hex.EncodeToString(diff.Sum(nil)); got != l.Digest.Hex {
-		return v1.Descriptor{}, fmt.Errorf("compress layer %s: stored blob hashes to sha256:%s: %w", l.Digest, got, ErrDigestMismatch)
+		return nil, v1.Hash{}, 0, fmt.Errorf("compress layer %s: stored blob hashes to sha256:%s: %w", l.Digest, got, ErrDigestMismatch)
 	}
-	h, n, err := bw.Commit()
-	if err != nil {
-		return v1.Descriptor{}, fmt.Errorf("compress layer %s: %w", shortHex(l.Digest), err)
-	}
-	rec := compressedRecord{DiffID: l.Digest, Compression: c.String(), Digest: h, Size: n, MediaType: mt}
-	b, _ := json.Marshal(rec)
-	if err := writeFileAtomic(mappingPath(st, l.Digest, c), b); err != nil {
-		return v1.Descriptor{}, err
-	}
-	out := l
-	out.MediaType, out.Digest, out.Size = mt, h, n
-	return out, nil
+	ok = true
+	return bw, v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(dgst.Sum(nil))}, int64(n), nil
+}
+
+// compressedBatch is how many compressed bytes compressPass gathers before
+// it writes them on.
+const compressedBatch = 256 << 10
+
+// countWriter counts the bytes written to it.
+type countWriter int64
+
+func (w *countWriter) Write(p []byte) (int, error) {
+	*w += countWriter(len(p))
+	return len(p), nil
 }
 
 // KeepCompressed reports the compressed blobs recorded under

@@ -38,6 +38,22 @@ type Outgoing struct {
 // once, and work done in it overlaps with preparing other layers); an error
 // from it stops Prepare.
 func Prepare(ctx context.Context, st *store.Store, img *store.Image, comp Compression, jobs int, onLayer func(ctx context.Context, i int, d v1.Descriptor) error) (*Outgoing, error) {
+	return prepare(ctx, st, img, jobs, func(ctx context.Context, i int, l v1.Descriptor) (v1.Descriptor, error) {
+		d, _, err := Compressed(ctx, st, l, comp)
+		if err != nil {
+			return v1.Descriptor{}, err
+		}
+		if onLayer != nil {
+			return d, onLayer(ctx, i, d)
+		}
+		return d, nil
+	})
+}
+
+// prepare calls layer for each layer of img (in parallel, jobs at a time),
+// which returns the descriptor the layer leaves the machine with, and
+// builds the outgoing manifest from those.
+func prepare(ctx context.Context, st *store.Store, img *store.Image, jobs int, layer func(ctx context.Context, i int, l v1.Descriptor) (v1.Descriptor, error)) (*Outgoing, error) {
 	mb, err := rawManifest(st, img)
 	if err != nil {
 		return nil, err
@@ -58,14 +74,11 @@ func Prepare(ctx context.Context, st *store.Store, img *store.Image, comp Compre
 	g.SetLimit(jobs)
 	for i, l := range m.Layers {
 		g.Go(func() error {
-			d, _, err := Compressed(gctx, st, l, comp)
+			d, err := layer(gctx, i, l)
 			if err != nil {
 				return err
 			}
 			layers[i] = d
-			if onLayer != nil {
-				return onLayer(gctx, i, d)
-			}
 			return nil
 		})
 	}
@@ -104,10 +117,15 @@ func (r rawTaggable) MediaType() (types.MediaType, error) { return r.mt, nil }
 // request first, and a blob that st knows to exist in another repository of
 // the same registry (from an earlier pull or push) is mounted from there
 // rather than uploaded. Uncompressed layers are compressed on the way out
-// (WithCompression, gzip by default) once per layer and setting; see
-// Compressed. Layers are prepared and uploaded in parallel (WithJobs), each
-// streamed from its store file, so no layer is held in memory. Pulled layers
-// keep their registry bytes, so pushing them back sends identical digests.
+// (WithCompression, gzip by default) once per layer and setting: a layer
+// whose compressed form is not remembered yet is compressed and uploaded in
+// the same pass, the compressed bytes going to the registry (a streamed
+// upload: POST, PATCH, PUT ?digest=) and into the store as they are
+// produced; the store blob and the mapping (see Compressed) are kept only
+// once the upload succeeded. A layer whose compressed form is remembered is
+// uploaded from its store blob after the HEAD check. Layers move in
+// parallel (WithJobs), and no layer is held in memory. Pulled layers keep
+// their registry bytes, so pushing them back sends identical digests.
 //
 // Progress ("<id>: Pushed", "<id>: Layer already exists", the digest line)
 // goes to WithProgress.
@@ -136,6 +154,16 @@ func Push(ctx context.Context, st *store.Store, img *store.Image, ref string, op
 	// compressing one layer overlaps with uploading another.
 	var mu sync.Mutex
 	shown := map[v1.Hash]bool{}
+	report := func(h v1.Hash, format string, args ...any) {
+		mu.Lock()
+		seen := shown[h]
+		shown[h] = true
+		mu.Unlock()
+		if !seen {
+			c.printf("%s: "+format, append([]any{shortHex(h)}, args...)...)
+		}
+	}
+	// upload sends a stored blob the registry may already have.
 	upload := func(ctx context.Context, d v1.Descriptor, show bool) error {
 		b := &storeBlob{st: st, desc: d}
 		l, err := partial.CompressedToLayer(b)
@@ -150,21 +178,41 @@ func Push(ctx context.Context, st *store.Store, img *store.Image, ref string, op
 			return fmt.Errorf("blob %s: %w", d.Digest, err)
 		}
 		addSource(st, d.Digest, repo) // best effort
-		mu.Lock()
-		show = show && !shown[d.Digest]
-		shown[d.Digest] = true
-		mu.Unlock()
 		if show {
 			switch {
 			case b.opened:
-				c.printf("%s: Pushed", shortHex(d.Digest))
+				report(d.Digest, "Pushed")
 			case canMount && mounts.mounted(d.Digest):
-				c.printf("%s: Mounted from %s", shortHex(d.Digest), src.Context().RepositoryStr())
+				report(d.Digest, "Mounted from %s", src.Context().RepositoryStr())
 			default:
-				c.printf("%s: Layer already exists", shortHex(d.Digest))
+				report(d.Digest, "Layer already exists")
 			}
 		}
 		return nil
+	}
+	// layer sends one layer: one whose compressed form is still to be made
+	// is compressed and uploaded in the same pass (streamCompressed), any
+	// other is sent from its store blob.
+	layer := func(ctx context.Context, _ int, l v1.Descriptor) (v1.Descriptor, error) {
+		d, sent, err := streamCompressed(ctx, st, l, c.compression, func(sl v1.Layer) error {
+			if err := pusher.Upload(ctx, repo, sl); err != nil {
+				return fmt.Errorf("layer %s: %w", l.Digest, err)
+			}
+			// Reported here, before another goroutine waiting for this
+			// layer's compression can report it as existing.
+			if h, err := sl.Digest(); err == nil {
+				addSource(st, h, repo) // best effort
+				report(h, "Pushed")
+			}
+			return nil
+		})
+		if err != nil {
+			return v1.Descriptor{}, err
+		}
+		if sent {
+			return d, nil
+		}
+		return d, upload(ctx, d, true)
 	}
 	mb, err := rawManifest(st, img)
 	if err != nil {
@@ -176,9 +224,7 @@ func Push(ctx context.Context, st *store.Store, img *store.Image, ref string, op
 	}
 	cfgDone := make(chan error, 1)
 	go func() { cfgDone <- upload(ctx, m.Config, false) }()
-	out, err := Prepare(ctx, st, img, c.compression, c.jobs, func(ctx context.Context, _ int, d v1.Descriptor) error {
-		return upload(ctx, d, true)
-	})
+	out, err := prepare(ctx, st, img, c.jobs, layer)
 	cerr := <-cfgDone
 	if err != nil {
 		return v1.Hash{}, fmt.Errorf("push %s: %w", ref, err)

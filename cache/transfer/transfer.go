@@ -13,7 +13,8 @@
 //     WithCompression), once per layer and Compression: the compressed blob
 //     is kept in the store and the mapping (DiffID, Compression) -> Digest is
 //     persisted under STORE/.compressed/, so a second push or save neither
-//     recompresses nor re-uploads.
+//     recompresses nor re-uploads. Push compresses a layer while it uploads
+//     it (one pass, the store blob kept only if the upload succeeds).
 //   - Pulled layers keep the registry's bytes and media types, so pushing
 //     them back sends identical digests.
 //
@@ -62,6 +63,7 @@ type config struct {
 	keychain    authn.Keychain
 	transport   http.RoundTripper
 	jobs        int
+	remoteExtra []remote.Option // appended to remoteOptions (tests)
 
 	mu sync.Mutex // serializes progress lines
 }
@@ -173,6 +175,15 @@ func WithJobs(n int) Opt {
 	}
 }
 
+// withRemoteOptions adds options for go-containerregistry's remote (tests
+// use it to retry fast).
+func withRemoteOptions(o ...remote.Option) Opt {
+	return func(c *config) error {
+		c.remoteExtra = append(c.remoteExtra, o...)
+		return nil
+	}
+}
+
 func (c *config) printf(format string, args ...any) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -206,7 +217,7 @@ func (c *config) remoteOptions(ctx context.Context) []remote.Option {
 	if c.transport != nil {
 		opts = append(opts, remote.WithTransport(c.transport))
 	}
-	return opts
+	return append(opts, c.remoteExtra...)
 }
 
 func shortHex(h v1.Hash) string {
