@@ -15,6 +15,7 @@ RUNS=${RUNS:-3}
 ws=("$@"); [ ${#ws[@]} -gt 0 ] || ws=(W1 W2 W3 W4)
 [ -x "$LBUILD" ] || (cd "$repo" && go build -o "$LBUILD" ./cmd/lbuild)
 [ -f "$GEN" ] || { echo "workload generator not found at $GEN (set GEN)" >&2; exit 1; }
+command -v python3 >/dev/null || { echo "bench/run.sh needs python3 for the workload generator: apt-get install python3" >&2; exit 1; }
 mkdir -p "$WORK"
 export LBUILD_ROOT=$WORK/root
 "$repo/examples/base/prepare.sh" "$WORK/base" >/dev/null
@@ -33,7 +34,7 @@ build_all() {
     "$LBUILD" build -q -f "$WORK/workloads/$w/$df" -t "bench/$w-$df" "$WORK/workloads/$w/$CONTEXT" >/dev/null
   done
   t1=$(now)
-  echo "$t1 - $t0" | bc -l
+  awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }'
 }
 
 restore() { python3 "$GEN" --out "$WORK/workloads" "$1" 2>/dev/null; }
