@@ -5,12 +5,10 @@ import (
 	"bufio"
 	"bytes"
 	"compress/bzip2"
-	"errors"
 	"fmt"
 	"io"
 	"os"
 	"path"
-	"strings"
 
 	securejoin "github.com/cyphar/filepath-securejoin"
 	"github.com/klauspost/compress/gzip"
@@ -192,6 +190,3 @@ func extractArchive(root, dest, src string, uid, gid uint32, chown bool) (bool, 
 	}
 	return true, nil
 }
-
-var _ = errors.New
-var _ = strings.Cut

@@ -70,7 +70,6 @@ func (r *Root) Build(ctx context.Context, opts Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	defer b.close()
 	target, err := b.df.Target(opts.Target)
 	if err != nil {
 		return nil, err
@@ -190,8 +189,6 @@ func (r *Root) newBuild(opts Options) (*build, error) {
 	}
 	return b, nil
 }
-
-func (b *build) close() {}
 
 type discard struct{}
 

@@ -15,6 +15,7 @@ import (
 	"strings"
 
 	securejoin "github.com/cyphar/filepath-securejoin"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"golang.org/x/sys/unix"
 
@@ -209,7 +210,7 @@ func (b *build) dispatchCopy(ctx context.Context, st *stageState, c copySpec) er
 // needed) or an image in the store. It returns the layers and an ID that
 // stands for the content in cache keys (a stage's key and chain ID, an
 // image's ID).
-func (b *build) fromSource(ctx context.Context, from string) ([]v1Hash, []v1Desc, string, error) {
+func (b *build) fromSource(ctx context.Context, from string) ([]v1.Hash, []v1.Descriptor, string, error) {
 	if s, ok := b.df.Stage(from); ok {
 		st, err := b.stage(ctx, s)
 		if err != nil {

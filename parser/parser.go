@@ -12,7 +12,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -209,5 +208,3 @@ func ignoreFile(contextDir, dockerfile string) string {
 	}
 	return filepath.Join(contextDir, ".dockerignore")
 }
-
-var _ io.Reader = (*bytes.Reader)(nil)
