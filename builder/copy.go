@@ -512,7 +512,11 @@ func copyInto(root, workdir string, c copySpec, groups []group, mode os.FileMode
 				return err
 			}
 			if g.data != nil {
-				if err := writeFile(root, target, strings.NewReader(*g.data), 0o644, uid, gid, mode); err != nil {
+				p, err := securejoin.SecureJoin(root, target)
+				if err != nil {
+					return err
+				}
+				if err := writeFile(p, strings.NewReader(*g.data), 0o644, uid, gid, mode); err != nil {
 					return err
 				}
 				continue
@@ -611,7 +615,7 @@ func copyEntry(root, target string, e cache.Entry, uid, gid uint32, chmod os.Fil
 			return err
 		}
 		defer f.Close()
-		return writeFile(root, target, f, m, uid, gid, chmod, fi)
+		return writeFile(p, f, m, uid, gid, chmod, fi)
 	default:
 		return nil // devices, sockets and pipes in a context are skipped, as BuildKit does
 	}
@@ -639,12 +643,9 @@ func removeNonDir(p string) error {
 	return os.Remove(p)
 }
 
-// writeFile writes r to target inside root (replacing a file, never a dir).
-func writeFile(root, target string, r io.Reader, m os.FileMode, uid, gid uint32, chmod os.FileMode, src ...os.FileInfo) error {
-	p, err := securejoin.SecureJoin(root, target)
-	if err != nil {
-		return err
-	}
+// writeFile writes r to the host path p, already resolved inside the
+// rootfs (replacing a file, never a dir).
+func writeFile(p string, r io.Reader, m os.FileMode, uid, gid uint32, chmod os.FileMode, src ...os.FileInfo) error {
 	if err := removeNonDir(p); err != nil {
 		return err
 	}
