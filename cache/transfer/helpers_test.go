@@ -3,6 +3,7 @@ package transfer
 import (
 	"archive/tar"
 	"bytes"
+	"context"
 	"crypto/rand"
 	"io"
 	"log"
@@ -169,3 +170,29 @@ func testRegistry(t testing.TB, c *counter, mw func(http.Handler) http.Handler) 
 }
 
 func nopLogger() *log.Logger { return log.New(io.Discard, "", 0) }
+
+// checkRepushIdle pushes img to ref again and checks that it sends and
+// compresses nothing: the same digest, no upload started, and one
+// "Layer already exists" line per layer.
+func checkRepushIdle(t *testing.T, ctx context.Context, st *store.Store, img *store.Image, ref string, cnt *counter, dgst v1.Hash, layers int) {
+	t.Helper()
+	cnt.reset()
+	var out bytes.Buffer
+	runs := compressRuns.Load()
+	again, err := Push(ctx, st, img, ref, WithProgress(&out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again != dgst {
+		t.Errorf("second push digest %s, first %s", again, dgst)
+	}
+	if got := compressRuns.Load() - runs; got != 0 {
+		t.Errorf("second push compressed %d times, want 0", got)
+	}
+	if got := cnt.get("upload"); got != 0 {
+		t.Errorf("second push started %d uploads, want 0", got)
+	}
+	if n := strings.Count(out.String(), ": Layer already exists"); n != layers {
+		t.Errorf("second push: %d 'Layer already exists' lines, want %d:\n%s", n, layers, out.String())
+	}
+}

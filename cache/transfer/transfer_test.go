@@ -52,25 +52,7 @@ func TestPushPullRoundTrip(t *testing.T) {
 	}
 
 	// A second push sends nothing new and compresses nothing.
-	cnt.reset()
-	out.Reset()
-	runs = compressRuns.Load()
-	dgst2, err := Push(ctx, st, img, ref, WithProgress(&out))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if dgst2 != dgst {
-		t.Errorf("second push digest %s, first %s", dgst2, dgst)
-	}
-	if got := compressRuns.Load() - runs; got != 0 {
-		t.Errorf("second push compressed %d layers, want 0", got)
-	}
-	if got := cnt.get("upload"); got != 0 {
-		t.Errorf("second push started %d uploads, want 0", got)
-	}
-	if n := strings.Count(out.String(), ": Layer already exists"); n != 3 {
-		t.Errorf("second push: %d 'Layer already exists' lines, want 3:\n%s", n, out.String())
-	}
+	checkRepushIdle(t, ctx, st, img, ref, cnt, dgst, 3)
 
 	// Pull into an empty store: same manifest, gzip layers, same image ID.
 	st2 := openStore(t)
