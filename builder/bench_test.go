@@ -35,13 +35,13 @@ func BenchmarkRebuild(b *testing.B) {
 	r := openRoot(b)
 	dir := benchContext(b, 5000)
 	opts := Options{ContextDir: dir}
-	if _, err := r.Build(context.Background(), opts); err != nil {
+	if _, err := Build(context.Background(), r, opts); err != nil {
 		b.Fatal(err)
 	}
 	one := filepath.Join(dir, "small", "d03", "f01777")
 	b.Run("noop", func(b *testing.B) {
 		for b.Loop() {
-			if _, err := r.Build(context.Background(), opts); err != nil {
+			if _, err := Build(context.Background(), r, opts); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -53,7 +53,7 @@ func BenchmarkRebuild(b *testing.B) {
 			i++
 			os.WriteFile(one, fmt.Appendf(nil, "edit %d %d", i, time.Now().UnixNano()), 0o644)
 			b.StartTimer()
-			res, err := r.Build(context.Background(), opts)
+			res, err := Build(context.Background(), r, opts)
 			if err != nil || res.Steps[2].Cached {
 				b.Fatal("change1 must rerun the COPY", err)
 			}
@@ -65,7 +65,7 @@ func BenchmarkRebuild(b *testing.B) {
 			t := time.Now().Add(time.Duration(rand.Intn(1e6)) * time.Second)
 			filepath.Walk(dir, func(p string, _ os.FileInfo, _ error) error { return os.Chtimes(p, t, t) })
 			b.StartTimer()
-			res, err := r.Build(context.Background(), opts)
+			res, err := Build(context.Background(), r, opts)
 			if err != nil || !res.Steps[2].Cached {
 				b.Fatal("touchall must stay cached", err)
 			}

@@ -2,7 +2,6 @@ package builder
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -18,10 +17,11 @@ import (
 
 	"github.com/lbuild/lbuild/builder/progress"
 	"github.com/lbuild/lbuild/cache"
-	"github.com/lbuild/lbuild/cache/store"
-	"github.com/lbuild/lbuild/cache/transfer"
+	"github.com/lbuild/lbuild/internal/imagecfg"
 	"github.com/lbuild/lbuild/parser"
-	"github.com/lbuild/lbuild/snapshot"
+	"github.com/lbuild/lbuild/store"
+	"github.com/lbuild/lbuild/system"
+	"github.com/lbuild/lbuild/transfer"
 )
 
 // DefaultPath is the PATH an image gets when its base sets none, as docker does.
@@ -65,8 +65,8 @@ type StepResult struct {
 }
 
 // Build runs the build described by opts against root.
-func (r *Root) Build(ctx context.Context, opts Options) (*Result, error) {
-	b, err := r.newBuild(opts)
+func Build(ctx context.Context, r *system.Root, opts Options) (*Result, error) {
+	b, err := newBuild(r, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -101,7 +101,7 @@ func (r *Root) Build(ctx context.Context, opts Options) (*Result, error) {
 
 // build is the state of one Build call.
 type build struct {
-	root     *Root
+	root     *system.Root
 	opts     Options
 	df       *parser.Dockerfile
 	lex      *shell.Lex
@@ -121,7 +121,7 @@ type build struct {
 
 type kv struct{ k, v string }
 
-func (r *Root) newBuild(opts Options) (*build, error) {
+func newBuild(r *system.Root, opts Options) (*build, error) {
 	if opts.ContextDir == "" {
 		opts.ContextDir = "."
 	}
@@ -143,7 +143,7 @@ func (r *Root) newBuild(opts Options) (*build, error) {
 	if err != nil {
 		return nil, err
 	}
-	files, err := cache.OpenFileIndex(r.fileIndexPath())
+	files, err := cache.OpenFileIndex(r.FileIndexPath())
 	if err != nil {
 		return nil, err
 	}
@@ -235,30 +235,11 @@ func (s *stageState) expandEnv() shell.EnvGetter {
 func (s *stageState) runEnv() []string {
 	env := append([]string(nil), s.cfg.Config.Env...)
 	for _, a := range s.args {
-		if _, ok := lookupEnv(env, a.k); !ok {
+		if _, ok := imagecfg.LookupEnv(env, a.k); !ok {
 			env = append(env, a.k+"="+a.v)
 		}
 	}
 	return env
-}
-
-func lookupEnv(env []string, k string) (string, bool) {
-	for i := len(env) - 1; i >= 0; i-- {
-		if n, v, ok := strings.Cut(env[i], "="); ok && n == k {
-			return v, true
-		}
-	}
-	return "", false
-}
-
-func setEnv(env []string, k, v string) []string {
-	for i, e := range env {
-		if n, _, _ := strings.Cut(e, "="); n == k {
-			env[i] = k + "=" + v
-			return env
-		}
-	}
-	return append(env, k+"="+v)
 }
 
 func setKV(l []kv, k, v string) []kv {
@@ -275,18 +256,6 @@ func kvSlice(l []kv) []string {
 	out := make([]string, len(l))
 	for i, a := range l {
 		out[i] = a.k + "=" + a.v
-	}
-	return out
-}
-
-func cloneConfig(c *v1.ConfigFile) *v1.ConfigFile {
-	data, err := json.Marshal(c)
-	if err != nil {
-		panic(err) // a ConfigFile always marshals
-	}
-	out := &v1.ConfigFile{}
-	if err := json.Unmarshal(data, out); err != nil {
-		panic(err)
 	}
 	return out
 }
@@ -353,7 +322,7 @@ func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) 
 		st.key = cache.NewKey("", "FROM scratch", st.cfg.OS+"/"+st.cfg.Architecture)
 	default:
 		if parent != nil {
-			st.cfg = cloneConfig(parent.cfg)
+			st.cfg = imagecfg.Clone(parent.cfg)
 			st.layers = append([]v1.Descriptor(nil), parent.layers...)
 			st.chainID, st.key = parent.chainID, parent.key
 			st.args = append([]kv(nil), parent.args...) // ARGs in scope carry over, as in BuildKit
@@ -362,9 +331,9 @@ func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) 
 			if err != nil {
 				return nil, &parser.Error{File: b.df.Path, Line: s.Line(), Err: err}
 			}
-			st.cfg = cloneConfig(img.Config)
+			st.cfg = imagecfg.Clone(img.Config)
 			st.layers = append([]v1.Descriptor(nil), img.Layers...)
-			st.chainID = chainOf(st.cfg.RootFS.DiffIDs)
+			st.chainID = system.ChainID(st.cfg.RootFS.DiffIDs)
 			st.key = cache.NewKey("", "FROM", img.ID.String())
 		}
 		triggers = st.cfg.Config.OnBuild
@@ -376,7 +345,7 @@ func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) 
 	if st.cfg.Architecture == "" {
 		st.cfg.Architecture = runtime.GOARCH
 	}
-	if _, ok := lookupEnv(st.cfg.Config.Env, "PATH"); !ok {
+	if _, ok := imagecfg.LookupEnv(st.cfg.Config.Env, "PATH"); !ok {
 		st.cfg.Config.Env = append(st.cfg.Config.Env, "PATH="+DefaultPath)
 	}
 	st.index = 1
@@ -406,14 +375,6 @@ func (s *stageState) label(text string) string {
 		return fmt.Sprintf("[%d/%d] %s", s.index, s.total, text)
 	}
 	return fmt.Sprintf("[%s %d/%d] %s", s.name, s.index, s.total, text)
-}
-
-func chainOf(diffIDs []v1.Hash) string {
-	chain := ""
-	for _, d := range diffIDs {
-		chain = snapshot.ChainID(chain, d.String())
-	}
-	return chain
 }
 
 // baseImage finds a FROM's image in the store, or pulls it from its registry
@@ -446,7 +407,7 @@ func (b *build) baseImage(ctx context.Context, ref string, s *parser.Stage) (*st
 
 // writeImage stores the final state of a stage as an image.
 func (b *build) writeImage(st *stageState) (*store.Image, error) {
-	cfg := cloneConfig(st.cfg)
+	cfg := imagecfg.Clone(st.cfg)
 	if n := len(cfg.History); n > 0 {
 		cfg.Created = cfg.History[n-1].Created
 	}

@@ -19,12 +19,14 @@ import (
 
 	"github.com/lbuild/lbuild/builder/buildertest"
 	"github.com/lbuild/lbuild/builder/progress"
+	"github.com/lbuild/lbuild/internal/imagecfg"
 	"github.com/lbuild/lbuild/parser"
+	"github.com/lbuild/lbuild/system"
 )
 
-func openRoot(t testing.TB) *Root {
+func openRoot(t testing.TB) *system.Root {
 	t.Helper()
-	r, err := Open(t.TempDir())
+	r, err := system.Open(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -47,7 +49,7 @@ func writeFiles(t testing.TB, dir string, files map[string]string) {
 var busyboxOnce sync.Map // root dir -> struct{}
 
 // withBusybox builds the busybox base as local/busybox in r.
-func withBusybox(t testing.TB, r *Root) {
+func withBusybox(t testing.TB, r *system.Root) {
 	t.Helper()
 	if _, err := os.Stat(buildertest.BusyboxPath); err != nil {
 		t.Skip("busybox-static not installed")
@@ -59,13 +61,13 @@ func withBusybox(t testing.TB, r *Root) {
 	if err := buildertest.BusyboxContext(dir); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r.Build(context.Background(), Options{ContextDir: dir, Tags: []string{"local/busybox"}}); err != nil {
+	if _, err := Build(context.Background(), r, Options{ContextDir: dir, Tags: []string{"local/busybox"}}); err != nil {
 		t.Fatal(err)
 	}
 	busyboxOnce.Store(r.Dir, struct{}{})
 }
 
-func mustBuild(t testing.TB, r *Root, dir, dockerfile string, opts ...func(*Options)) (*Result, string) {
+func mustBuild(t testing.TB, r *system.Root, dir, dockerfile string, opts ...func(*Options)) (*Result, string) {
 	t.Helper()
 	res, out, err := tryBuild(r, dir, dockerfile, opts...)
 	if err != nil {
@@ -74,7 +76,7 @@ func mustBuild(t testing.TB, r *Root, dir, dockerfile string, opts ...func(*Opti
 	return res, out
 }
 
-func tryBuild(r *Root, dir, dockerfile string, opts ...func(*Options)) (*Result, string, error) {
+func tryBuild(r *system.Root, dir, dockerfile string, opts ...func(*Options)) (*Result, string, error) {
 	if dockerfile != "" {
 		if err := os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte(dockerfile), 0o644); err != nil {
 			return nil, "", err
@@ -85,7 +87,7 @@ func tryBuild(r *Root, dir, dockerfile string, opts ...func(*Options)) (*Result,
 	for _, f := range opts {
 		f(&o)
 	}
-	res, err := r.Build(context.Background(), o)
+	res, err := Build(context.Background(), r, o)
 	return res, out.String(), err
 }
 
@@ -111,7 +113,7 @@ type entry struct {
 }
 
 // layerEntries reads the layer tar of diffID from the store.
-func layerEntries(t testing.TB, r *Root, diffID string) []entry {
+func layerEntries(t testing.TB, r *system.Root, diffID string) []entry {
 	t.Helper()
 	h, err := v1.NewHash(diffID)
 	if err != nil {
@@ -219,13 +221,13 @@ func TestMultiStageBuild(t *testing.T) {
 	img := res.Image
 	c := img.Config.Config
 
-	if v, _ := lookupEnv(c.Env, "APP_HOME"); v != "/app" {
+	if v, _ := imagecfg.LookupEnv(c.Env, "APP_HOME"); v != "/app" {
 		t.Errorf("env %v", c.Env)
 	}
-	if v, _ := lookupEnv(c.Env, "PATH"); v != "/usr/sbin:/usr/bin:/sbin:/bin" {
+	if v, _ := imagecfg.LookupEnv(c.Env, "PATH"); v != "/usr/sbin:/usr/bin:/sbin:/bin" {
 		t.Errorf("PATH from base lost: %v", c.Env)
 	}
-	if _, ok := lookupEnv(c.Env, "VERSION"); ok {
+	if _, ok := imagecfg.LookupEnv(c.Env, "VERSION"); ok {
 		t.Error("an ARG must not land in the image's env")
 	}
 	checks := map[string][2]any{
@@ -433,7 +435,7 @@ func TestScratchDefaults(t *testing.T) {
 	writeFiles(t, dir, map[string]string{"f": "x", "sub/g": "y", "link-target": "t"})
 	os.Symlink("link-target", filepath.Join(dir, "sub", "ln"))
 	res, _ := mustBuild(t, r, dir, "FROM scratch\nCOPY f sub /out/\nCOPY --chown=7 f /owned\nCOPY <<EOT /here.txt\nhello\nEOT\n")
-	if v, _ := lookupEnv(res.Image.Config.Config.Env, "PATH"); v != DefaultPath {
+	if v, _ := imagecfg.LookupEnv(res.Image.Config.Config.Env, "PATH"); v != DefaultPath {
 		t.Errorf("default PATH: %v", res.Image.Config.Config.Env)
 	}
 	es := layerEntries(t, r, res.Steps[1].DiffID)

@@ -20,8 +20,9 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/lbuild/lbuild/cache"
-	"github.com/lbuild/lbuild/cache/store"
+	"github.com/lbuild/lbuild/internal/imagecfg"
 	"github.com/lbuild/lbuild/parser"
+	"github.com/lbuild/lbuild/store"
 )
 
 // copySpec is a COPY or ADD after expansion. Its exported fields are what
@@ -157,7 +158,7 @@ func (b *build) dispatchCopy(ctx context.Context, st *stageState, c copySpec) er
 		release = func() {}
 		defer func() { release() }()
 		getRoot := func(ctx context.Context) (string, error) {
-			dir, rel, err := b.root.view(ctx, diffIDs, layers, fmt.Sprintf("view-%d-%d", os.Getpid(), activeSeq.Add(1)))
+			dir, rel, err := b.root.View(ctx, diffIDs, layers, fmt.Sprintf("view-%d-%d", os.Getpid(), activeSeq.Add(1)))
 			if err != nil {
 				return "", err
 			}
@@ -439,7 +440,7 @@ func copyInto(root, workdir string, c copySpec, groups []group, mode os.FileMode
 	uid, gid := uint32(0), uint32(0)
 	if c.Chown != "" {
 		var err error
-		if uid, gid, err = resolveUser(root, c.Chown, true); err != nil {
+		if uid, gid, err = imagecfg.ResolveUser(root, c.Chown, true); err != nil {
 			return fmt.Errorf("--chown=%s: %w", c.Chown, err)
 		}
 	}

@@ -13,6 +13,8 @@ import (
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
+
+	"github.com/lbuild/lbuild/system"
 )
 
 func tarBytes(t *testing.T, name, body string) []byte {
@@ -119,7 +121,7 @@ func TestCachedBuildUnpacksNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.MkdirAll(layers, 0o755)
-	r2, err := Open(r.Dir)
+	r2, err := system.Open(r.Dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/lbuild/lbuild/cache"
+	"github.com/lbuild/lbuild/internal/imagecfg"
 	"github.com/lbuild/lbuild/snapshot"
 )
 
@@ -54,7 +55,7 @@ func (b *build) dispatch(ctx context.Context, st *stageState, c instructions.Com
 	case *instructions.EnvCommand:
 		parts := make([]string, 0, len(c.Env))
 		for _, e := range c.Env {
-			st.cfg.Config.Env = setEnv(st.cfg.Config.Env, e.Key, e.Value)
+			st.cfg.Config.Env = imagecfg.SetEnv(st.cfg.Config.Env, e.Key, e.Value)
 			parts = append(parts, e.Key+"="+e.Value)
 		}
 		return b.meta(ctx, st, "ENV "+strings.Join(parts, " "), c.Env)

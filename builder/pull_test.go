@@ -12,7 +12,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/registry"
 
-	"github.com/lbuild/lbuild/cache/transfer"
+	"github.com/lbuild/lbuild/transfer"
 )
 
 // A FROM naming an image that is not in the store pulls it from its

@@ -16,6 +16,9 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/lbuild/lbuild/internal/fsx"
+	"github.com/lbuild/lbuild/internal/imagecfg"
+
 	securejoin "github.com/cyphar/filepath-securejoin"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	bkparser "github.com/moby/buildkit/frontend/dockerfile/parser"
@@ -35,19 +38,11 @@ type executorFactory struct {
 
 func (b *build) executor() (executor.Executor, error) {
 	b.exec.once.Do(func() {
-		r, err := executor.NewRunc(b.opts.Runtime, b.root.RunDir())
-		if err != nil {
-			if errors.Is(err, executor.ErrRuntimeNotFound) {
-				err = fmt.Errorf("RUN needs an OCI runtime: %w", err)
-			}
-			b.exec.err = err
-			return
+		ex, err := executor.New(context.Background(), b.opts.Runtime, b.root.RunDir())
+		if errors.Is(err, executor.ErrRuntimeNotFound) {
+			err = fmt.Errorf("RUN needs an OCI runtime: %w", err)
 		}
-		if err := r.Cleanup(context.Background()); err != nil {
-			b.exec.err = fmt.Errorf("clean up runtime state: %w", err)
-			return
-		}
-		b.exec.ex = r
+		b.exec.ex, b.exec.err = ex, err
 	})
 	return b.exec.ex, b.exec.err
 }
@@ -143,10 +138,10 @@ func (b *build) dispatchRun(ctx context.Context, st *stageState, c *instructions
 		uid, gid := uint32(0), uint32(0)
 		var groups []uint32
 		if user != "" {
-			if uid, gid, err = resolveUser(root, user, false); err != nil {
+			if uid, gid, err = imagecfg.ResolveUser(root, user, false); err != nil {
 				return fmt.Errorf("USER %s: %w", user, err)
 			}
-			groups = supplementaryGroups(root, user)
+			groups = imagecfg.SupplementaryGroups(root, user)
 		}
 		meta := executor.Meta{Args: args, Env: env, Cwd: cwd, UID: uid, GID: gid, AdditionalGids: groups, Network: network}
 		for _, m := range mounts {
@@ -245,16 +240,15 @@ func (b *build) runMount(ctx context.Context, m *instructions.Mount) (*runMount,
 				src := dir
 				switch sharing {
 				case "locked", "private":
-					lf, err := os.OpenFile(dir+".lock", os.O_CREATE|os.O_RDWR, 0o600)
-					if err != nil {
-						return executor.Mount{}, nil, err
-					}
 					how := unix.LOCK_EX
 					if sharing == "private" {
 						how |= unix.LOCK_NB
 					}
-					if err := unix.Flock(int(lf.Fd()), how); err != nil {
-						lf.Close()
+					lf, err := fsx.Lock(dir+".lock", how)
+					if err != nil && !errors.Is(err, fsx.ErrLocked) {
+						return executor.Mount{}, nil, err
+					}
+					if err != nil {
 						// private: another build holds it; use a fresh directory of our own.
 						tmp, err := os.MkdirTemp(b.root.CacheMountDir(), "private-")
 						if err != nil {
@@ -352,7 +346,7 @@ func (b *build) bindMount(ctx context.Context, m *instructions.Mount) (*runMount
 		}
 		key = "from:" + id
 		getRoot = func(ctx context.Context) (string, func(), error) {
-			return b.root.view(ctx, diffIDs, layers, fmt.Sprintf("view-%d-%d", os.Getpid(), activeSeq.Add(1)))
+			return b.root.View(ctx, diffIDs, layers, fmt.Sprintf("view-%d-%d", os.Getpid(), activeSeq.Add(1)))
 		}
 	}
 	return &runMount{m: m, key: fmt.Sprintf("bind,target=%s,source=%s,rw=%v,%s", m.Target, src, rw, key),
@@ -399,26 +393,6 @@ func (b *build) bindMount(ctx context.Context, m *instructions.Mount) (*runMount
 			release()
 			return executor.Mount{Type: "bind", Source: dst, Destination: m.Target, Options: []string{"rbind"}}, func() { os.RemoveAll(tmp) }, nil
 		}}, nil
-}
-
-// supplementaryGroups lists the gids of the groups in /etc/group that name user as a member.
-func supplementaryGroups(root, user string) []uint32 {
-	name, _, _ := strings.Cut(user, ":")
-	var out []uint32
-	scanDB(root, "/etc/group", func(f []string) bool {
-		if len(f) < 4 {
-			return false
-		}
-		for _, m := range strings.Split(f[3], ",") {
-			if m == name {
-				if g, err := strconv.ParseUint(f[2], 10, 32); err == nil {
-					out = append(out, uint32(g))
-				}
-			}
-		}
-		return false
-	})
-	return out
 }
 
 // lineWriter splits a step's output into lines for the progress view and

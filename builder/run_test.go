@@ -301,7 +301,7 @@ func TestRunInterrupted(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		_, err := r.Build(ctx, Options{ContextDir: dir})
+		_, err := Build(ctx, r, Options{ContextDir: dir})
 		done <- err
 	}()
 	time.Sleep(700 * time.Millisecond)

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/lbuild/lbuild/system"
 )
 
 // What lbuild builds is a plain OCI layout that real tools read: skopeo
@@ -51,7 +53,7 @@ func TestStoreReadByOCITools(t *testing.T) {
 // Root values): both succeed, and a third sees every step cached.
 func TestConcurrentBuildsOneRoot(t *testing.T) {
 	dirRoot := t.TempDir()
-	r1, err := Open(dirRoot)
+	r1, err := system.Open(dirRoot)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,12 +68,12 @@ func TestConcurrentBuildsOneRoot(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			r, err := Open(dirRoot)
+			r, err := system.Open(dirRoot)
 			if err != nil {
 				errs[i] = err
 				return
 			}
-			res, err := r.Build(context.Background(), Options{ContextDir: ctxDir, Tags: []string{"same:1"}})
+			res, err := Build(context.Background(), r, Options{ContextDir: ctxDir, Tags: []string{"same:1"}})
 			if err == nil {
 				ids[i] = res.Image.ID.String()
 			}
@@ -104,7 +106,7 @@ func TestConcurrentBuildsOneRoot(t *testing.T) {
 func TestOpenUnwritableRoot(t *testing.T) {
 	file := filepath.Join(t.TempDir(), "file")
 	os.WriteFile(file, nil, 0o644)
-	_, err := Open(filepath.Join(file, "root"))
+	_, err := system.Open(filepath.Join(file, "root"))
 	if err == nil || !strings.Contains(err.Error(), "not writable") || !strings.Contains(err.Error(), "--root") || strings.Contains(err.Error(), "\n") {
 		t.Errorf("unwritable root: %v", err)
 	}

@@ -5,7 +5,7 @@
 //     instruction, its arguments, checksums of copied content, ...), the way
 //     identity.ChainID chains diff IDs. Equal keys mean equal results.
 //   - A Record is what a step left in the cache: the diff ID of its layer
-//     (whose blob lives in cache/store) or nothing for a metadata-only step,
+//     (whose blob lives in store) or nothing for a metadata-only step,
 //     plus opaque builder state. Records persists them, one file per key.
 //   - A FileIndex remembers content hashes of build-context files by their
 //     stat data, so that an unchanged context costs stat calls, not reads.

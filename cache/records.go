@@ -11,9 +11,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/sirupsen/logrus"
+	"github.com/lbuild/lbuild/internal/fsx"
 
-	"github.com/lbuild/lbuild/cache/store"
+	"github.com/sirupsen/logrus"
 )
 
 // Record is what a step left in the cache.
@@ -154,4 +154,4 @@ func (r *Records) Walk(fn func(*Record) error) error {
 }
 
 // writeFileAtomic writes b to path through a synced temp file beside it.
-func writeFileAtomic(path string, b []byte) error { return store.WriteFileAtomic(path, "", b) }
+func writeFileAtomic(path string, b []byte) error { return fsx.WriteFile(path, "", b, 0o644) }

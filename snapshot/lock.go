@@ -3,41 +3,21 @@ package snapshot
 import (
 	"crypto/rand"
 	"encoding/base32"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 
+	"github.com/lbuild/lbuild/internal/fsx"
+
 	"golang.org/x/sys/unix"
 )
 
 // errLocked means another open file description holds the lock.
-var errLocked = errors.New("locked by another process")
+var errLocked = fsx.ErrLocked
 
-// lockFile opens (creating) path and flocks it with how (unix.LOCK_SH or
-// unix.LOCK_EX, optionally |unix.LOCK_NB). The lock lasts until the file is
-// closed. It returns errLocked when LOCK_NB was given and the lock is held.
-func lockFile(path string, how int) (*os.File, error) {
-	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
-	if err != nil {
-		return nil, err
-	}
-	for {
-		err = unix.Flock(int(f.Fd()), how)
-		if err != unix.EINTR {
-			break
-		}
-	}
-	if err != nil {
-		f.Close()
-		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, errLocked
-		}
-		return nil, fmt.Errorf("flock %s: %w", path, err)
-	}
-	return f, nil
-}
+// lockFile flocks path (see fsx.Lock).
+func lockFile(path string, how int) (*os.File, error) { return fsx.Lock(path, how) }
 
 // sharedLock is held while creating active snapshots and temp dirs, so that
 // Cleanup (which holds it exclusively) never sees one half made.

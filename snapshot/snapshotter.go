@@ -14,6 +14,8 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/lbuild/lbuild/internal/fsx"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -390,7 +392,7 @@ func (s *snapshotter) install(t *tempDir, h, parent string) error {
 		}
 		return fmt.Errorf("rename layer into place: %w", err)
 	}
-	return syncDir(filepath.Join(s.root, "layers"))
+	return fsx.SyncDir(filepath.Join(s.root, "layers"))
 }
 
 func syncFS(path string) error {
@@ -401,18 +403,6 @@ func syncFS(path string) error {
 	defer f.Close()
 	if err := unix.Syncfs(int(f.Fd())); err != nil {
 		return fmt.Errorf("sync: %w", err)
-	}
-	return nil
-}
-
-func syncDir(path string) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return fmt.Errorf("sync dir: %w", err)
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("sync dir: %w", err)
 	}
 	return nil
 }

@@ -1,141 +1,56 @@
-// Package executor runs the process of a RUN step in an OCI runtime on a
-// rootfs directory prepared by the caller.
+// Package executor is how the builder runs the process of a RUN step: one
+// interface with one method, so the builder never sees the OCI runtime and
+// tests can put a fake behind the seam.
 //
-// Vocabulary:
-//
-//   - rootfs: the host directory that becomes "/" in the container. In
-//     production it is an overlay mount of a snapshot; the executor only
-//     needs a directory. The executor never mounts anything on it in the
-//     host mount namespace: every mount happens inside the container's own
-//     mount namespace.
-//   - stub: an empty file or directory the runtime creates in the rootfs to
-//     mount over (/proc, /dev, /etc/resolv.conf, a bind mount's
-//     destination, ...). Stubs the runtime created are removed when Run
-//     returns, so they do not end up in the layer diff.
-//   - bundle: the per-run directory holding config.json and the generated
-//     /etc files, under <stateDir>/bundles/<id>.
-//
-// Only the builder imports this package.
+// The vocabulary (Meta, Mount, ExitError) is the runtime driver's
+// (runtime/runc), re-exported here so that the builder imports only this
+// package. Only this package, container and system import the driver.
 package executor
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
+
+	"github.com/lbuild/lbuild/runtime/runc"
 )
 
-// Meta describes one process run.
-type Meta struct {
-	// Args is the argv of the process, already final: the builder has
-	// applied SHELL and the exec or shell form. Args[0] is looked up in
-	// the PATH of Env by the runtime if it contains no slash. Must not be
-	// empty.
-	Args []string
+// Meta describes one process run (see runc.Meta).
+type Meta = runc.Meta
 
-	// Env is the complete environment as KEY=VALUE strings. Nothing is
-	// added: if PATH is missing the runtime cannot find Args[0] by name.
-	Env []string
+// Mount is an extra mount of a run (see runc.Mount).
+type Mount = runc.Mount
 
-	// Cwd is the absolute working directory in the container; "" means
-	// "/". Missing directories are created in the rootfs before the run,
-	// owned by UID:GID, with mode 0755 (symbolic links in the rootfs are
-	// followed as the runtime would, confined to the rootfs). They are
-	// kept afterwards, as Docker keeps a WORKDIR.
-	Cwd string
+// ExitError reports a process that exited non-zero (see runc.ExitError).
+type ExitError = runc.ExitError
 
-	// UID and GID are the numeric user and primary group of the process.
-	// Name resolution (USER name:group) is the builder's job.
-	UID, GID uint32
-
-	// AdditionalGids are the supplementary groups of the process.
-	AdditionalGids []uint32
-
-	// Hostname is the container's hostname (a new UTS namespace is always
-	// used), also written to /etc/hostname and /etc/hosts. "" means
-	// "lbuild".
-	Hostname string
-
-	// Network is "host" (or ""): share the host's network namespace; or
-	// "none": a new network namespace holding only a loopback device
-	// (which the runtime does not bring up). Other values are an error.
-	Network string
-
-	// Mounts are extra mounts (cache dirs, bind mounts, tmpfs, secrets),
-	// applied after the standard ones in order, so a Mount may shadow
-	// /etc/resolv.conf, /etc/hosts or /etc/hostname (the generated one is
-	// then left out).
-	Mounts []Mount
-
-	// ReadonlyRootfs makes "/" read-only in the container (for
-	// containers; builds use false).
-	ReadonlyRootfs bool
-
-	// Tty requests a terminal. Not supported yet: Run returns an error
-	// if it is set.
-	Tty bool
-
-	// Stdin, Stdout and Stderr are the process's stdio. They are passed
-	// to the runtime as is: an *os.File is inherited directly, any other
-	// value is copied through a pipe by os/exec. nil means /dev/null.
-	// The runtime writes its own error messages to Stderr as well.
-	Stdin          io.Reader
-	Stdout, Stderr io.Writer
-}
-
-// Mount is an extra mount in the container.
-type Mount struct {
-	// Type is "bind" or "tmpfs".
-	Type string
-
-	// Source is the host path for "bind" (a file or a directory); it is
-	// ignored for "tmpfs".
-	Source string
-
-	// Destination is the absolute path in the container. A missing
-	// destination is created (as a file for a file source, else as a
-	// directory) and removed again after the run if it is still empty.
-	Destination string
-
-	// Options are mount(8)-style options, e.g. "ro", "rbind",
-	// "mode=0755", "size=64m". For "bind", "rbind" is added unless
-	// "bind" or "rbind" is present.
-	Options []string
-}
-
-// ExitError reports a process that ran and exited non-zero, or was killed
-// by a signal (Code is then 128+signal, as a shell reports it).
-type ExitError struct {
-	// Code is the exit status.
-	Code int
-}
-
-// Error implements error.
-func (e *ExitError) Error() string {
-	return fmt.Sprintf("process exited with code %d", e.Code)
-}
-
-// ErrRuntimeNotFound is returned (possibly wrapped) by NewRunc when the
-// runtime binary is missing.
-var ErrRuntimeNotFound = errors.New("runc not found in PATH: install it with apt-get install runc")
+// ErrRuntimeNotFound is wrapped by New when the runtime binary is missing.
+var ErrRuntimeNotFound = runc.ErrRuntimeNotFound
 
 // Executor runs one process in a container.
 type Executor interface {
-	// Run runs meta.Args in rootfs and waits for it to exit.
-	//
-	// It returns nil for exit status 0, *ExitError for a non-zero exit,
-	// an error wrapping ctx.Err() when ctx is cancelled (after killing the
-	// container), and other errors for setup failures, including the
-	// runtime's own error message (e.g. "executable file not found").
-	//
-	// When Run returns, no process of the step is left, no runtime state
-	// remains, and the rootfs contains nothing the runtime created:
-	// mount-point stubs (for /proc, /sys, /dev, /etc/resolv.conf,
-	// /etc/hosts, /etc/hostname and each Mount's Destination) and their
-	// parent directories that did not exist before Run and are still empty
-	// (directories) or empty (regular files) afterwards are removed again.
-	// Anything the process created with content stays.
-	//
-	// Run is safe for concurrent use on different rootfs directories.
+	// Run runs meta.Args in rootfs and waits for it to exit: nil for exit
+	// status 0, *ExitError for a non-zero exit, an error wrapping
+	// ctx.Err() when ctx is cancelled (after killing the process), other
+	// errors for setup failures. When Run returns no process of the step
+	// is left and the rootfs holds nothing the runtime created for its own
+	// use (mount-point stubs): only what the process wrote. Run is safe
+	// for concurrent use on different rootfs directories.
 	Run(ctx context.Context, rootfs string, meta Meta) error
+}
+
+var _ Executor = (*runc.Runc)(nil)
+
+// New returns the Executor that runs each process with the OCI runtime
+// binary runtime ("" = runc from PATH), keeping its state under stateDir.
+// It first reaps the runtime state of lbuild processes that died, so a
+// build never trips over a crashed build's leftovers.
+func New(ctx context.Context, runtime, stateDir string) (Executor, error) {
+	r, err := runc.NewRunc(runtime, stateDir)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.Cleanup(ctx); err != nil {
+		return nil, fmt.Errorf("clean up runtime state: %w", err)
+	}
+	return r, nil
 }

@@ -11,8 +11,8 @@ import (
 
 	"github.com/lbuild/lbuild/builder"
 	"github.com/lbuild/lbuild/builder/progress"
-	"github.com/lbuild/lbuild/cache/store"
-	"github.com/lbuild/lbuild/cache/transfer"
+	"github.com/lbuild/lbuild/store"
+	"github.com/lbuild/lbuild/transfer"
 )
 
 type buildFlags struct {
@@ -134,11 +134,11 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 	if f.quiet {
 		opts.Progress = progress.NewPlain(discard{})
 	}
-	r, err := g.open()
+	r, err := g.openRecovered(cmd.Context())
 	if err != nil {
 		return err
 	}
-	res, err := r.Build(cmd.Context(), opts)
+	res, err := builder.Build(cmd.Context(), r, opts)
 	if err != nil {
 		return err
 	}

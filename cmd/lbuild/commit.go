@@ -5,17 +5,17 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/lbuild/lbuild/builder"
+	"github.com/lbuild/lbuild/container"
 )
 
 func newCommitCmd(g *globals) *cobra.Command {
-	var opts builder.CommitOptions
+	var opts container.CommitOptions
 	cmd := &cobra.Command{
 		Use:   "commit [flags] CONTAINER [IMAGE]",
 		Short: "Make an image of a container: its image plus the container's layer",
 		Args:  cobra.RangeArgs(1, 2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := g.open()
+			r, err := g.containers(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -23,7 +23,7 @@ func newCommitCmd(g *globals) *cobra.Command {
 			if len(args) == 2 {
 				ref = args[1]
 			}
-			img, err := r.CommitContainer(cmd.Context(), args[0], ref, opts)
+			img, err := r.Commit(cmd.Context(), args[0], ref, opts)
 			if err != nil {
 				return err
 			}

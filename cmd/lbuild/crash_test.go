@@ -82,8 +82,9 @@ func TestCLIInterrupt(t *testing.T) {
 	assertNothingLeft(t, root)
 }
 
-// A build killed outright leaves its container and mounts; the next lbuild
-// start (any command) cleans them up.
+// A build killed outright leaves its container and mounts; the next command
+// that creates runtime state (build, run, and the container commands, here
+// ps) cleans them up. Read-only commands (images) never reap anything.
 func TestCLICrashRecovery(t *testing.T) {
 	root := t.TempDir()
 	cmd, _ := startRunBuild(t, root)
@@ -93,6 +94,9 @@ func TestCLICrashRecovery(t *testing.T) {
 		t.Log("the runtime container died with lbuild; checking mounts only")
 	}
 	if _, stderr, code := run(t, root, "images"); code != 0 {
+		t.Fatal(stderr)
+	}
+	if _, stderr, code := run(t, root, "ps"); code != 0 {
 		t.Fatal(stderr)
 	}
 	assertNothingLeft(t, root)

@@ -12,11 +12,11 @@ func newDiffCmd(g *globals) *cobra.Command {
 		Short: "List the changes in a container's own layer (A added, C changed, D deleted)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := g.open()
+			r, err := g.containers(cmd.Context())
 			if err != nil {
 				return err
 			}
-			changes, err := r.ContainerChanges(cmd.Context(), args[0])
+			changes, err := r.Changes(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}

@@ -7,6 +7,8 @@ import (
 
 	"github.com/docker/go-units"
 	"github.com/spf13/cobra"
+
+	"github.com/lbuild/lbuild/container"
 )
 
 func newDuCmd(g *globals) *cobra.Command {
@@ -37,7 +39,7 @@ func runDu(cmd *cobra.Command, g *globals) error {
 	if err != nil {
 		return err
 	}
-	du, err := r.DiskUsage(cmd.Context())
+	du, err := container.New(r).DiskUsage(cmd.Context())
 	if err != nil {
 		return err
 	}

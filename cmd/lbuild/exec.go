@@ -6,13 +6,12 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/lbuild/lbuild/builder"
-	"github.com/lbuild/lbuild/builder/executor"
+	"github.com/lbuild/lbuild/container"
 )
 
 func newExecCmd(g *globals) *cobra.Command {
 	var (
-		opts        builder.ExecOptions
+		opts        container.ExecOptions
 		interactive bool
 	)
 	cmd := &cobra.Command{
@@ -20,7 +19,7 @@ func newExecCmd(g *globals) *cobra.Command {
 		Short: "Run a command in a running container",
 		Args:  cobra.MinimumNArgs(2),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := g.open()
+			r, err := g.containers(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -30,8 +29,8 @@ func newExecCmd(g *globals) *cobra.Command {
 			if interactive {
 				opts.Stdin = os.Stdin
 			}
-			err = r.ExecContainer(cmd.Context(), args[0], opts)
-			var ee *executor.ExitError
+			err = r.Exec(cmd.Context(), args[0], opts)
+			var ee *container.ExitError
 			if errors.As(err, &ee) {
 				os.Exit(ee.Code)
 			}

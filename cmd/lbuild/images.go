@@ -13,8 +13,9 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/spf13/cobra"
 
-	"github.com/lbuild/lbuild/builder"
-	"github.com/lbuild/lbuild/cache/store"
+	"github.com/lbuild/lbuild/container"
+	"github.com/lbuild/lbuild/store"
+	"github.com/lbuild/lbuild/system"
 )
 
 func newImagesCmd(g *globals) *cobra.Command {
@@ -140,7 +141,7 @@ func newHistoryCmd(g *globals) *cobra.Command {
 }
 
 // image opens the store root and finds the image called name.
-func (g *globals) image(name string) (*builder.Root, *store.Image, error) {
+func (g *globals) image(name string) (*system.Root, *store.Image, error) {
 	r, err := g.open()
 	if err != nil {
 		return nil, nil, err
@@ -240,7 +241,7 @@ func newRmiCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			inUse, err := r.ContainerImages()
+			inUse, err := container.New(r).Images()
 			if err != nil {
 				return err
 			}

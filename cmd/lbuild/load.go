@@ -7,7 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/lbuild/lbuild/cache/transfer"
+	"github.com/lbuild/lbuild/transfer"
 )
 
 func newLoadCmd(g *globals) *cobra.Command {

@@ -9,7 +9,7 @@ import (
 	"github.com/docker/go-units"
 	"github.com/spf13/cobra"
 
-	"github.com/lbuild/lbuild/builder"
+	"github.com/lbuild/lbuild/container"
 )
 
 func newPsCmd(g *globals) *cobra.Command {
@@ -19,11 +19,11 @@ func newPsCmd(g *globals) *cobra.Command {
 		Short: "List containers (running ones; -a for all)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := g.open()
+			r, err := g.containers(cmd.Context())
 			if err != nil {
 				return err
 			}
-			ctrs, err := r.Containers(cmd.Context())
+			ctrs, err := r.List(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -55,11 +55,11 @@ func newPsCmd(g *globals) *cobra.Command {
 
 // containerStatus is docker's STATUS column: "Up 5 seconds", "Exited (0) 3
 // minutes ago", "Created".
-func containerStatus(c *builder.Container) string {
+func containerStatus(c *container.Container) string {
 	switch c.Status {
-	case builder.StatusRunning:
+	case container.StatusRunning:
 		return "Up " + units.HumanDuration(time.Since(c.Started))
-	case builder.StatusExited:
+	case container.StatusExited:
 		code := fmt.Sprint(c.ExitCode)
 		if c.ExitCode < 0 {
 			code = "unknown"

@@ -3,7 +3,7 @@ package main
 import (
 	"github.com/spf13/cobra"
 
-	"github.com/lbuild/lbuild/cache/transfer"
+	"github.com/lbuild/lbuild/transfer"
 )
 
 func newPullCmd(g *globals) *cobra.Command {

@@ -6,8 +6,8 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/lbuild/lbuild/cache/store"
-	"github.com/lbuild/lbuild/cache/transfer"
+	"github.com/lbuild/lbuild/store"
+	"github.com/lbuild/lbuild/transfer"
 )
 
 func newPushCmd(g *globals) *cobra.Command {

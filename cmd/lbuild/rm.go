@@ -13,12 +13,12 @@ func newRmCmd(g *globals) *cobra.Command {
 		Short: "Remove containers and their own layers (the image stays)",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := g.open()
+			r, err := g.containers(cmd.Context())
 			if err != nil {
 				return err
 			}
 			for _, a := range args {
-				if err := r.RemoveContainer(cmd.Context(), a, force); err != nil {
+				if err := r.Remove(cmd.Context(), a, force); err != nil {
 					return err
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), a)

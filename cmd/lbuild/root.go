@@ -1,13 +1,15 @@
 package main
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 
 	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 
-	"github.com/lbuild/lbuild/builder"
+	"github.com/lbuild/lbuild/container"
+	"github.com/lbuild/lbuild/system"
 )
 
 // globals are the flags every subcommand shares.
@@ -33,8 +35,34 @@ func defaultRoot() string {
 	return filepath.Join(home, ".local", "share", "lbuild")
 }
 
-func (g *globals) open() (*builder.Root, error) {
-	return builder.Open(g.root, builder.WithSnapshotter(g.snapshotter))
+// open opens the store root and recovers nothing: the commands that only
+// read or move images never touch runtime state, so a running build cannot
+// make them fail.
+func (g *globals) open() (*system.Root, error) {
+	return system.Open(g.root, system.WithSnapshotter(g.snapshotter))
+}
+
+// openRecovered opens the store root and first cleans up after lbuild
+// processes that died (container.Recover): for the commands that create
+// runtime state or snapshots.
+func (g *globals) openRecovered(ctx context.Context) (*system.Root, error) {
+	r, err := g.open()
+	if err != nil {
+		return nil, err
+	}
+	if err := container.Recover(ctx, r); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// containers opens the root (recovered) and its container manager.
+func (g *globals) containers(ctx context.Context) (*container.Manager, error) {
+	r, err := g.openRecovered(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return container.New(r), nil
 }
 
 func newRootCmd() *cobra.Command {

@@ -10,12 +10,12 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/lbuild/lbuild/builder"
+	"github.com/lbuild/lbuild/container"
 )
 
 func newRunCmd(g *globals) *cobra.Command {
 	var (
-		opts        builder.ContainerOptions
+		opts        container.Options
 		detach      bool
 		interactive bool
 	)
@@ -32,14 +32,14 @@ lbuild process waits for the container in the background and records its
 exit; lbuild prints the container ID.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := g.open()
+			r, err := g.containers(cmd.Context())
 			if err != nil {
 				return err
 			}
 			opts.Image, opts.Cmd = args[0], args[1:]
 			opts.Env = envFromHost(opts.Env)
 			ctx := cmd.Context()
-			c, err := r.CreateContainer(ctx, opts)
+			c, err := r.Create(ctx, opts)
 			if err != nil {
 				return err
 			}
@@ -48,18 +48,18 @@ exit; lbuild prints the container ID.`,
 				if err != nil {
 					return err
 				}
-				shim := []string{exe, "--root", r.Dir, "--snapshotter", g.snapshotter, "__shim", c.ID}
+				shim := []string{exe, "--root", r.Root().Dir, "--snapshotter", g.snapshotter, "__shim", c.ID}
 				if err := r.StartDetached(ctx, c.ID, shim); err != nil {
 					return err
 				}
 				fmt.Fprintln(cmd.OutOrStdout(), c.ID)
 				return nil
 			}
-			stdio := builder.Stdio{Stdout: cmd.OutOrStdout(), Stderr: cmd.ErrOrStderr()}
+			stdio := container.Stdio{Stdout: cmd.OutOrStdout(), Stderr: cmd.ErrOrStderr()}
 			if interactive {
 				stdio.Stdin = os.Stdin
 			}
-			code, err := r.RunContainer(ctx, c.ID, stdio)
+			code, err := r.Run(ctx, c.ID, stdio)
 			if err != nil {
 				return err
 			}
@@ -108,11 +108,11 @@ func newShimCmd(g *globals) *cobra.Command {
 		RunE: func(cmd *cobra.Command, args []string) error {
 			// Outlive the terminal and lbuild: only lbuild stop ends the container.
 			signal.Ignore(os.Interrupt, syscall.SIGHUP, syscall.SIGTERM)
-			r, err := g.open()
+			r, err := g.open() // the "run -d" that started us has recovered the root
 			if err != nil {
 				return err
 			}
-			_, err = r.RunContainer(context.Background(), args[0], builder.Stdio{})
+			_, err = container.New(r).Run(context.Background(), args[0], container.Stdio{})
 			return err
 		},
 	}

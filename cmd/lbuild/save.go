@@ -10,8 +10,8 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sys/unix"
 
-	"github.com/lbuild/lbuild/cache/store"
-	"github.com/lbuild/lbuild/cache/transfer"
+	"github.com/lbuild/lbuild/store"
+	"github.com/lbuild/lbuild/transfer"
 )
 
 func newSaveCmd(g *globals) *cobra.Command {

@@ -8,7 +8,7 @@ import (
 	"github.com/docker/go-units"
 	"github.com/spf13/cobra"
 
-	"github.com/lbuild/lbuild/cache/store"
+	"github.com/lbuild/lbuild/store"
 )
 
 func newShareCmd(g *globals) *cobra.Command {

@@ -7,7 +7,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
 
-	"github.com/lbuild/lbuild/builder"
+	"github.com/lbuild/lbuild/container"
 )
 
 func newStopCmd(g *globals) *cobra.Command {
@@ -17,7 +17,7 @@ func newStopCmd(g *globals) *cobra.Command {
 		Short: "Stop running containers (stop signal, then SIGKILL after a timeout)",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			r, err := g.open()
+			r, err := g.containers(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -25,7 +25,7 @@ func newStopCmd(g *globals) *cobra.Command {
 			var eg errgroup.Group
 			for _, a := range args {
 				eg.Go(func() error {
-					return r.StopContainer(cmd.Context(), a, time.Duration(seconds)*time.Second)
+					return r.Stop(cmd.Context(), a, time.Duration(seconds)*time.Second)
 				})
 			}
 			err = eg.Wait()
@@ -35,6 +35,6 @@ func newStopCmd(g *globals) *cobra.Command {
 			return err
 		},
 	}
-	cmd.Flags().IntVarP(&seconds, "time", "t", int(builder.StopTimeout/time.Second), "seconds to wait before killing the container")
+	cmd.Flags().IntVarP(&seconds, "time", "t", int(container.StopTimeout/time.Second), "seconds to wait before killing the container")
 	return cmd
 }

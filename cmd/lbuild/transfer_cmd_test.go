@@ -21,7 +21,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 	"github.com/spf13/cobra"
 
-	"github.com/lbuild/lbuild/builder"
+	"github.com/lbuild/lbuild/system"
 )
 
 // runTransferCmd runs one subcommand with args against root and returns its
@@ -42,7 +42,7 @@ func runTransferCmd(t *testing.T, newCmd func(*globals) *cobra.Command, root str
 
 func transferTestImage(t *testing.T, root, ref string) {
 	t.Helper()
-	r, err := builder.Open(root, builder.WithSnapshotter("copy"))
+	r, err := system.Open(root, system.WithSnapshotter("copy"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -82,7 +82,7 @@ func TestTransferCommands(t *testing.T) {
 	if !strings.Contains(out, ": Pushed") || !strings.Contains(out, "1: digest: sha256:") {
 		t.Errorf("push output:\n%s", out)
 	}
-	r, err := builder.Open(root, builder.WithSnapshotter("copy"))
+	r, err := system.Open(root, system.WithSnapshotter("copy"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,0 +1,356 @@
+package container
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lbuild/lbuild/builder"
+	"github.com/lbuild/lbuild/snapshot"
+	"github.com/lbuild/lbuild/system"
+)
+
+// loopCmd runs until SIGTERM, then exits 0 (a shell as pid 1 ignores
+// signals it has no handler for).
+var loopCmd = []string{"sh", "-c", `trap "exit 0" TERM; while :; do sleep 0.05; done`}
+
+// containerImage builds a small image on the busybox base holding /data.txt.
+func containerImage(t *testing.T, r *testRoot, tag string) {
+	t.Helper()
+	needRunc(t)
+	withBusybox(t, r)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"data.txt": "base\n"})
+	mustBuild(t, r, dir, "FROM local/busybox\nCOPY data.txt /data.txt\n", func(o *builder.Options) { o.Tags = []string{tag} })
+}
+
+// create makes a container and removes it (forcibly) at the end of the test.
+func create(t *testing.T, r *testRoot, opts Options) *Container {
+	t.Helper()
+	c, err := r.Create(context.Background(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Remove(context.Background(), c.ID, true) })
+	return c
+}
+
+// startBG runs a container's process in this process, in the background,
+// and waits until it runs.
+func startBG(t *testing.T, r *testRoot, c *Container) <-chan int {
+	t.Helper()
+	codec := make(chan int, 1)
+	go func() {
+		code, err := r.Run(context.Background(), c.ID, Stdio{})
+		if err != nil {
+			t.Errorf("run %s: %v", c.Name, err)
+		}
+		codec <- code
+	}()
+	rt, err := r.runtime(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+		if st, err := rt.State(context.Background(), c.ID); err == nil && st.Status == "running" {
+			return codec
+		}
+	}
+	t.Fatalf("container %s did not start", c.Name)
+	return nil
+}
+
+// runFG runs a new container of image to completion and returns its output.
+func runFG(t *testing.T, r *testRoot, image string, args ...string) (*Container, string) {
+	t.Helper()
+	c := create(t, r, Options{Image: image, Cmd: args})
+	var out bytes.Buffer
+	code, err := r.Run(context.Background(), c.ID, Stdio{Stdout: &out, Stderr: &out})
+	if err != nil || code != 0 {
+		t.Fatalf("run %q: code %d, %v\n%s", args, code, err, out.String())
+	}
+	return c, out.String()
+}
+
+func execOut(t *testing.T, r *testRoot, c *Container, args ...string) string {
+	t.Helper()
+	var out bytes.Buffer
+	if err := r.Exec(context.Background(), c.ID, ExecOptions{Args: args, Stdio: Stdio{Stdout: &out, Stderr: &out}}); err != nil {
+		t.Fatalf("exec %q: %v\n%s", args, err, out.String())
+	}
+	return out.String()
+}
+
+func changeLines(t *testing.T, r *testRoot, c *Container) []string {
+	t.Helper()
+	changes, err := r.Changes(context.Background(), c.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, ch := range changes {
+		out = append(out, ch.String())
+	}
+	return out
+}
+
+// overlayLowers returns the lowerdir option of the overlay mounted at target.
+func overlayLowers(t *testing.T, target string) string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 || f[4] != target {
+			continue
+		}
+		for _, opt := range strings.Split(f[len(f)-1], ",") {
+			if v, ok := strings.CutPrefix(opt, "lowerdir="); ok {
+				return v
+			}
+		}
+	}
+	t.Fatalf("no overlay mounted at %s", target)
+	return ""
+}
+
+func TestContainersShareLayers(t *testing.T) {
+	r := openRoot(t)
+	if r.Snaps.Driver() != snapshot.DriverOverlay {
+		t.Skip("needs the overlay driver")
+	}
+	containerImage(t, r, "img")
+	c1 := create(t, r, Options{Image: "img", Name: "one", Cmd: loopCmd})
+	c2 := create(t, r, Options{Image: "img", Name: "two", Cmd: loopCmd})
+
+	// The same lowerdirs (the image's layers and its init layer), each
+	// container with its own upperdir.
+	l1, l2 := overlayLowers(t, c1.Rootfs), overlayLowers(t, c2.Rootfs)
+	if l1 != l2 || l1 == "" {
+		t.Errorf("lowerdirs differ:\n%s\n%s", l1, l2)
+	}
+	if n := len(strings.Split(l1, ":")); n != 3 { // busybox, COPY data.txt, init
+		t.Errorf("lowerdir %q: %d layers, want 3", l1, n)
+	}
+
+	done1 := startBG(t, r, c1)
+	startBG(t, r, c2)
+	execOut(t, r, c1, "sh", "-c", "echo one > /data.txt; touch /only1")
+	if got := execOut(t, r, c2, "cat", "/data.txt"); got != "base\n" {
+		t.Errorf("c2 sees /data.txt = %q", got)
+	}
+	if got := execOut(t, r, c2, "sh", "-c", "test -e /only1 && echo leaked || echo apart"); got != "apart\n" {
+		t.Errorf("c2: %q", got)
+	}
+	// Running containers: the runtime's mounts leave no trace in the diff.
+	if got, want := changeLines(t, r, c1), []string{"C /data.txt", "A /only1"}; !slices.Equal(got, want) {
+		t.Errorf("diff of c1 = %q, want %q", got, want)
+	}
+	if got := changeLines(t, r, c2); len(got) != 0 {
+		t.Errorf("diff of c2 = %q, want nothing", got)
+	}
+
+	if err := r.Stop(context.Background(), "one", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if code := <-done1; code != 0 {
+		t.Errorf("stopped container exited %d", code)
+	}
+	c, err := r.Get(context.Background(), "one")
+	if err != nil || c.Status != StatusExited || c.ExitCode != 0 {
+		t.Errorf("after stop: %+v, %v", c, err)
+	}
+	if err := r.Remove(context.Background(), "two", false); err == nil {
+		t.Error("removing a running container without force succeeded")
+	}
+}
+
+func TestContainerDeleteIsWhiteout(t *testing.T) {
+	r := openRoot(t)
+	containerImage(t, r, "img")
+	c, _ := runFG(t, r, "img", "rm", "/data.txt")
+	if got, want := changeLines(t, r, c), []string{"D /data.txt"}; !slices.Equal(got, want) {
+		t.Errorf("diff = %q, want %q", got, want)
+	}
+	var tarBuf bytes.Buffer
+	if err := r.Snaps.DiffLive(context.Background(), c.Snapshot, &tarBuf); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(tarBuf.Bytes(), []byte(".wh.data.txt")) {
+		t.Error("no whiteout .wh.data.txt in the container's layer")
+	}
+	if _, out := runFG(t, r, "img", "cat", "/data.txt"); out != "base\n" {
+		t.Errorf("the image lost /data.txt: %q", out)
+	}
+}
+
+func TestCommitContainer(t *testing.T) {
+	r := openRoot(t)
+	containerImage(t, r, "img")
+	c, _ := runFG(t, r, "img", "sh", "-c", "echo new > /new.txt; rm /data.txt; mkdir /d; echo x > /d/f")
+	img, err := r.Commit(context.Background(), c.Name, "committed:1", CommitOptions{Message: "test"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base, err := r.Store.Resolve("img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	diffIDs := img.Config.RootFS.DiffIDs
+	if len(diffIDs) != len(base.Config.RootFS.DiffIDs)+1 || !slices.Equal(diffIDs[:len(diffIDs)-1], base.Config.RootFS.DiffIDs) {
+		t.Fatalf("diff IDs %v on base %v", diffIDs, base.Config.RootFS.DiffIDs)
+	}
+	got := layerNames(t, r, diffIDs[len(diffIDs)-1].String())
+	slices.Sort(got)
+	if want := []string{".wh.data.txt", "d/", "d/f", "new.txt"}; !slices.Equal(got, want) {
+		t.Errorf("committed layer holds %q, want exactly %q", got, want)
+	}
+	h := img.Config.History[len(img.Config.History)-1]
+	if !strings.HasPrefix(h.CreatedBy, "lbuild commit") || h.Comment != "test" {
+		t.Errorf("history entry %+v", h)
+	}
+	if _, out := runFG(t, r, "committed:1", "sh", "-c", "cat /new.txt /d/f; test -e /data.txt || echo gone"); out != "new\nx\ngone\n" {
+		t.Errorf("committed image: %q", out)
+	}
+}
+
+func TestRemoveContainerKeepsImage(t *testing.T) {
+	r := openRoot(t)
+	containerImage(t, r, "img")
+	c, _ := runFG(t, r, "img", "sh", "-c", "echo changed > /data.txt")
+	used, err := r.Images()
+	if err != nil || len(used[c.ImageID]) != 1 {
+		t.Fatalf("Images = %v, %v", used, err)
+	}
+	if err := r.Remove(context.Background(), c.Name, false); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Get(context.Background(), c.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("removed container: %v", err)
+	}
+	if _, err := r.Snaps.Changes(context.Background(), c.Snapshot); !errors.Is(err, snapshot.ErrNotFound) {
+		t.Errorf("container layer still there: %v", err)
+	}
+	img, err := r.Store.Resolve("img")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Snaps.Exists(system.ChainID(img.Config.RootFS.DiffIDs)) {
+		t.Error("the image's unpacked layers went with the container")
+	}
+	if used, _ := r.Images(); len(used[img.ID]) != 0 {
+		t.Errorf("image still in use: %v", used)
+	}
+	if _, out := runFG(t, r, "img", "cat", "/data.txt"); out != "base\n" {
+		t.Errorf("image after rm: %q", out)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(r.Dir, "containers")); len(ents) != 2 { // .lock and the last container
+		t.Errorf("containers dir holds %d entries", len(ents))
+	}
+}
+
+// BenchmarkContainerStart measures create + run of "true" + remove on a
+// 10 MB and a 500 MB image: the container's layer is an empty upperdir over
+// the unpacked image, so the cost must not grow with the image.
+func BenchmarkContainerStart(b *testing.B) {
+	if os.Geteuid() != 0 {
+		b.Skip("needs root")
+	}
+	r, err := openRootAt(b.TempDir())
+	if err != nil {
+		b.Fatal(err)
+	}
+	withBusybox(b, r)
+	for _, mb := range []int{10, 500} {
+		tag := fmt.Sprintf("big:%dmb", mb)
+		dir := b.TempDir()
+		data := make([]byte, 1<<20)
+		f, err := os.Create(filepath.Join(dir, "blob"))
+		if err != nil {
+			b.Fatal(err)
+		}
+		for i := 0; i < mb; i++ {
+			for j := range data {
+				data[j] = byte(i*31 + j*7)
+			}
+			f.Write(data)
+		}
+		f.Close()
+		os.WriteFile(filepath.Join(dir, "Dockerfile"), []byte("FROM local/busybox\nCOPY blob /blob\n"), 0o644)
+		if _, err := builder.Build(context.Background(), r.Root, builder.Options{ContextDir: dir, Tags: []string{tag}}); err != nil {
+			b.Fatal(err)
+		}
+		os.RemoveAll(dir)
+		// The first container unpacks the image once; the runs measure starts.
+		c, err := r.Create(context.Background(), Options{Image: tag, Cmd: []string{"true"}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		r.Remove(context.Background(), c.ID, true)
+		b.Run(fmt.Sprintf("%dMB", mb), func(b *testing.B) {
+			for b.Loop() {
+				c, err := r.Create(context.Background(), Options{Image: tag, Cmd: []string{"true"}})
+				if err != nil {
+					b.Fatal(err)
+				}
+				if code, err := r.Run(context.Background(), c.ID, Stdio{}); err != nil || code != 0 {
+					b.Fatalf("run: %d %v", code, err)
+				}
+				if err := r.Remove(context.Background(), c.ID, false); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// A Create that crashed before writing its record leaves a marker
+// whose lock is free: the next Open removes its snapshot. One whose marker
+// is locked (still being made) is left alone.
+func TestReapUnfinishedContainers(t *testing.T) {
+	r := openRoot(t)
+	withBusybox(t, r)
+	img, err := r.Store.Resolve("local/busybox")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := r.EnsureChain(ctx, img.Config.RootFS.DiffIDs, img.Layers); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"crashed", "inprogress"} {
+		if _, err := r.Snaps.Prepare(ctx, "ctr-"+id, system.ChainID(img.Config.RootFS.DiffIDs), snapshot.WithPersistent()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	os.MkdirAll(r.containersDir(), 0o700)
+	os.WriteFile(r.creatingMarker("crashed"), nil, 0o600)
+	done, err := r.markCreating("inprogress")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer done()
+
+	r2, err := openRootAt(r.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(r.creatingMarker("crashed")); err == nil {
+		t.Error("the crashed creation's marker is still there")
+	}
+	if err := r2.Snaps.Remove(ctx, "ctr-crashed"); !errors.Is(err, snapshot.ErrNotFound) {
+		t.Errorf("the crashed creation's snapshot was not reaped (Remove: %v)", err)
+	}
+	if err := r2.Snaps.Remove(ctx, "ctr-inprogress"); err != nil {
+		t.Errorf("the in-progress creation's snapshot was reaped: %v", err)
+	}
+}

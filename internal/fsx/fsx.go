@@ -1,0 +1,148 @@
+// Package fsx holds the small filesystem primitives every part of lbuild's
+// store shares, each written once: atomic file writes (temp file, fsync,
+// rename, fsync of the directory), directory fsync, and flock with EINTR
+// retried.
+//
+// Contract: a file written by WriteFile holds either its old content or all
+// of the new, never part of it, also after a crash; a lock from Lock lasts
+// until the returned file is closed (closing the last descriptor releases
+// it), across goroutines and processes alike.
+package fsx
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"golang.org/x/sys/unix"
+)
+
+// WriteFile writes b to path atomically with mode perm: a temp file in
+// tmpDir ("" = path's own directory; it must be on the same filesystem) is
+// written, synced and renamed to path, and path's directory is synced.
+func WriteFile(path, tmpDir string, b []byte, perm os.FileMode) error {
+	dir := filepath.Dir(path)
+	if tmpDir == "" {
+		tmpDir = dir
+	}
+	f, err := os.CreateTemp(tmpDir, ".tmp-*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	tmp := f.Name()
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Chmod(perm)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return SyncDir(dir)
+}
+
+// WriteJSON writes v as indented JSON to path atomically (see WriteFile).
+func WriteJSON(path string, v any, perm os.FileMode) error {
+	b, err := json.MarshalIndent(v, "", "\t")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return WriteFile(path, "", b, perm)
+}
+
+// SyncDir fsyncs a directory, making renames and creations in it durable.
+func SyncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync dir: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync dir: %w", err)
+	}
+	return nil
+}
+
+// ErrLocked is returned by Lock with unix.LOCK_NB when another open file
+// description holds a conflicting lock.
+var ErrLocked = errors.New("locked by another process")
+
+// Lock opens (creating, mode 0600) path and flocks it with how (unix.LOCK_SH
+// or unix.LOCK_EX, optionally |unix.LOCK_NB), retrying on EINTR. The lock
+// lasts until the returned file is closed.
+func Lock(path string, how int) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	return lock(f, path, how)
+}
+
+// LockExisting is Lock on a file that must exist already: it is never
+// created (the error wraps fs.ErrNotExist).
+func LockExisting(path string, how int) (*os.File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	return lock(f, path, how)
+}
+
+// Held reports whether another open file description holds a lock on the
+// existing file path; false if path does not exist.
+func Held(path string) bool {
+	f, err := LockExisting(path, unix.LOCK_EX|unix.LOCK_NB)
+	if err != nil {
+		return errors.Is(err, ErrLocked)
+	}
+	f.Close()
+	return false
+}
+
+func lock(f *os.File, path string, how int) (*os.File, error) {
+	if err := Flock(f, how); err != nil {
+		f.Close()
+		if errors.Is(err, ErrLocked) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	return f, nil
+}
+
+// Flock flocks the open file f with how (see Lock), retrying on EINTR; it
+// returns ErrLocked when unix.LOCK_NB was given and the lock is held. The
+// lock lasts until f (and every descriptor sharing its open file
+// description) is closed.
+func Flock(f *os.File, how int) error {
+	for {
+		err := unix.Flock(int(f.Fd()), how)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case errors.Is(err, unix.EWOULDBLOCK):
+			return ErrLocked
+		}
+		return err
+	}
+}
+
+// LockFunc is Lock with unix.LOCK_EX, returning the release function.
+func LockFunc(path string) (func(), error) {
+	f, err := Lock(path, unix.LOCK_EX)
+	if err != nil {
+		return nil, err
+	}
+	return func() { f.Close() }, nil
+}

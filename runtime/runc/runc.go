@@ -1,0 +1,349 @@
+package runc
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// Runc runs each process with an OCI runtime CLI
+// compatible with runc ("runc run"). Create it with NewRunc.
+type Runc struct {
+	runtime string // absolute path of the runtime binary
+	root    string // runtime state (--root)
+	bundles string // per-run bundles
+	owner   owner  // this process, embedded in container IDs
+	nofile  uint64 // RLIMIT_NOFILE for processes
+}
+
+// idCounter numbers runs within this process; package-wide so that two
+// Runc values sharing a state dir still get distinct IDs.
+var idCounter atomic.Uint64
+
+// How long Run waits for the runtime after asking it to kill a cancelled
+// container before killing the runtime process itself.
+const (
+	killRetry   = 100 * time.Millisecond
+	killTimeout = 5 * time.Second
+)
+
+// NewRunc returns a Runc that uses the OCI runtime binary runtime:
+// "" or "runc" looks up "runc" in PATH, a name without a slash is looked up
+// in PATH, anything else is a path to the binary. The error wraps
+// ErrRuntimeNotFound if the binary is missing.
+//
+// All state lives under stateDir, which is created if missing: the
+// runtime's state in stateDir/runc (runc --root) and one bundle per run in
+// stateDir/bundles/<id>. Several processes may share a stateDir: container
+// IDs embed the owning process (see Cleanup).
+func NewRunc(runtime, stateDir string) (*Runc, error) {
+	if runtime == "" {
+		runtime = "runc"
+	}
+	var bin string
+	if !strings.Contains(runtime, "/") {
+		p, err := exec.LookPath(runtime)
+		if err != nil {
+			if runtime == "runc" {
+				return nil, ErrRuntimeNotFound
+			}
+			return nil, fmt.Errorf("%s not found in PATH: %w", runtime, ErrRuntimeNotFound)
+		}
+		bin = p
+	} else {
+		fi, err := os.Stat(runtime)
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("runtime %s does not exist: %w", runtime, ErrRuntimeNotFound)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("runtime %s: %w", runtime, err)
+		}
+		if fi.IsDir() || fi.Mode().Perm()&0o111 == 0 {
+			return nil, fmt.Errorf("runtime %s is not an executable file", runtime)
+		}
+		bin = runtime
+	}
+	bin, err := filepath.Abs(bin)
+	if err != nil {
+		return nil, err
+	}
+	stateDir, err = filepath.Abs(stateDir)
+	if err != nil {
+		return nil, err
+	}
+	r := &Runc{
+		runtime: bin,
+		root:    filepath.Join(stateDir, "runc"),
+		bundles: filepath.Join(stateDir, "bundles"),
+		nofile:  nofileLimit(),
+	}
+	for _, d := range []string{r.root, r.bundles} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("creating state dir: %w", err)
+		}
+	}
+	r.owner, err = self()
+	if err != nil {
+		return nil, fmt.Errorf("reading own process start time: %w", err)
+	}
+	return r, nil
+}
+
+// checkRun normalizes meta and returns rootfs as an absolute path, checking
+// that it is a directory.
+func checkRun(rootfs string, meta *Meta) (string, error) {
+	if err := normalizeMeta(meta); err != nil {
+		return "", err
+	}
+	rootfs, err := filepath.Abs(rootfs)
+	if err != nil {
+		return "", err
+	}
+	if fi, err := os.Stat(rootfs); err != nil {
+		return "", fmt.Errorf("rootfs: %w", err)
+	} else if !fi.IsDir() {
+		return "", fmt.Errorf("rootfs %s is not a directory", rootfs)
+	}
+	return rootfs, nil
+}
+
+// Run runs meta.Args in rootfs and waits for it to exit.
+//
+// It returns nil for exit status 0, *ExitError for a non-zero exit,
+// an error wrapping ctx.Err() when ctx is cancelled (after killing the
+// container), and other errors for setup failures, including the
+// runtime's own error message (e.g. "executable file not found").
+//
+// When Run returns, no process of the step is left, no runtime state
+// remains, and the rootfs contains nothing the runtime created:
+// mount-point stubs (for /proc, /sys, /dev, /etc/resolv.conf,
+// /etc/hosts, /etc/hostname and each Mount's Destination) and their
+// parent directories that did not exist before Run and are still empty
+// (directories) or empty (regular files) afterwards are removed again.
+// Anything the process created with content stays.
+//
+// Run is safe for concurrent use on different rootfs directories.
+//
+// It uses "runc run" in the foreground, the process's stdio passed
+// straight through to it.
+func (r *Runc) Run(ctx context.Context, rootfs string, meta Meta) (retErr error) {
+	rootfs, err := checkRun(rootfs, &meta)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+
+	id := r.owner.containerID(idCounter.Add(1))
+	// The run's lock is held from before its bundle exists until after it is
+	// gone: Cleanup takes a run for dead only if it can take this lock, which
+	// works across PID namespaces sharing one store root.
+	unlock, err := r.lockRun(id)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	bundle := filepath.Join(r.bundles, id)
+	if err := os.Mkdir(bundle, 0o711); err != nil {
+		return fmt.Errorf("creating bundle: %w", err)
+	}
+	defer func() {
+		if err := os.RemoveAll(bundle); err != nil && retErr == nil {
+			retErr = fmt.Errorf("removing bundle: %w", err)
+		}
+	}()
+
+	if err := mkdirAllOwned(rootfs, meta.Cwd, meta.UID, meta.GID); err != nil {
+		return fmt.Errorf("creating working directory: %w", err)
+	}
+	dests := append([]string{}, systemMountDests...)
+	dests = append(dests, etcFiles...)
+	for _, m := range meta.Mounts {
+		dests = append(dests, m.Destination)
+	}
+	stubs, err := recordStubs(rootfs, dests)
+	if err != nil {
+		return fmt.Errorf("inspecting rootfs: %w", err)
+	}
+	// Runs last, after the runtime state is gone: no mount holds a stub.
+	defer func() {
+		if err := stubs.remove(); err != nil && retErr == nil {
+			retErr = fmt.Errorf("removing mount stubs from rootfs: %w", err)
+		}
+	}()
+	if err := writeBundle(bundle, rootfs, &meta, r.nofile, stubs); err != nil {
+		return err
+	}
+
+	logPath := filepath.Join(bundle, "runc.log")
+	cmd := exec.Command(r.runtime, "--root", r.root, "--log", logPath, "--log-format", "json",
+		"run", "--bundle", bundle, id)
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = meta.Stdin, meta.Stdout, meta.Stderr
+	// Own process group: a terminal's ^C reaches lbuild, which cancels
+	// ctx, instead of runc forwarding SIGINT into the container.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// The container's processes die with its pid namespace; do not hang
+	// on a pipe kept open by something unexpected.
+	cmd.WaitDelay = 2 * time.Second
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("starting %s: %w", r.runtime, err)
+	}
+	// From here on, always delete the runtime state (even after a panic).
+	defer func() {
+		if err := r.delete(context.WithoutCancel(ctx), id); err != nil && retErr == nil {
+			retErr = err
+		}
+	}()
+
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	var waitErr error
+	select {
+	case waitErr = <-done:
+	case <-ctx.Done():
+		r.kill(id, cmd, done)
+		return fmt.Errorf("run %s: %w", meta.Args[0], ctx.Err())
+	}
+	if waitErr == nil {
+		return nil
+	}
+	var ee *exec.ExitError
+	if !errors.As(waitErr, &ee) {
+		return fmt.Errorf("running %s: %w", r.runtime, waitErr)
+	}
+	if msg := runtimeError(logPath); msg != "" {
+		return fmt.Errorf("%s: %s", filepath.Base(r.runtime), msg)
+	}
+	ws, _ := ee.Sys().(syscall.WaitStatus)
+	if ws.Signaled() {
+		// runc itself was killed: the process's status is unknown.
+		return fmt.Errorf("%s killed by signal %v", filepath.Base(r.runtime), ws.Signal())
+	}
+	return &ExitError{Code: ee.ExitCode()}
+}
+
+// kill kills the container of a cancelled run and waits for "runc run" to
+// return (done receives its Wait result). The container may not exist yet
+// (runc is still creating it) or any more, so kill is retried until runc
+// returns; runc itself is killed after killTimeout.
+func (r *Runc) kill(id string, cmd *exec.Cmd, done <-chan error) {
+	ctx := context.Background()
+	deadline := time.NewTimer(killTimeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(killRetry)
+	defer tick.Stop()
+	for {
+		if _, err := r.runtimeCmd(ctx, "kill", "--all", id, "KILL"); err != nil {
+			// --all needs the cgroup; the pid namespace dies with
+			// its init anyway.
+			_, _ = r.runtimeCmd(ctx, "kill", id, "KILL")
+		}
+		select {
+		case <-done:
+			return
+		case <-deadline.C:
+			_ = cmd.Process.Kill()
+			_, _ = r.runtimeCmd(ctx, "delete", "--force", id)
+			<-done
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// delete removes the runtime state of id, killing what is left of it; a
+// container that does not exist is not an error.
+func (r *Runc) delete(ctx context.Context, id string) error {
+	out, err := r.runtimeCmd(ctx, "delete", "--force", id)
+	if err != nil && !notExist(out) {
+		return fmt.Errorf("%s delete %s: %w: %s", filepath.Base(r.runtime), id, err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// runtimeCmd runs the runtime with the state root and args and returns its
+// combined output.
+func (r *Runc) runtimeCmd(ctx context.Context, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, r.runtime, append([]string{"--root", r.root}, args...)...)
+	cmd.WaitDelay = time.Second
+	return cmd.CombinedOutput()
+}
+
+// notExist reports whether runtime output says the container does not
+// exist (runc: "container does not exist"; crun: "No such file").
+func notExist(out []byte) bool {
+	s := strings.ToLower(string(out))
+	return strings.Contains(s, "does not exist") || strings.Contains(s, "no such file")
+}
+
+// writeBundle writes config.json, the generated /etc files and the stub
+// record (for Cleanup) into bundle.
+func writeBundle(bundle, rootfs string, meta *Meta, nofile uint64, stubs *stubSet) error {
+	resolv, err := os.ReadFile("/etc/resolv.conf")
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("reading host resolv.conf: %w", err)
+	}
+	files := map[string][]byte{
+		"resolv.conf": resolv,
+		"hosts":       []byte(hostsFile(meta.Hostname)),
+		"hostname":    []byte(meta.Hostname + "\n"),
+	}
+	spec, err := json.MarshalIndent(generateSpec(rootfs, bundle, meta, nofile), "", "\t")
+	if err != nil {
+		return err
+	}
+	files["config.json"] = spec
+	rec, err := json.Marshal(stubs)
+	if err != nil {
+		return err
+	}
+	files[stubsFile] = rec
+	for name, data := range files {
+		if err := os.WriteFile(filepath.Join(bundle, name), data, 0o644); err != nil {
+			return fmt.Errorf("writing bundle: %w", err)
+		}
+	}
+	return nil
+}
+
+// stubsFile is the bundle file recording the rootfs stubs to remove.
+const stubsFile = "lbuild-stubs.json"
+
+// runtimeError returns the error messages runc logged (level error or
+// fatal) to its JSON log, or "" if there are none: the process itself
+// exited non-zero then.
+func runtimeError(logPath string) string {
+	f, err := os.Open(logPath)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	var msgs []string
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64*1024), 1024*1024)
+	for sc.Scan() {
+		var e struct {
+			Level string `json:"level"`
+			Msg   string `json:"msg"`
+		}
+		if json.Unmarshal(sc.Bytes(), &e) != nil {
+			continue
+		}
+		if e.Level == "error" || e.Level == "fatal" || e.Level == "panic" {
+			msgs = append(msgs, e.Msg)
+		}
+	}
+	return strings.Join(msgs, "; ")
+}

@@ -1,0 +1,590 @@
+package transfer
+
+import (
+	"archive/tar"
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"path"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/klauspost/compress/gzip"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/lbuild/lbuild/store"
+)
+
+// Format is an archive format for Save.
+type Format string
+
+const (
+	// FormatDocker is a docker-archive as `docker save` (25+) writes it:
+	// manifest.json (which docker load, podman load and skopeo's
+	// docker-archive: read) next to a complete OCI layout.
+	FormatDocker Format = "docker"
+	// FormatOCI is an OCI archive: a tar of an OCI image layout
+	// (skopeo's oci-archive:).
+	FormatOCI Format = "oci"
+)
+
+// ParseFormat accepts "docker" (also "docker-archive") and "oci" (also
+// "oci-archive").
+func ParseFormat(s string) (Format, error) {
+	switch strings.ToLower(s) {
+	case "", "docker", "docker-archive":
+		return FormatDocker, nil
+	case "oci", "oci-archive":
+		return FormatOCI, nil
+	}
+	return "", fmt.Errorf("archive format %q: want docker or oci", s)
+}
+
+const (
+	annotationContainerdName = "io.containerd.image.name"
+	maxJSONSize              = 8 << 20
+)
+
+// dockerManifestEntry is one element of a docker-archive's manifest.json.
+type dockerManifestEntry struct {
+	Config   string
+	RepoTags []string
+	Layers   []string
+}
+
+// Save writes imgs as one archive to w, each blob once. refs[i] is the name
+// imgs[i] gets in the archive ("" for none); with refs nil every image is
+// saved under all of its store refs. Layers are written as stored
+// (lbuild's own uncompressed, pulled ones compressed as the registry sent
+// them), unless WithCompression is given, which compresses uncompressed
+// layers as Push does, reusing the same remembered compressed blobs.
+// Nothing is held in memory but manifests and configs; w receives a plain
+// (uncompressed) tar stream.
+func Save(ctx context.Context, st *store.Store, imgs []*store.Image, refs []string, w io.Writer, format Format, opts ...Opt) error {
+	c, err := newConfig(opts)
+	if err != nil {
+		return err
+	}
+	if refs != nil && len(refs) != len(imgs) {
+		return fmt.Errorf("save: %d images but %d refs", len(imgs), len(refs))
+	}
+	if format != FormatDocker && format != FormatOCI {
+		return fmt.Errorf("save: unknown format %q", format)
+	}
+	tw := newArchiveWriter(w)
+	if err := tw.dir("blobs/"); err != nil {
+		return err
+	}
+	if err := tw.dir("blobs/sha256/"); err != nil {
+		return err
+	}
+	index := v1.IndexManifest{SchemaVersion: 2, MediaType: types.OCIImageIndex, Manifests: []v1.Descriptor{}}
+	var dmanifest []dockerManifestEntry
+	dIndex := map[v1.Hash]int{} // manifest digest -> dmanifest index
+	for i, img := range imgs {
+		names := img.Refs
+		if refs != nil {
+			names = nil
+			if refs[i] != "" {
+				names = []string{refs[i]}
+			}
+		}
+		out, err := outgoing(ctx, st, img, c)
+		if err != nil {
+			return fmt.Errorf("save %s: %w", shortHex(img.ID), err)
+		}
+		for _, d := range append([]v1.Descriptor{out.Config}, out.Layers...) {
+			if err := tw.blobFromStore(ctx, st, d.Digest); err != nil {
+				return fmt.Errorf("save %s: %w", shortHex(img.ID), err)
+			}
+		}
+		if err := tw.blob(out.Digest, out.Manifest); err != nil {
+			return err
+		}
+		desc := v1.Descriptor{MediaType: out.MediaType, Digest: out.Digest, Size: int64(len(out.Manifest))}
+		if len(names) == 0 {
+			index.Manifests = append(index.Manifests, desc)
+		}
+		for _, n := range names {
+			d := desc
+			d.Annotations = map[string]string{store.AnnotationRefName: n, annotationContainerdName: n}
+			index.Manifests = append(index.Manifests, d)
+		}
+		j, ok := dIndex[out.Digest]
+		if !ok {
+			e := dockerManifestEntry{Config: blobName(out.Config.Digest), RepoTags: []string{}}
+			for _, l := range out.Layers {
+				e.Layers = append(e.Layers, blobName(l.Digest))
+			}
+			dmanifest = append(dmanifest, e)
+			j = len(dmanifest) - 1
+			dIndex[out.Digest] = j
+		}
+		for _, n := range names {
+			if !strings.Contains(n, "@") {
+				dmanifest[j].RepoTags = append(dmanifest[j].RepoTags, store.NormalizeRef(n))
+			}
+		}
+	}
+	ib, _ := json.Marshal(index)
+	if err := tw.file("index.json", ib); err != nil {
+		return err
+	}
+	if format == FormatDocker {
+		mb, _ := json.Marshal(dmanifest)
+		if err := tw.file("manifest.json", mb); err != nil {
+			return err
+		}
+	}
+	if err := tw.file("oci-layout", []byte(`{"imageLayoutVersion":"1.0.0"}`)); err != nil {
+		return err
+	}
+	if err := tw.tw.Close(); err != nil {
+		return fmt.Errorf("save: %w", err)
+	}
+	return tw.bw.Flush()
+}
+
+// outgoing is Prepare with Save's rule: compress only when asked to.
+func outgoing(ctx context.Context, st *store.Store, img *store.Image, c *config) (*Outgoing, error) {
+	if c.compressSet {
+		return Prepare(ctx, st, img, c.compression, c.jobs, nil)
+	}
+	mb, err := rawManifest(st, img)
+	if err != nil {
+		return nil, err
+	}
+	m, err := v1.ParseManifest(bytes.NewReader(mb))
+	if err != nil {
+		return nil, fmt.Errorf("parse manifest %s: %w", img.Manifest.Digest, err)
+	}
+	mt := img.Manifest.MediaType
+	if m.MediaType != "" {
+		mt = m.MediaType
+	}
+	return &Outgoing{Manifest: mb, MediaType: mt, Digest: img.Manifest.Digest, Config: m.Config, Layers: m.Layers}, nil
+}
+
+// SaveOCILayout writes img into the OCI image layout directory dir
+// (created if missing; an existing layout keeps its other images) and names
+// it ref there (img's first ref if ref is ""). Blobs the layout already has
+// are not copied. Each file appears atomically. Layers are copied as stored
+// unless WithCompression is given. dir is written through store, so it
+// also gets the store's hidden .ingest/ and .index.lock, which OCI tools
+// ignore.
+func SaveOCILayout(ctx context.Context, st *store.Store, img *store.Image, ref, dir string, opts ...Opt) (*store.Image, error) {
+	c, err := newConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	if ref == "" && len(img.Refs) > 0 {
+		ref = img.Refs[0]
+	}
+	if ref == "" {
+		return nil, fmt.Errorf("save %s to %s: the image has no name: give one", shortHex(img.ID), dir)
+	}
+	dst, err := store.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	out, err := outgoing(ctx, st, img, c)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range append([]v1.Descriptor{out.Config}, out.Layers...) {
+		if dst.HasBlob(d.Digest) {
+			continue
+		}
+		rc, err := st.OpenBlob(d.Digest)
+		if err != nil {
+			return nil, err
+		}
+		err = putVerified(dst, &ctxReader{ctx: ctx, r: rc}, d)
+		rc.Close()
+		if err != nil {
+			return nil, fmt.Errorf("save to %s: %w", dir, err)
+		}
+	}
+	return putManifest(dst, out.Manifest, out.MediaType, []string{ref})
+}
+
+func blobName(h v1.Hash) string { return "blobs/" + h.Algorithm + "/" + h.Hex }
+
+// archiveWriter writes a reproducible tar: fixed times, root-owned, each
+// blob once.
+type archiveWriter struct {
+	bw    *bufio.Writer
+	tw    *tar.Writer
+	blobs map[v1.Hash]bool
+}
+
+func newArchiveWriter(w io.Writer) *archiveWriter {
+	bw := bufio.NewWriterSize(w, 1<<20)
+	return &archiveWriter{bw: bw, tw: tar.NewWriter(bw), blobs: map[v1.Hash]bool{}}
+}
+
+var epoch = time.Unix(0, 0).UTC()
+
+func (a *archiveWriter) dir(name string) error {
+	return a.tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: name, Mode: 0o755, ModTime: epoch, Format: tar.FormatPAX})
+}
+
+func (a *archiveWriter) header(name string, size int64) error {
+	err := a.tw.WriteHeader(&tar.Header{Typeflag: tar.TypeReg, Name: name, Size: size, Mode: 0o644, ModTime: epoch, Format: tar.FormatPAX})
+	if err != nil {
+		return fmt.Errorf("write archive: %w", err)
+	}
+	return nil
+}
+
+func (a *archiveWriter) file(name string, b []byte) error {
+	if err := a.header(name, int64(len(b))); err != nil {
+		return err
+	}
+	if _, err := a.tw.Write(b); err != nil {
+		return fmt.Errorf("write archive: %w", err)
+	}
+	return nil
+}
+
+func (a *archiveWriter) blob(h v1.Hash, b []byte) error {
+	if a.blobs[h] {
+		return nil
+	}
+	a.blobs[h] = true
+	return a.file(blobName(h), b)
+}
+
+func (a *archiveWriter) blobFromStore(ctx context.Context, st *store.Store, h v1.Hash) error {
+	if a.blobs[h] {
+		return nil
+	}
+	a.blobs[h] = true
+	size, err := st.BlobSize(h)
+	if err != nil {
+		return err
+	}
+	rc, err := st.OpenBlob(h)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	if err := a.header(blobName(h), size); err != nil {
+		return err
+	}
+	if _, err := io.Copy(a.tw, &ctxReader{ctx: ctx, r: rc}); err != nil {
+		return fmt.Errorf("write archive: blob %s: %w", h, err)
+	}
+	return nil
+}
+
+var blobPathRE = regexp.MustCompile(`^blobs/sha256/([0-9a-f]{64})$`)
+
+// loadedFile is what Load knows of one regular file of the archive.
+type loadedFile struct {
+	digest v1.Hash // stored blob, if stored
+	data   []byte  // small metadata files, kept in memory instead
+}
+
+// Load reads a docker-archive (manifest.json; as docker save, podman save
+// or skopeo's docker-archive: write them) or an OCI archive (a tar of an
+// OCI layout), plain or gzip-compressed, from r, stores what st lacks and
+// tags each image as the archive names it. It returns the images loaded.
+//
+// The archive is read once, as a stream: blobs named by digest
+// (blobs/sha256/<hex>) that st already has are skipped, the others are
+// streamed into the store and must hash to their name (else the error wraps
+// ErrDigestMismatch). In a docker-archive, layer files keep their bytes
+// (compressed or not; the media type is detected) and configs their bytes,
+// so the image ID is the archive's. An OCI layout's manifests are stored as
+// they are; an image index there is resolved for WithPlatform.
+//
+// Progress ("Loaded image: NAME") goes to WithProgress. An image the
+// archive does not name is stored but not put in index.json (the store has
+// no call for that): it is reported by ID and GC may collect it.
+func Load(ctx context.Context, st *store.Store, r io.Reader, opts ...Opt) ([]*store.Image, error) {
+	c, err := newConfig(opts)
+	if err != nil {
+		return nil, err
+	}
+	br := bufio.NewReaderSize(r, 1<<20)
+	if magic, _ := br.Peek(2); len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, fmt.Errorf("load: %w", err)
+		}
+		defer zr.Close()
+		br = bufio.NewReaderSize(zr, 1<<20)
+	}
+	tr := tar.NewReader(&ctxReader{ctx: ctx, r: br})
+	files := map[string]*loadedFile{}
+	links := map[string]string{}
+	for entries := 0; ; entries++ {
+		hdr, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil && entries == 0 {
+			return nil, fmt.Errorf("load: not a tar archive: %w", err)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("load: read archive: %w", err)
+		}
+		name := cleanName(hdr.Name)
+		switch hdr.Typeflag {
+		case tar.TypeSymlink:
+			links[name] = cleanName(path.Join(path.Dir(name), hdr.Linkname))
+			continue
+		case tar.TypeLink:
+			links[name] = cleanName(hdr.Linkname)
+			continue
+		case tar.TypeReg:
+		default:
+			continue
+		}
+		base := path.Base(name)
+		if m := blobPathRE.FindStringSubmatch(name); m != nil {
+			h := v1.Hash{Algorithm: "sha256", Hex: m[1]}
+			files[name] = &loadedFile{digest: h}
+			if st.HasBlob(h) {
+				continue // tar.Reader skips the rest of the entry
+			}
+			if err := putVerified(st, tr, v1.Descriptor{Digest: h, Size: hdr.Size}); err != nil {
+				return nil, fmt.Errorf("load: %s: %w", name, err)
+			}
+			continue
+		}
+		if base == "json" || base == "VERSION" {
+			continue // legacy v1 metadata of old docker save
+		}
+		if hdr.Size <= maxJSONSize && (strings.HasSuffix(base, ".json") || base == "oci-layout" || base == "repositories") {
+			b, err := io.ReadAll(tr)
+			if err != nil {
+				return nil, fmt.Errorf("load: read %s: %w", name, err)
+			}
+			files[name] = &loadedFile{data: b}
+			continue
+		}
+		h, _, err := st.PutBlob(tr)
+		if err != nil {
+			return nil, fmt.Errorf("load: %s: %w", name, err)
+		}
+		files[name] = &loadedFile{digest: h}
+	}
+	lookup := func(name string) (*loadedFile, bool) {
+		name = cleanName(name)
+		for i := 0; i < 16; i++ {
+			if f, ok := files[name]; ok {
+				return f, true
+			}
+			t, ok := links[name]
+			if !ok {
+				return nil, false
+			}
+			name = t
+		}
+		return nil, false
+	}
+	var imgs []*store.Image
+	report := func(img *store.Image, names []string) {
+		imgs = append(imgs, img)
+		for _, n := range names {
+			c.printf("Loaded image: %s", n)
+		}
+		if len(names) == 0 {
+			c.printf("Loaded image ID: %s (untagged: tag it to keep it)", img.ID)
+		}
+	}
+	if f, ok := lookup("index.json"); ok && f.data != nil {
+		var idx v1.IndexManifest
+		if err := json.Unmarshal(f.data, &idx); err != nil {
+			return nil, fmt.Errorf("load: parse index.json: %w", err)
+		}
+		for _, d := range idx.Manifests {
+			names := entryNames(d)
+			mb, mt, err := resolveManifest(st, d, c.platform, 0)
+			if err != nil {
+				return nil, fmt.Errorf("load: %w", err)
+			}
+			img, err := putManifest(st, mb, mt, names)
+			if err != nil {
+				return nil, fmt.Errorf("load: %w", err)
+			}
+			report(img, names)
+		}
+		return imgs, nil
+	}
+	f, ok := lookup("manifest.json")
+	if !ok || f.data == nil {
+		return nil, errors.New("load: neither index.json nor manifest.json in the archive: not a docker or OCI archive")
+	}
+	var entries []dockerManifestEntry
+	if err := json.Unmarshal(f.data, &entries); err != nil {
+		return nil, fmt.Errorf("load: parse manifest.json: %w", err)
+	}
+	for _, e := range entries {
+		cf, ok := lookup(e.Config)
+		if !ok {
+			return nil, fmt.Errorf("load: config %s is not in the archive", e.Config)
+		}
+		cfgDesc, err := storeLoaded(st, cf, types.OCIConfigJSON)
+		if err != nil {
+			return nil, fmt.Errorf("load: config %s: %w", e.Config, err)
+		}
+		var cfg v1.ConfigFile
+		if err := json.Unmarshal(cf.bytes(st), &cfg); err != nil {
+			return nil, fmt.Errorf("load: config %s: %w", e.Config, err)
+		}
+		if len(cfg.RootFS.DiffIDs) != len(e.Layers) {
+			return nil, fmt.Errorf("load: config %s lists %d layers, manifest.json %d", e.Config, len(cfg.RootFS.DiffIDs), len(e.Layers))
+		}
+		m := v1.Manifest{SchemaVersion: 2, MediaType: types.OCIManifestSchema1, Config: cfgDesc, Layers: []v1.Descriptor{}}
+		for i, lp := range e.Layers {
+			lf, ok := lookup(lp)
+			if !ok {
+				return nil, fmt.Errorf("load: layer %s is not in the archive", lp)
+			}
+			ld, err := storeLoaded(st, lf, "")
+			if err != nil {
+				return nil, fmt.Errorf("load: layer %s: %w", lp, err)
+			}
+			if ld.MediaType, err = detectLayerType(st, ld.Digest); err != nil {
+				return nil, fmt.Errorf("load: layer %s: %w", lp, err)
+			}
+			if ld.MediaType == types.OCIUncompressedLayer && ld.Digest != cfg.RootFS.DiffIDs[i] {
+				return nil, fmt.Errorf("load: layer %s is %s, but the config says %s: %w", lp, ld.Digest, cfg.RootFS.DiffIDs[i], ErrDigestMismatch)
+			}
+			m.Layers = append(m.Layers, ld)
+		}
+		mb, err := json.Marshal(&m)
+		if err != nil {
+			return nil, fmt.Errorf("load: %w", err)
+		}
+		img, err := putManifest(st, mb, types.OCIManifestSchema1, e.RepoTags)
+		if err != nil {
+			return nil, fmt.Errorf("load: %w", err)
+		}
+		report(img, e.RepoTags)
+	}
+	return imgs, nil
+}
+
+func cleanName(n string) string {
+	n = path.Clean("/" + n)
+	return strings.TrimPrefix(n, "/")
+}
+
+// entryNames is what an index.json entry is called: containerd's full name
+// when present (docker save writes only the tag as ref.name), else the OCI
+// ref name.
+func entryNames(d v1.Descriptor) []string {
+	if n := d.Annotations[annotationContainerdName]; n != "" {
+		return []string{n}
+	}
+	if n := d.Annotations[store.AnnotationRefName]; n != "" {
+		return []string{n}
+	}
+	return nil
+}
+
+// resolveManifest reads the manifest d names from the store, descending
+// through image indexes to the child for platform.
+func resolveManifest(st *store.Store, d v1.Descriptor, platform v1.Platform, depth int) ([]byte, types.MediaType, error) {
+	if depth > 4 {
+		return nil, "", errors.New("image indexes nested too deep")
+	}
+	rc, err := st.OpenBlob(d.Digest)
+	if err != nil {
+		return nil, "", fmt.Errorf("manifest %s: %w", d.Digest, err)
+	}
+	b, err := io.ReadAll(io.LimitReader(rc, maxJSONSize))
+	rc.Close()
+	if err != nil {
+		return nil, "", err
+	}
+	mt := d.MediaType
+	if mt == "" {
+		var probe struct {
+			MediaType types.MediaType `json:"mediaType"`
+		}
+		json.Unmarshal(b, &probe)
+		mt = probe.MediaType
+	}
+	switch {
+	case mt.IsImage():
+		return b, mt, nil
+	case mt.IsIndex():
+		idx, err := v1.ParseIndexManifest(bytes.NewReader(b))
+		if err != nil {
+			return nil, "", fmt.Errorf("index %s: %w", d.Digest, err)
+		}
+		var avail []string
+		for _, child := range idx.Manifests {
+			if child.Platform != nil && child.Platform.Satisfies(platform) {
+				return resolveManifest(st, child, platform, depth+1)
+			}
+			if child.Platform != nil {
+				avail = append(avail, child.Platform.String())
+			}
+		}
+		sort.Strings(avail)
+		return nil, "", fmt.Errorf("index %s has no image for %s (has %s)", d.Digest, platform.String(), strings.Join(avail, ", "))
+	}
+	return nil, "", fmt.Errorf("manifest %s: unsupported media type %q", d.Digest, mt)
+}
+
+// bytes returns a loaded file's content: kept in memory, or read back from
+// the store (nil if unreadable).
+func (f *loadedFile) bytes(st *store.Store) []byte {
+	if f.data != nil {
+		return f.data
+	}
+	rc, err := st.OpenBlob(f.digest)
+	if err != nil {
+		return nil
+	}
+	defer rc.Close()
+	b, _ := io.ReadAll(io.LimitReader(rc, maxJSONSize))
+	return b
+}
+
+// storeLoaded returns the descriptor of a loaded file, storing it first if
+// it was kept in memory.
+func storeLoaded(st *store.Store, f *loadedFile, mt types.MediaType) (v1.Descriptor, error) {
+	if f.data != nil {
+		return putBytes(st, f.data, mt)
+	}
+	size, err := st.BlobSize(f.digest)
+	if err != nil {
+		return v1.Descriptor{}, err
+	}
+	return v1.Descriptor{MediaType: mt, Digest: f.digest, Size: size}, nil
+}
+
+// detectLayerType names a docker-archive layer's media type from its first
+// bytes: gzip and zstd are kept compressed, anything else is a plain tar.
+func detectLayerType(st *store.Store, h v1.Hash) (types.MediaType, error) {
+	rc, err := st.OpenBlob(h)
+	if err != nil {
+		return "", err
+	}
+	defer rc.Close()
+	magic := make([]byte, 4)
+	n, _ := io.ReadFull(rc, magic)
+	magic = magic[:n]
+	switch {
+	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
+		return types.OCILayer, nil
+	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+		return types.OCILayerZStd, nil
+	}
+	return types.OCIUncompressedLayer, nil
+}
