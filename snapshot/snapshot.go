@@ -63,6 +63,10 @@ var ErrNotFound = errors.New("snapshot not found")
 // ErrExists is returned (wrapped) by Prepare and View when the key is already in use.
 var ErrExists = errors.New("snapshot already exists")
 
+// ErrDigestMismatch is returned (wrapped) by Apply when a layer's content
+// does not have the diff ID its chain ID names.
+var ErrDigestMismatch = errors.New("layer content does not match its diff ID")
+
 // Snapshotter manages committed and active snapshots under one root directory.
 // It is safe for concurrent use by multiple goroutines and by multiple processes
 // sharing the root directory.
@@ -98,7 +102,9 @@ type Snapshotter interface {
 	// reading). Built in a temp dir, renamed into place; if another process wins
 	// the rename, Apply discards its copy and returns nil. Entries that would
 	// land outside the layer (absolute paths, "..", symlinks leading out) are
-	// rejected with an error.
+	// rejected with an error. name is verified: unless
+	// ChainID(parent, sha256 of all of r) == name, Apply installs nothing
+	// and returns an error wrapping ErrDigestMismatch.
 	Apply(ctx context.Context, name, parent string, r io.Reader) error
 	// DiffLive writes the same layer tar as Diff but leaves the active
 	// snapshot as it was: the view stays mounted and nothing in it is

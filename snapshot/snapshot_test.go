@@ -35,6 +35,7 @@ func TestSnapshotter(t *testing.T) {
 				{"DiffReproducible", testDiffReproducible},
 				{"ApplyOpaqueAndWhiteout", testApplyOpaqueAndWhiteout},
 				{"ApplyMalicious", testApplyMalicious},
+				{"ApplyVerifiesName", testApplyVerifiesName},
 				{"View", testView},
 				{"CommitExisting", testCommitExisting},
 				{"ConcurrentApply", testConcurrentApply},
@@ -749,4 +750,23 @@ func TestNewAuto(t *testing.T) {
 	if _, err := New(dir, "zfs"); err == nil {
 		t.Error("unknown driver accepted")
 	}
+}
+
+// Apply refuses a layer whose content does not give the chain ID it is
+// applied as, and installs nothing under that name; the same bytes under
+// their true name apply.
+func testApplyVerifiesName(t *testing.T, driver string) {
+	ctx := context.Background()
+	s, _ := newTestSnapshotter(t, driver)
+	base := applyBase(t, s)
+	evil := mkTar(t, reg("bin/sh", "evil", 0o755))
+	claimed := ChainID(base, diffID(baseLayer(t))) // another layer's diff ID
+	err := s.Apply(ctx, claimed, base, bytes.NewReader(evil))
+	if !errors.Is(err, ErrDigestMismatch) {
+		t.Fatalf("Apply under a false name: %v, want ErrDigestMismatch", err)
+	}
+	if s.Exists(claimed) {
+		t.Fatal("a layer with the wrong content was installed")
+	}
+	check(t, s.Apply(ctx, ChainID(base, diffID(evil)), base, bytes.NewReader(evil)))
 }

@@ -518,7 +518,21 @@ func (s *snapshotter) Apply(ctx context.Context, name, parent string, r io.Reade
 		t.release()
 		return fmt.Errorf("apply %s: %w", name, err)
 	}
-	if err := applyTar(ctx, fs, r, false); err != nil {
+	// The name is a content address: verify the stream before the layer
+	// becomes the shared snapshot of that chain ID (a layer lying about
+	// its diff ID must never stand in for another image's layer).
+	d := sha256.New()
+	tee := io.TeeReader(r, d)
+	err = applyTar(ctx, fs, tee, false)
+	if err == nil {
+		_, err = io.Copy(io.Discard, tee) // the tar's trailing blocks count too
+	}
+	if err == nil {
+		if got := ChainID(parent, "sha256:"+hex.EncodeToString(d.Sum(nil))); got != name {
+			err = fmt.Errorf("%w: the layer's content gives chain ID %s", ErrDigestMismatch, got)
+		}
+	}
+	if err != nil {
 		t.release()
 		return fmt.Errorf("apply %s: %w", name, err)
 	}

@@ -1,0 +1,104 @@
+package system
+
+import (
+	"archive/tar"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"github.com/lbuild/lbuild/snapshot"
+)
+
+func layerTar(t *testing.T, files map[string]string) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	tw := tar.NewWriter(&b)
+	for name, data := range files {
+		if err := tw.WriteHeader(&tar.Header{Name: name, Mode: 0o755, Size: int64(len(data)), Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		tw.Write([]byte(data))
+	}
+	tw.Close()
+	return b.Bytes()
+}
+
+func diffIDOf(b []byte) v1.Hash {
+	sum := sha256.Sum256(b)
+	return v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(sum[:])}
+}
+
+// storeImage writes an image whose config claims diffIDs over the given
+// layer blobs, as a hostile archive or registry could.
+func storeImage(t *testing.T, r *Root, diffIDs []v1.Hash, blobs ...[]byte) ([]v1.Descriptor, *v1.ConfigFile) {
+	t.Helper()
+	var layers []v1.Descriptor
+	for _, b := range blobs {
+		h, n, err := r.Store.PutBlob(bytes.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		layers = append(layers, v1.Descriptor{MediaType: types.OCIUncompressedLayer, Digest: h, Size: n})
+	}
+	cfg := &v1.ConfigFile{Architecture: "amd64", OS: "linux", RootFS: v1.RootFS{Type: "layers", DiffIDs: diffIDs}}
+	if _, err := r.Store.WriteImage(cfg, layers); err != nil {
+		t.Fatal(err)
+	}
+	return layers, cfg
+}
+
+// A layer whose content does not have the diff ID its config claims is never
+// unpacked as that diff ID's snapshot: a hostile image cannot take over the
+// base layer other images stand on.
+func TestEnsureChainRefusesLyingLayer(t *testing.T) {
+	ctx := context.Background()
+	r, err := Open(t.TempDir(), WithSnapshotter("copy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := layerTar(t, map[string]string{"bin/sh": "the real shell"})
+	evil := layerTar(t, map[string]string{"bin/sh": "the attacker's shell"})
+	baseID := diffIDOf(base)
+
+	layers, _ := storeImage(t, r, []v1.Hash{baseID}, evil)
+	err = r.EnsureChain(ctx, []v1.Hash{baseID}, layers)
+	if !errors.Is(err, snapshot.ErrDigestMismatch) {
+		t.Fatalf("EnsureChain of a lying layer: %v, want ErrDigestMismatch", err)
+	}
+	if r.Snaps.Exists(ChainID([]v1.Hash{baseID})) {
+		t.Fatal("the lying layer was installed as the base's snapshot")
+	}
+
+	// The genuine base then unpacks as itself.
+	good, _ := storeImage(t, r, []v1.Hash{baseID}, base)
+	dir, release, err := r.View(ctx, []v1.Hash{baseID}, good, "view-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	if b, err := os.ReadFile(filepath.Join(dir, "bin/sh")); err != nil || string(b) != "the real shell" {
+		t.Fatalf("base /bin/sh = %q, %v", b, err)
+	}
+}
+
+// An image whose config lists fewer diff IDs than it has layers is an error,
+// not a panic.
+func TestEnsureChainLayerCountMismatch(t *testing.T) {
+	r, err := Open(t.TempDir(), WithSnapshotter("copy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b := layerTar(t, map[string]string{"a": "a"}), layerTar(t, map[string]string{"b": "b"})
+	layers, _ := storeImage(t, r, []v1.Hash{diffIDOf(a)}, a, b)
+	if err := r.EnsureChain(context.Background(), []v1.Hash{diffIDOf(a)}, layers); err == nil {
+		t.Fatal("EnsureChain accepted 2 layers with 1 diff ID")
+	}
+}
