@@ -134,7 +134,7 @@ func (b *build) dispatchCopy(ctx context.Context, st *stageState, c copySpec) er
 	if err := c.unsupported(); err != nil {
 		return err
 	}
-	keyParts := []string{c.keyJSON(), "workdir=" + st.cfg.Config.WorkingDir}
+	in := cache.Inputs{Instruction: c.keyJSON(), Workdir: st.cfg.Config.WorkingDir}
 	excl, err := parser.NewIgnore(c.Exclude)
 	if err != nil {
 		return fmt.Errorf("--exclude: %w", err)
@@ -151,7 +151,7 @@ func (b *build) dispatchCopy(ctx context.Context, st *stageState, c copySpec) er
 		if err != nil {
 			return err
 		}
-		keyParts = append(keyParts, "from="+id)
+		in.From = id
 		ignore = nil
 		// The source filesystem is only needed if the step runs.
 		srcRoot = ""
@@ -165,7 +165,7 @@ func (b *build) dispatchCopy(ctx context.Context, st *stageState, c copySpec) er
 			release = rel
 			return dir, nil
 		}
-		return b.step(ctx, st, text, keyParts, func(ctx context.Context, root string) error {
+		return b.step(ctx, st, text, in, func(ctx context.Context, root string) error {
 			src, err := getRoot(ctx)
 			if err != nil {
 				return err
@@ -189,7 +189,7 @@ func (b *build) dispatchCopy(ctx context.Context, st *stageState, c copySpec) er
 	var all []cache.Entry
 	for i, g := range groups {
 		if g.data != nil {
-			keyParts = append(keyParts, "heredoc:"+g.name+"\x00"+*g.data)
+			in.Heredocs = append(in.Heredocs, g.name+"\x00"+*g.data)
 			continue
 		}
 		for _, e := range g.entries {
@@ -201,8 +201,8 @@ func (b *build) dispatchCopy(ctx context.Context, st *stageState, c copySpec) er
 	if err != nil {
 		return fmt.Errorf("checksum sources: %w", err)
 	}
-	keyParts = append(keyParts, "sources="+sum)
-	return b.step(ctx, st, text, keyParts, func(ctx context.Context, root string) error {
+	in.Sources = sum
+	return b.step(ctx, st, text, in, func(ctx context.Context, root string) error {
 		return copyInto(root, st.cfg.Config.WorkingDir, c, groups, mode)
 	})
 }

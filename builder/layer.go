@@ -47,7 +47,7 @@ func (b *build) commitLayer(ctx context.Context, st *stageState, fn layerFunc) (
 	if err != nil {
 		return v1.Hash{}, 0, fmt.Errorf("store layer: %w", err)
 	}
-	if err := b.root.Snaps.Commit(ctx, key, snapshot.ChainID(st.chainID, diffID.String())); err != nil {
+	if err := b.root.Snaps.Commit(ctx, snapshot.ChainID(st.chainID, diffID.String()), key); err != nil {
 		return v1.Hash{}, 0, fmt.Errorf("commit snapshot: %w", err)
 	}
 	committed = true

@@ -116,21 +116,20 @@ func (b *build) dispatchRun(ctx context.Context, st *stageState, c *instructions
 	env := st.runEnv()
 	text := "RUN " + strings.Join(args, " ")
 	argv, _ := json.Marshal(args)
-	envJSON, _ := json.Marshal(env)
-	keyParts := []string{"RUN", string(argv), "env=" + string(envJSON), "workdir=" + st.cfg.Config.WorkingDir,
-		"user=" + st.cfg.Config.User, "network=" + network}
+	in := cache.Inputs{Instruction: "RUN " + string(argv), Env: env, Workdir: st.cfg.Config.WorkingDir,
+		User: st.cfg.Config.User, Network: network}
 	if script != nil {
-		keyParts = append(keyParts, "script="+script.Data)
+		in.Script = script.Data
 	}
 	for _, m := range mounts {
-		keyParts = append(keyParts, "mount="+m.key)
+		in.Mounts = append(in.Mounts, m.key)
 	}
 	cwd := st.cfg.Config.WorkingDir
 	if cwd == "" {
 		cwd = "/"
 	}
 	user := st.cfg.Config.User
-	return b.step(ctx, st, text, keyParts, func(ctx context.Context, root string) error {
+	return b.step(ctx, st, text, in, func(ctx context.Context, root string) error {
 		ex, err := b.executor()
 		if err != nil {
 			return err

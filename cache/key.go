@@ -17,6 +17,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
@@ -48,6 +49,54 @@ func NewKey(parent Key, parts ...string) Key {
 		writeField(h, p)
 	}
 	return Key("sha256:" + hex.EncodeToString(h.Sum(nil)))
+}
+
+// Inputs are everything a step's key is derived from, one field per kind of
+// input, so two steps' inputs can be compared field by field (why a step
+// missed the cache). Empty fields are left out of the key's encoding.
+// Nothing host-specific (host paths, times, user names) belongs here: the
+// same Dockerfile and context give the same Inputs on any machine.
+type Inputs struct {
+	// Parent is the key of the step before ("" for a stage's first step).
+	Parent Key `json:"parent,omitempty"`
+	// Base is the chain ID of the filesystem the step stands on.
+	Base string `json:"base,omitempty"`
+	// Instruction is the step as expanded: its text, or for COPY/ADD the
+	// canonical JSON of its flags and sources.
+	Instruction string `json:"instruction"`
+	// Data holds the exact values a metadata step sets, as JSON, where the
+	// text could read the same for two different instructions.
+	Data string `json:"data,omitempty"`
+	// Env is a RUN's environment (KEY=VALUE, ARGs included).
+	Env []string `json:"env,omitempty"`
+	// Workdir, User and Network are what a RUN runs with (Workdir also
+	// where COPY resolves relative destinations).
+	Workdir string `json:"workdir,omitempty"`
+	User    string `json:"user,omitempty"`
+	Network string `json:"network,omitempty"`
+	// Script is a RUN heredoc's body.
+	Script string `json:"script,omitempty"`
+	// Mounts are a RUN's --mount options, each in canonical form.
+	Mounts []string `json:"mounts,omitempty"`
+	// From names COPY --from's source: a stage's or image's identity.
+	From string `json:"from,omitempty"`
+	// Heredocs are COPY <<EOF bodies, as "name\x00content".
+	Heredocs []string `json:"heredocs,omitempty"`
+	// Sources is the content checksum of the COPY/ADD sources (Checksum).
+	Sources string `json:"sources,omitempty"`
+}
+
+// Key derives the step's key: NewKey over the parent and the canonical
+// JSON of the other inputs (struct order, so the same inputs always give
+// the same bytes).
+func (in Inputs) Key() Key {
+	parent := in.Parent
+	in.Parent = ""
+	b, err := json.Marshal(in)
+	if err != nil {
+		panic(err) // strings and string slices always marshal
+	}
+	return NewKey(parent, string(b))
 }
 
 // writeField writes s to h preceded by its length as 8 big-endian bytes.

@@ -50,7 +50,7 @@ func BenchmarkDiff(b *testing.B) {
 			check(b, err)
 			write(b, v)
 			base := ChainID("", "sha256:"+strings.Repeat("e", 64))
-			check(b, s.Commit(ctx, "base", base))
+			check(b, s.Commit(ctx, base, "base"))
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
 				b.StopTimer()

@@ -93,7 +93,7 @@ func testCleanup(t *testing.T, driver string) {
 	// Another process can take over the persistent snapshot and commit it.
 	name := ChainID("", "sha256:"+string(bytes.Repeat([]byte("c"), 64)))
 	check(t, s.Diff(ctx, "container", io.Discard))
-	check(t, s.Commit(ctx, "container", name))
+	check(t, s.Commit(ctx, name, "container"))
 	check(t, s.Remove(ctx, "live"))
 	check(t, s.Cleanup(ctx))
 	if m := mountsUnder(t, dir); len(m) != 0 {

@@ -87,11 +87,11 @@ type Snapshotter interface {
 	// "<dir>/.wh..wh..opq", xattrs as PAX records without trusted.overlay.*.
 	// It unmounts the view first; after Diff only Commit or Remove are valid.
 	Diff(ctx context.Context, key string, w io.Writer) error
-	// Commit turns active key into committed snapshot name (whose parent is the
-	// active snapshot's parent). If name exists already (another build made it),
+	// Commit turns active key into committed snapshot name (whose parent is
+	// the active snapshot's parent); containerd's argument order, name first. If name exists already (another build made it),
 	// the active one is discarded and Commit returns nil. Atomic: the layer is
 	// built under tmp/ and renamed into place.
-	Commit(ctx context.Context, key, name string) error
+	Commit(ctx context.Context, name, key string) error
 	// Remove discards an active snapshot (unmounting it) or a committed one. A
 	// committed snapshot that is the parent of another cannot be removed.
 	Remove(ctx context.Context, key string) error

@@ -230,7 +230,7 @@ func testDiff(t *testing.T, driver string) {
 
 	// Commit and look at the committed layer and a view over it.
 	name := ChainID(base, diffID(b))
-	check(t, s.Commit(ctx, "step", name))
+	check(t, s.Commit(ctx, name, "step"))
 	if _, err := s.lookup("step"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("active snapshot still there after Commit: %v", err)
 	}
@@ -495,7 +495,7 @@ func testView(t *testing.T, driver string) {
 	if err := s.Diff(ctx, "view", &bytes.Buffer{}); err == nil {
 		t.Error("Diff of a view succeeded")
 	}
-	if err := s.Commit(ctx, "view", ChainID(base, base)); err == nil {
+	if err := s.Commit(ctx, ChainID(base, base), "view"); err == nil {
 		t.Error("Commit of a view succeeded")
 	}
 	// A view of the empty filesystem.
@@ -520,8 +520,8 @@ func testCommitExisting(t *testing.T, driver string) {
 		mustWrite(t, filepath.Join(v, "f"), k, 0o644)
 	}
 	name := ChainID("", "sha256:"+strings.Repeat("ab", 32))
-	check(t, s.Commit(ctx, "a", name))
-	check(t, s.Commit(ctx, "b", name)) // exists: b is discarded
+	check(t, s.Commit(ctx, name, "a"))
+	check(t, s.Commit(ctx, name, "b")) // exists: b is discarded
 	v, err := s.Prepare(ctx, "c", name)
 	check(t, err)
 	if got := mustRead(t, filepath.Join(v, "f")); got != "a" {
@@ -590,7 +590,7 @@ func testErrors(t *testing.T, driver string) {
 		{"view missing parent", func() error { _, err := s.View(ctx, "x", missing); return err }(), ErrNotFound},
 		{"prepare duplicate key", func() error { _, err := s.Prepare(ctx, "dup", ""); return err }(), ErrExists},
 		{"diff unknown", s.Diff(ctx, "nope", &bytes.Buffer{}), ErrNotFound},
-		{"commit unknown", s.Commit(ctx, "nope", missing), ErrNotFound},
+		{"commit unknown", s.Commit(ctx, missing, "nope"), ErrNotFound},
 		{"remove unknown", s.Remove(ctx, "nope"), ErrNotFound},
 		{"remove unknown name", s.Remove(ctx, missing), ErrNotFound},
 		{"lowerdirs unknown", func() error { _, err := s.LowerDirs(missing); return err }(), ErrNotFound},
@@ -607,7 +607,7 @@ func testErrors(t *testing.T, driver string) {
 			t.Errorf("%s: %v, want %v", tc.name, tc.err, tc.want)
 		}
 	}
-	if err := s.Commit(ctx, "dup", "not-a-digest"); err == nil {
+	if err := s.Commit(ctx, "not-a-digest", "dup"); err == nil {
 		t.Error("Commit accepted a bad name")
 	}
 	if s.Exists("not-a-digest") {

@@ -303,7 +303,7 @@ func (s *snapshotter) Diff(ctx context.Context, key string, w io.Writer) error {
 	return nil
 }
 
-func (s *snapshotter) Commit(ctx context.Context, key, name string) error {
+func (s *snapshotter) Commit(ctx context.Context, name, key string) error {
 	h, err := nameHex(name)
 	if err != nil {
 		return err

@@ -3,7 +3,6 @@ package system
 import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
-	"github.com/lbuild/lbuild/snapshot"
 	"github.com/lbuild/lbuild/store"
 )
 
@@ -39,9 +38,9 @@ func (r *Root) Share(names []string) (*ShareTable, error) {
 		}
 		t.Images = append(t.Images, img)
 		by := layerCreatedBy(img.Config)
-		chain := ""
+		chains := ChainIDs(img.Config.RootFS.DiffIDs)
 		for j, d := range img.Config.RootFS.DiffIDs {
-			chain = snapshot.ChainID(chain, d.String())
+			chain := chains[j]
 			k, ok := rows[chain]
 			if !ok {
 				k = len(t.Layers)

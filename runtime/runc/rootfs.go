@@ -11,59 +11,28 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	securejoin "github.com/cyphar/filepath-securejoin"
 )
 
-// maxSymlinks bounds symlink resolution, as the kernel's ELOOP limit does.
-const maxSymlinks = 40
-
-// resolveInRoot returns the host path of the container path p (absolute or
-// relative to "/") in rootfs, resolving symbolic links in the existing
-// components as the runtime does: an absolute link target and ".." are
-// confined to rootfs. Components that do not exist are appended as given
-// (cleaned). The result is rootfs-relative, cleaned, "" for the root itself.
+// resolveInRoot returns the rootfs-relative path of the container path p
+// (absolute or relative to "/"), resolving symbolic links in the existing
+// components as the runtime does, confined to rootfs (securejoin, the one
+// path-confinement resolver lbuild uses for image paths). Components that do
+// not exist are appended as given (cleaned). "" is the root itself.
 func resolveInRoot(rootfs, p string) (string, error) {
-	var cur []string                              // resolved components
-	todo := strings.Split(path.Clean("/"+p), "/") // components left
-	links := 0
-	for len(todo) > 0 {
-		c := todo[0]
-		todo = todo[1:]
-		switch c {
-		case "", ".":
-			continue
-		case "..":
-			if len(cur) > 0 {
-				cur = cur[:len(cur)-1]
-			}
-			continue
-		}
-		next := append(slices.Clone(cur), c)
-		fi, err := os.Lstat(filepath.Join(rootfs, filepath.Join(next...)))
-		if errors.Is(err, fs.ErrNotExist) {
-			// The rest does not exist: clean it lexically, confined.
-			rest := path.Clean("/" + strings.Join(append([]string{c}, todo...), "/"))
-			return cleanRel(path.Join(strings.Join(cur, "/"), rest)), nil
-		}
-		if err != nil {
-			return "", err
-		}
-		if fi.Mode()&fs.ModeSymlink == 0 {
-			cur = next
-			continue
-		}
-		if links++; links > maxSymlinks {
-			return "", fmt.Errorf("resolve %s in rootfs: %w", p, syscall.ELOOP)
-		}
-		target, err := os.Readlink(filepath.Join(rootfs, filepath.Join(next...)))
-		if err != nil {
-			return "", err
-		}
-		if path.IsAbs(target) {
-			cur = nil
-		}
-		todo = append(strings.Split(target, "/"), todo...)
+	abs, err := securejoin.SecureJoin(rootfs, p)
+	if err != nil {
+		return "", fmt.Errorf("resolve %s in rootfs: %w", p, err)
 	}
-	return strings.Join(cur, "/"), nil
+	rel, err := filepath.Rel(rootfs, abs)
+	if err != nil {
+		return "", err
+	}
+	if rel == "." {
+		return "", nil
+	}
+	return rel, nil
 }
 
 // cleanRel turns the output of path.Join/Clean into the rootfs-relative

@@ -1,0 +1,94 @@
+package builder
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/sirupsen/logrus"
+
+	"github.com/lbuild/lbuild/cache"
+	"github.com/lbuild/lbuild/snapshot"
+)
+
+// layerFunc changes the filesystem view at root (an active snapshot).
+type layerFunc func(ctx context.Context, root string) error
+
+// step is the one path every instruction takes: derive the key from the
+// step's inputs, reuse a cached record, or execute (a layer step runs fn on a
+// snapshot of the parent and commits the diff) and record the result.
+func (b *build) step(ctx context.Context, st *stageState, text string, in cache.Inputs, fn layerFunc) error {
+	// The key chains the parent's key and the content it stands on (its chain
+	// ID): a --no-cache build may record a different result under a key, and
+	// what was built on the old result must then not be taken for the new.
+	in.Parent, in.Base = st.key, st.chainID
+	key := in.Key()
+	b.stepNo++
+	id := b.stepNo
+	b.prog.Start(id, st.label(text))
+	res := StepResult{Stage: st.name, Text: text, Key: key}
+
+	if !b.opts.NoCache {
+		rec, err := b.root.Records.Get(key)
+		switch {
+		case err == nil && b.usable(rec, fn != nil):
+			st.apply(rec, text, key)
+			b.prog.Cached(id)
+			res.Cached, res.DiffID, res.ChainID = true, rec.DiffID, st.chainID
+			b.steps = append(b.steps, res)
+			return nil
+		case err != nil && !errors.Is(err, cache.ErrNotFound):
+			logrus.Debugf("cache record %s unreadable, rebuilding: %v", key, err)
+		}
+	}
+
+	rec := &cache.Record{Key: key, Created: b.opts.Now().UTC(), CreatedBy: text, EmptyLayer: fn == nil}
+	if fn != nil {
+		diffID, size, err := b.commitLayer(ctx, st, fn)
+		if err != nil {
+			b.prog.Done(id, err)
+			return err
+		}
+		rec.DiffID, rec.Size = diffID.String(), size
+	}
+	if err := b.root.Records.Put(rec); err != nil {
+		b.prog.Done(id, err)
+		return fmt.Errorf("record cache: %w", err)
+	}
+	st.apply(rec, text, key)
+	b.prog.Done(id, nil)
+	res.DiffID, res.ChainID = rec.DiffID, st.chainID
+	b.steps = append(b.steps, res)
+	return nil
+}
+
+// usable reports whether a cached record can stand in for running the step:
+// a layer step needs its layer blob in the store.
+func (b *build) usable(rec *cache.Record, layer bool) bool {
+	if !layer {
+		return rec.DiffID == ""
+	}
+	if rec.DiffID == "" {
+		return false
+	}
+	h, err := v1.NewHash(rec.DiffID)
+	return err == nil && b.root.Store.HasBlob(h)
+}
+
+// apply advances the stage by a step's record.
+func (s *stageState) apply(rec *cache.Record, text string, key cache.Key) {
+	created := v1.Time{Time: rec.Created}
+	s.cfg.History = append(s.cfg.History, v1.History{Created: created, CreatedBy: text, Comment: historyComment, EmptyLayer: rec.DiffID == ""})
+	s.cfg.Created = created
+	s.key = key
+	if rec.DiffID == "" {
+		return
+	}
+	h, _ := v1.NewHash(rec.DiffID)
+	s.cfg.RootFS.DiffIDs = append(s.cfg.RootFS.DiffIDs, h)
+	s.layers = append(s.layers, v1.Descriptor{MediaType: layerMediaType, Digest: h, Size: rec.Size})
+	s.chainID = snapshot.ChainID(s.chainID, rec.DiffID)
+}
+
+const layerMediaType = "application/vnd.oci.image.layer.v1.tar"
