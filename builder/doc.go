@@ -1,0 +1,21 @@
+// Package builder builds images from a Dockerfile: Build takes the parsed
+// plan (parser), and for each step derives the cache key from the step's
+// typed inputs (cache.Inputs: parent key, the filesystem it stands on, the
+// instruction as expanded and what it reads), reuses the cached record on a
+// hit, and otherwise executes the step on a snapshot and commits what
+// changed as a layer blob in the image store.
+//
+// Files: dispatch.go picks one function per instruction (meta.go for the
+// metadata instructions and ARG, copy.go for COPY and ADD, run.go for RUN);
+// step.go is the one path every step takes (key, lookup, execute, record);
+// layer.go runs a step on a snapshot and stores its diff; build.go walks
+// the stages. RUN goes through builder/executor, a one-method seam over the
+// OCI runtime driver.
+//
+// Contract: Build never leaves a half-written blob, record or image under
+// its final name; a failed or cancelled build leaves the store as it was,
+// apart from complete layers and records of the steps that finished (which
+// a later build reuses). Build is safe to run concurrently with other builds
+// and lbuild commands on the same root. The builder never imports the
+// container package, nor the container package the builder.
+package builder
