@@ -237,11 +237,23 @@ type BlobWriter struct {
 	h    hash.Hash
 	n    int64
 	done bool
+	// unnamed: f is an O_TMPFILE, linked into place by Commit.
+	unnamed bool
 }
 
 // Writer starts a new blob. The caller must call Commit or Close.
+//
+// The blob is written to an unnamed O_TMPFILE in .ingest/ and linked to its
+// final name by Commit, so a writer that dies (kill -9 during a build, a
+// load or a push) leaves nothing behind: the kernel frees the file. Where
+// the filesystem has no O_TMPFILE, a named temp file is used and GC removes
+// it once no writer holds its lock.
 func (s *Store) Writer() (*BlobWriter, error) {
-	f, err := os.CreateTemp(filepath.Join(s.dir, ingestDir), "blob-*")
+	dir := filepath.Join(s.dir, ingestDir)
+	if f, err := os.OpenFile(dir, os.O_RDWR|unix.O_TMPFILE, 0o600); err == nil {
+		return &BlobWriter{s: s, f: f, h: sha256.New(), unnamed: true}, nil
+	}
+	f, err := os.CreateTemp(dir, "blob-*")
 	if err != nil {
 		return nil, fmt.Errorf("create temporary blob: %w", err)
 	}
@@ -283,7 +295,9 @@ func (w *BlobWriter) Commit() (v1.Hash, int64, error) {
 	tmp := w.f.Name()
 	fail := func(err error) (v1.Hash, int64, error) {
 		w.f.Close()
-		os.Remove(tmp)
+		if !w.unnamed {
+			os.Remove(tmp)
+		}
 		return v1.Hash{}, 0, err
 	}
 	h := v1.Hash{Algorithm: algo, Hex: hex.EncodeToString(w.h.Sum(nil))}
@@ -294,16 +308,31 @@ func (w *BlobWriter) Commit() (v1.Hash, int64, error) {
 		return fail(fmt.Errorf("sync temporary blob: %w", err))
 	}
 	dst := w.s.BlobPath(h)
-	if _, err := os.Stat(dst); err == nil {
+	exists := func() (v1.Hash, int64, error) {
 		now := time.Now()
 		os.Chtimes(dst, now, now) // best effort: refresh for WithGCGrace
 		w.f.Close()
-		os.Remove(tmp)
+		if !w.unnamed {
+			os.Remove(tmp)
+		}
 		return h, w.n, nil
 	}
-	// Rename while still holding the flock, so GC never sees an unlocked
-	// temp file of a live writer.
-	if err := os.Rename(tmp, dst); err != nil {
+	if _, err := os.Stat(dst); err == nil {
+		return exists()
+	}
+	if w.unnamed {
+		// Link the complete, synced file to its name: it appears whole or
+		// not at all.
+		err := unix.Linkat(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", w.f.Fd()), unix.AT_FDCWD, dst, unix.AT_SYMLINK_FOLLOW)
+		if errors.Is(err, unix.EEXIST) {
+			return exists()
+		}
+		if err != nil {
+			return fail(fmt.Errorf("link temporary blob: %w", err))
+		}
+	} else if err := os.Rename(tmp, dst); err != nil {
+		// Renamed while still holding the flock, so GC never sees an
+		// unlocked temp file of a live writer.
 		return fail(fmt.Errorf("rename temporary blob: %w", err))
 	}
 	w.f.Close()
@@ -321,8 +350,10 @@ func (w *BlobWriter) Close() error {
 	}
 	w.done = true
 	err := w.f.Close()
-	if rerr := os.Remove(w.f.Name()); rerr != nil && err == nil {
-		err = rerr
+	if !w.unnamed {
+		if rerr := os.Remove(w.f.Name()); rerr != nil && err == nil {
+			err = rerr
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("discard temporary blob: %w", err)

@@ -2,6 +2,7 @@ package store
 
 import (
 	"archive/tar"
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"crypto/sha256"
@@ -202,8 +203,10 @@ func TestBlobWriterCommit(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := len(dirNames(t, filepath.Join(s.Dir(), ".ingest"))); got != 1 {
-		t.Fatalf("%d temp files during write, want 1", got)
+	// The blob being written has no name yet (O_TMPFILE): nothing a crash
+	// could leave behind.
+	if got := dirNames(t, filepath.Join(s.Dir(), ".ingest")); len(got) != 0 {
+		t.Fatalf("named temp files during write: %v", got)
 	}
 	h, n, err := w.Commit()
 	if err != nil {
@@ -958,5 +961,46 @@ func TestSkopeoAndUmoci(t *testing.T) {
 	// Our own temp dir and lock file do not upset the tools.
 	if _, err := os.Stat(filepath.Join(s.Dir(), ".index.lock")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A writer killed with SIGKILL half way through a blob leaves no file in the
+// store: no ingest file, no blob.
+func TestKilledWriterLeavesNothing(t *testing.T) {
+	if dir := os.Getenv("LBUILD_TEST_KILLED_WRITER"); dir != "" {
+		s, err := Open(dir)
+		if err != nil {
+			os.Exit(2)
+		}
+		w, err := s.Writer()
+		if err != nil {
+			os.Exit(3)
+		}
+		w.Write(bytes.Repeat([]byte("x"), 1<<20))
+		os.Stdout.WriteString("written\n")
+		time.Sleep(time.Minute) // killed here
+		os.Exit(0)
+	}
+	s := newStore(t)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestKilledWriterLeavesNothing$")
+	cmd.Env = append(os.Environ(), "LBUILD_TEST_KILLED_WRITER="+s.Dir())
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line, _ := bufio.NewReader(out).ReadString('\n')
+	cmd.Process.Kill()
+	cmd.Wait()
+	if line != "written\n" {
+		t.Fatalf("writer process said %q", line)
+	}
+	if got := dirNames(t, filepath.Join(s.Dir(), ".ingest")); len(got) != 0 {
+		t.Fatalf("killed writer left %v in .ingest", got)
+	}
+	if got := dirNames(t, filepath.Join(s.Dir(), "blobs", "sha256")); len(got) != 0 {
+		t.Fatalf("killed writer left blobs %v", got)
 	}
 }

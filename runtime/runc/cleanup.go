@@ -131,11 +131,15 @@ func (r *Runc) runAlive(id string, o owner) bool {
 // time. IDs not made by lbuild are ignored.
 func (r *Runc) Cleanup(ctx context.Context) error {
 	var errs []error
-	out, err := r.runtimeCmd(ctx, "list", "--quiet")
-	if err != nil {
-		return fmt.Errorf("%s list: %w: %s", filepath.Base(r.runtime), err, bytes.TrimSpace(out))
+	// The runtime keeps one state dir per container under --root: read
+	// them directly rather than through "runc list", which fails outright
+	// when a container another process is deleting vanishes mid-listing.
+	states, err := os.ReadDir(r.root)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("list runtime state: %w", err)
 	}
-	for _, id := range strings.Fields(string(out)) {
+	for _, st := range states {
+		id := st.Name()
 		o, ok := parseContainerID(id)
 		if !ok || r.runAlive(id, o) {
 			continue
