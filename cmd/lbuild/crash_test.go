@@ -101,3 +101,40 @@ func TestCLICrashRecovery(t *testing.T) {
 	}
 	assertNothingLeft(t, root)
 }
+
+// Read-only commands and container listings never fail because builds run
+// RUN steps on the same root: clean-up touches only what is provably dead.
+func TestCLICommandsBesideRunningBuilds(t *testing.T) {
+	root := t.TempDir()
+	cmd, stderr := startRunBuild(t, root) // one long RUN, alive throughout
+	defer func() {
+		cmd.Process.Kill()
+		cmd.Wait()
+		run(t, root, "ps") // reaps the killed build's container and mounts
+		assertNothingLeft(t, root)
+	}()
+	dir := ctxDir(t, "FROM local/busybox\nRUN true\nRUN echo a > /a\nRUN true\nRUN echo b > /b\nRUN true\n", map[string]string{})
+	var builders []*exec.Cmd
+	for i := 0; i < 2; i++ {
+		b := exec.Command("sh", "-c", `for i in 1 2 3 4 5 6; do "$0" --root "$1" build -q --no-cache "$2" >/dev/null || exit 1; done`, lbuildBin, root, dir)
+		if err := b.Start(); err != nil {
+			t.Fatal(err)
+		}
+		builders = append(builders, b)
+	}
+	for i := 0; i < 40; i++ {
+		for _, c := range []string{"images", "ps"} {
+			if _, errOut, code := run(t, root, c); code != 0 {
+				t.Fatalf("lbuild %s beside running builds (round %d): exit %d: %s", c, i, code, errOut)
+			}
+		}
+	}
+	for _, b := range builders {
+		if err := b.Wait(); err != nil {
+			t.Errorf("a concurrent build failed: %v", err)
+		}
+	}
+	if len(runcList(t, root)) == 0 {
+		t.Errorf("the long RUN's container was reaped while its build ran:\n%s", stderr)
+	}
+}
