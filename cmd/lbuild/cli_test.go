@@ -232,3 +232,44 @@ func TestSubcommandsUnique(t *testing.T) {
 		}
 	}
 }
+
+// rmi as docker's: a last tag untags and deletes; a shared image loses only
+// the tag; an ID with several tags needs -f; a missing name fails in one
+// line while the other arguments are still removed.
+func TestCLIRmi(t *testing.T) {
+	root := t.TempDir()
+	dir := ctxDir(t, "FROM scratch\nCOPY a /a\n", map[string]string{"a": "1"})
+	mustRun := func(args ...string) string {
+		t.Helper()
+		out, stderr, code := run(t, root, args...)
+		if code != 0 {
+			t.Fatalf("lbuild %v: exit %d: %s", args, code, stderr)
+		}
+		return out
+	}
+	mustRun("build", "-q", "-t", "v:1", dir)
+	os.WriteFile(filepath.Join(dir, "a"), []byte("2"), 0o644)
+	id2 := strings.TrimSpace(mustRun("build", "-q", "-t", "v:2", dir))
+	mustRun("tag", "v:2", "w:1")
+
+	// The last name of v:1's image: untagged and deleted, exit 0.
+	out := mustRun("rmi", "v:1")
+	if !strings.Contains(out, "Untagged: v:1") || !strings.Contains(out, "Deleted: sha256:") {
+		t.Errorf("rmi v:1 printed %q", out)
+	}
+	// An ID with two names: refused without -f.
+	if _, stderr, code := run(t, root, "rmi", id2); code != 1 || strings.Count(strings.TrimSpace(stderr), "\n") != 0 || !strings.Contains(stderr, "pass -f") {
+		t.Errorf("rmi of a twice-tagged ID: exit %d, %q", code, stderr)
+	}
+	// Several at once, one missing: the others go, exit 1, one error line.
+	out, stderr, code := run(t, root, "rmi", "v:2", "nope", "w:1")
+	if code != 1 || !strings.Contains(stderr, `"nope"`) || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+		t.Errorf("rmi v:2 nope w:1: exit %d, stderr %q", code, stderr)
+	}
+	if !strings.Contains(out, "Untagged: v:2") || !strings.Contains(out, "Untagged: w:1") || !strings.Contains(out, "Deleted: "+id2) {
+		t.Errorf("rmi v:2 nope w:1 printed %q", out)
+	}
+	if out := mustRun("images", "-q"); strings.TrimSpace(out) != "" {
+		t.Errorf("images left: %q", out)
+	}
+}

@@ -2,7 +2,9 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"slices"
 	"sort"
 	"strings"
@@ -245,39 +247,53 @@ func newRmiCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			// As docker: every argument is tried; each failure is one line
+			// and the exit code is 1 if any failed.
+			var errs []error
 			for _, a := range args {
-				img, err := resolve(r.Store, a)
-				if err != nil {
-					return err
+				if err := rmi(cmd.OutOrStdout(), r, inUse, a, force); err != nil {
+					errs = append(errs, err)
 				}
-				// An image a container stands on loses its last name or goes only with -f.
-				if ctrs := inUse[img.ID]; len(ctrs) > 0 && !force && (len(img.Refs) <= 1 || !slices.Contains(img.Refs, store.NormalizeRef(a))) {
-					return fmt.Errorf("image %s is used by container %s: remove the container (lbuild rm) first, or pass -f", a, strings.Join(ctrs, ", "))
-				}
-				byName := false
-				for _, ref := range img.Refs {
-					if ref == a || ref == a+":latest" {
-						byName = true
-						if err := r.Store.Untag(ref); err != nil {
-							return err
-						}
-						fmt.Fprintf(cmd.OutOrStdout(), "Untagged: %s\n", ref)
-					}
-				}
-				if byName && len(img.Refs) > 1 {
-					continue
-				}
-				if !byName && len(img.Refs) > 1 && !force {
-					return fmt.Errorf("image %s is tagged %s: remove the tags, or pass -f", shortID(img.ID), strings.Join(img.Refs, ", "))
-				}
-				if err := r.Store.Remove(img); err != nil {
-					return err
-				}
-				fmt.Fprintf(cmd.OutOrStdout(), "Deleted: %s\n", img.ID)
 			}
-			return nil
+			return errors.Join(errs...)
 		},
 	}
 	cmd.Flags().BoolVarP(&force, "force", "f", false, "remove an image with several tags by ID, or one a container uses")
 	return cmd
+}
+
+// rmi removes one name or image, as docker rmi does: a name untags it (and
+// deletes the image when it was its last name); an ID deletes the image
+// (with several names only with force).
+func rmi(out io.Writer, r *system.Root, inUse map[v1.Hash][]string, a string, force bool) error {
+	img, err := resolve(r.Store, a)
+	if err != nil {
+		return err
+	}
+	// An image a container stands on loses its last name or goes only with -f.
+	if ctrs := inUse[img.ID]; len(ctrs) > 0 && !force && (len(img.Refs) <= 1 || !slices.Contains(img.Refs, store.NormalizeRef(a))) {
+		return fmt.Errorf("image %s is used by container %s: remove the container (lbuild rm) first, or pass -f", a, strings.Join(ctrs, ", "))
+	}
+	untagged := 0
+	for _, ref := range img.Refs {
+		if ref == a || ref == store.NormalizeRef(a) {
+			if err := r.Store.Untag(ref); err != nil {
+				return err
+			}
+			untagged++
+			fmt.Fprintf(out, "Untagged: %s\n", ref)
+		}
+	}
+	if untagged > 0 && len(img.Refs) > untagged {
+		return nil // other names keep the image
+	}
+	if untagged == 0 && len(img.Refs) > 1 && !force {
+		return fmt.Errorf("image %s is tagged %s: remove the tags, or pass -f", shortID(img.ID), strings.Join(img.Refs, ", "))
+	}
+	// Untagging the last name may already have dropped the index entry.
+	if err := r.Store.Remove(img); err != nil && !(untagged > 0 && errors.Is(err, store.ErrNotFound)) {
+		return err
+	}
+	fmt.Fprintf(out, "Deleted: %s\n", img.ID)
+	return nil
 }
