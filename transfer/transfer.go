@@ -147,7 +147,9 @@ func WithCompression(spec string) Opt {
 }
 
 // WithKeychain replaces authn.DefaultKeychain (the docker config:
-// ~/.docker/config.json or $DOCKER_CONFIG/config.json).
+// $DOCKER_CONFIG/config.json or ~/.docker/config.json, read by docker/cli's
+// config package, so its credsStore and credHelpers are asked as docker asks
+// them; lbuild login stores credentials the same way).
 func WithKeychain(k authn.Keychain) Opt {
 	return func(c *config) error {
 		c.keychain = k

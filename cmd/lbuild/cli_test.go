@@ -226,7 +226,7 @@ func TestSubcommandsUnique(t *testing.T) {
 		}
 		seen[c.Name()] = true
 	}
-	for _, want := range []string{"build", "images", "history", "inspect", "tag", "rmi", "pull", "push", "save", "load", "login", "run", "ps", "stop", "rm", "logs", "exec", "diff", "commit", "share", "du", "system"} {
+	for _, want := range []string{"build", "images", "history", "inspect", "tag", "rmi", "pull", "push", "save", "load", "login", "logout", "run", "ps", "stop", "rm", "logs", "exec", "diff", "commit", "share", "du", "system"} {
 		if !seen[want] {
 			t.Errorf("subcommand %q missing", want)
 		}

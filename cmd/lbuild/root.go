@@ -99,7 +99,7 @@ twice and images that begin with the same steps share those layers.
 	pf.BoolVar(&g.debug, "debug", false, "log debug messages")
 	bo.register(cmd)
 	cmd.AddCommand(newBuildCmd(g), newImagesCmd(g), newHistoryCmd(g), newInspectCmd(g), newTagCmd(g), newRmiCmd(g),
-		newPullCmd(g), newPushCmd(g), newSaveCmd(g), newLoadCmd(g), newLoginCmd(g),
+		newPullCmd(g), newPushCmd(g), newSaveCmd(g), newLoadCmd(g), newLoginCmd(g), newLogoutCmd(g),
 		newRunCmd(g), newShimCmd(g), newPsCmd(g), newStopCmd(g), newRmCmd(g), newLogsCmd(g), newExecCmd(g),
 		newDiffCmd(g), newCommitCmd(g), newShareCmd(g), newDuCmd(g), newSystemCmd(g))
 	return cmd
