@@ -624,7 +624,8 @@ func copyEntry(root, target string, e cache.Entry, uid, gid uint32, chmod os.Fil
 		ts := []unix.Timespec{unix.NsecToTimespec(fi.ModTime().UnixNano()), unix.NsecToTimespec(fi.ModTime().UnixNano())}
 		return unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
 	case m.IsRegular():
-		f, err := os.Open(e.Abs)
+		// e.Abs is the file selectSources checked: never a link to follow.
+		f, err := os.OpenFile(e.Abs, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 		if err != nil {
 			return err
 		}

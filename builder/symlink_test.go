@@ -70,10 +70,10 @@ func assertNoSecret(t *testing.T, r *system.Root, out string) {
 func TestCopySymlinkToIgnored(t *testing.T) {
 	r := openRoot(t)
 	dir := symlinkContext(t)
-	for src, dest := range map[string]string{"link": "/x", "dirlink": "/d/"} {
-		_, out, err := tryBuild(r, dir, "FROM scratch\nCOPY "+src+" "+dest+"\n")
-		if err == nil || !strings.Contains(err.Error(), `source "`+src+`": not found in the build context`) || !strings.Contains(err.Error(), "which .dockerignore excludes") {
-			t.Errorf("COPY %s (a symlink into what .dockerignore hides): got %v, want not found, and why", src, err)
+	for _, tc := range []struct{ line, src string }{{"COPY link /x", "link"}, {"COPY dirlink /d/", "dirlink"}, {"ADD link /x", "link"}} {
+		_, out, err := tryBuild(r, dir, "FROM scratch\n"+tc.line+"\n")
+		if err == nil || !strings.Contains(err.Error(), `source "`+tc.src+`": not found in the build context`) || !strings.Contains(err.Error(), "which .dockerignore excludes") {
+			t.Errorf("%s (a symlink into what .dockerignore hides): got %v, want not found, and why", tc.line, err)
 		}
 		assertNoSecret(t, r, out)
 	}
