@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"syscall"
 
 	securejoin "github.com/cyphar/filepath-securejoin"
 	"github.com/klauspost/compress/gzip"
@@ -18,8 +19,9 @@ import (
 
 // openArchive returns a tar reader if the file at p is a tar archive, plain
 // or compressed with gzip, bzip2, xz or zstd; nil if it is not an archive.
+// p is a source selectSources checked, so a symlink there is not followed.
 func openArchive(p string) (*tar.Reader, io.Closer, error) {
-	f, err := os.Open(p)
+	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"syscall"
 
 	securejoin "github.com/cyphar/filepath-securejoin"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -112,6 +113,7 @@ func (c copySpec) text() string {
 type group struct {
 	dir     bool
 	name    string        // base name of a file source
+	abs     string        // where the source resolved to on the host (not for heredocs)
 	entries []cache.Entry // a dir's tree (Rel relative to it, "." for itself) or the one file (Rel = name)
 	data    *string       // heredoc content instead of a file
 	pruned  bool          // .dockerignore or --exclude left something out
@@ -267,8 +269,9 @@ func hasGlob(s string) bool { return strings.ContainsAny(s, "*?[") }
 // relative to root ("../x" and "/x" stay inside it) and symlinks are followed
 // within it, so nothing outside root is read. In the build context,
 // .dockerignore'd paths (ig, matched on context-relative paths) are treated as
-// absent; --exclude patterns (excl) are matched on paths relative to each
-// source, as BuildKit does. A wildcard that matches nothing is skipped, as in
+// absent wherever a path leads: a symlink is checked where it resolves to
+// (resolveInRoot), so none reaches what ig hides. --exclude patterns (excl)
+// are matched on paths relative to each source, as BuildKit does. A wildcard that matches nothing is skipped, as in
 // BuildKit; a plain path that does not exist is an error.
 func selectSources(root string, ig, excl ignorer, srcs []string, isContext bool) ([]group, error) {
 	var groups []group
@@ -322,11 +325,13 @@ func globInRoot(root, pattern string, ig ignorer) ([]string, error) {
 				next = append(next, path.Join(dir, p))
 				continue
 			}
-			abs, err := securejoin.SecureJoin(root, dir)
+			// A directory is listed where it resolves to, and only if
+			// .dockerignore lets the build see it there.
+			resolved, err := resolveInRoot(root, dir, ig)
 			if err != nil {
-				return nil, err
+				continue
 			}
-			ents, err := os.ReadDir(abs)
+			ents, err := os.ReadDir(filepath.Join(root, filepath.FromSlash(resolved)))
 			if err != nil {
 				continue
 			}
@@ -344,41 +349,48 @@ func globInRoot(root, pattern string, ig ignorer) ([]string, error) {
 	}
 	var out []string
 	for _, rel := range cur {
-		abs, err := securejoin.SecureJoin(root, rel)
-		if err != nil {
+		// A match that is missing where it leads (a dangling symlink, or one
+		// to what .dockerignore hides) is no match.
+		if _, err := resolveInRoot(root, rel, ig); err != nil {
+			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, syscall.ENOTDIR) {
+				continue
+			}
 			return nil, err
 		}
-		if _, err := os.Lstat(abs); err != nil {
-			continue
-		}
-		if ex, err := excluded(ig, rel); err != nil {
-			return nil, err
-		} else if !ex {
-			out = append(out, rel)
-		}
+		out = append(out, rel)
 	}
 	sort.Strings(out)
 	return out, nil
 }
 
-// resolveSource stats one source (following symlinks within root) and, for a
-// directory, walks its tree in lexical order. A group whose walk left
-// anything out is marked pruned.
+// resolveSource stats one source (following symlinks within root, and
+// seeing only what ig lets through, as resolveInRoot does) and, for a
+// directory, walks its tree in lexical order, matching ig below where the
+// directory resolved to; symlinks in the tree are kept as symlinks. A group
+// whose walk left anything out is marked pruned.
 func resolveSource(root, rel string, ig, excl ignorer, isContext bool) (group, error) {
 	if ex, err := excluded(ig, rel); err != nil {
 		return group{}, err
 	} else if ex {
 		return group{}, errors.New("excluded by .dockerignore")
 	}
-	abs, err := securejoin.SecureJoin(root, rel)
-	if err != nil {
-		return group{}, err
-	}
-	fi, err := os.Lstat(abs)
-	if err != nil {
-		if isContext {
-			return group{}, errors.New("not found in the build context: check the path (it is relative to the context directory)")
+	resolved, err := resolveInRoot(root, rel, ig)
+	var fi os.FileInfo
+	abs := filepath.Join(root, filepath.FromSlash(resolved))
+	if err == nil {
+		if fi, err = os.Lstat(abs); err != nil {
+			err = relError(resolved, err)
 		}
+	}
+	switch {
+	case err == nil:
+	case isHidden(err):
+		return group{}, fmt.Errorf("not found in the build context: %w", err)
+	case !errors.Is(err, fs.ErrNotExist) && !errors.Is(err, syscall.ENOTDIR):
+		return group{}, err
+	case isContext:
+		return group{}, errors.New("not found in the build context: check the path (it is relative to the context directory)")
+	default:
 		return group{}, errors.New("not found in the source image")
 	}
 	if !fi.IsDir() {
@@ -386,11 +398,12 @@ func resolveSource(root, rel string, ig, excl ignorer, isContext bool) (group, e
 		if ex, err := excluded(excl, name); err != nil || ex {
 			return group{name: name, pruned: true}, err
 		}
-		return group{name: name, entries: []cache.Entry{{Rel: name, Abs: abs, Info: fi}}}, nil
+		return group{name: name, abs: abs, entries: []cache.Entry{{Rel: name, Abs: abs, Info: fi}}}, nil
 	}
-	g := group{dir: true}
-	// Context-relative paths of what we walk, for .dockerignore.
-	base := strings.TrimPrefix(strings.TrimPrefix(abs, root), "/")
+	g := group{dir: true, abs: abs}
+	// Context-relative paths of what we walk, for .dockerignore: below
+	// where the source resolved to.
+	base := resolved
 	err = filepath.WalkDir(abs, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -611,7 +624,8 @@ func copyEntry(root, target string, e cache.Entry, uid, gid uint32, chmod os.Fil
 		ts := []unix.Timespec{unix.NsecToTimespec(fi.ModTime().UnixNano()), unix.NsecToTimespec(fi.ModTime().UnixNano())}
 		return unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
 	case m.IsRegular():
-		f, err := os.Open(e.Abs)
+		// e.Abs is the file selectSources checked: never a link to follow.
+		f, err := os.OpenFile(e.Abs, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 		if err != nil {
 			return err
 		}

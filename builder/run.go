@@ -308,7 +308,10 @@ func (b *build) runMount(ctx context.Context, m *instructions.Mount) (*runMount,
 }
 
 // bindMount resolves --mount=type=bind from the context (keyed by content)
-// or from a stage or image (keyed by its ID).
+// or from a stage or image (keyed by its ID). A context source is selected
+// as a COPY source is (selectSources): .dockerignore applies wherever a
+// symlink leads, and a directory with ignored content below it is mounted as
+// a copy of what is left in.
 func (b *build) bindMount(ctx context.Context, m *instructions.Mount) (*runMount, error) {
 	src := m.Source
 	if src == "" {
@@ -316,13 +319,19 @@ func (b *build) bindMount(ctx context.Context, m *instructions.Mount) (*runMount
 	}
 	rw := !m.ReadOnly
 	var key string
-	var getRoot func(ctx context.Context) (string, func(), error)
+	var getPath func(ctx context.Context) (string, func(), error) // the host path to mount
 	var filtered []group
 	if m.From == "" {
 		groups, err := selectSources(b.ctxDir, b.ignore, nil, []string{src}, true)
 		if err != nil {
-			return nil, fmt.Errorf("--mount source %q: %w", src, err)
+			return nil, fmt.Errorf("--mount: %w", err)
 		}
+		if len(groups) != 1 {
+			return nil, fmt.Errorf("--mount source %q: matches %d paths in the build context: name one file or directory", src, len(groups))
+		}
+		// What is mounted is where the source resolved to when it was
+		// checked against .dockerignore, not the path resolved again.
+		resolved := groups[0].abs
 		var all []cache.Entry
 		for _, g := range groups {
 			all = append(all, g.entries...)
@@ -337,15 +346,24 @@ func (b *build) bindMount(ctx context.Context, m *instructions.Mount) (*runMount
 			return nil, err
 		}
 		key = "context:" + sum
-		getRoot = func(context.Context) (string, func(), error) { return b.ctxDir, func() {}, nil }
+		getPath = func(context.Context) (string, func(), error) { return resolved, func() {}, nil }
 	} else {
 		diffIDs, layers, id, err := b.fromSource(ctx, m.From)
 		if err != nil {
 			return nil, err
 		}
 		key = "from:" + id
-		getRoot = func(ctx context.Context) (string, func(), error) {
-			return b.root.View(ctx, diffIDs, layers, fmt.Sprintf("view-%d-%d", os.Getpid(), activeSeq.Add(1)))
+		getPath = func(ctx context.Context) (string, func(), error) {
+			root, release, err := b.root.View(ctx, diffIDs, layers, fmt.Sprintf("view-%d-%d", os.Getpid(), activeSeq.Add(1)))
+			if err != nil {
+				return "", nil, err
+			}
+			p, err := securejoin.SecureJoin(root, src)
+			if err != nil {
+				release()
+				return "", nil, err
+			}
+			return p, release, nil
 		}
 	}
 	return &runMount{m: m, key: fmt.Sprintf("bind,target=%s,source=%s,rw=%v,%s", m.Target, src, rw, key),
@@ -365,13 +383,8 @@ func (b *build) bindMount(ctx context.Context, m *instructions.Mount) (*runMount
 				}
 				return executor.Mount{Type: "bind", Source: tmp, Destination: m.Target, Options: opts}, func() { os.RemoveAll(tmp) }, nil
 			}
-			root, release, err := getRoot(ctx)
+			p, release, err := getPath(ctx)
 			if err != nil {
-				return executor.Mount{}, nil, err
-			}
-			p, err := securejoin.SecureJoin(root, src)
-			if err != nil {
-				release()
 				return executor.Mount{}, nil, err
 			}
 			if !rw {

@@ -16,7 +16,7 @@ import (
 // Entry is one selected source of a COPY/ADD as the builder sees it.
 type Entry struct {
 	Rel  string      // path as it will land relative to the copy's destination (slash separated)
-	Abs  string      // absolute path on the host (to read/stat)
+	Abs  string      // absolute path on the host (to read/stat); a symlink there is never followed
 	Info os.FileInfo // Lstat result; nil: Checksum calls os.Lstat(Abs)
 }
 
@@ -30,6 +30,12 @@ const checksumDomain = "lbuild checksum v1"
 // taken from x (nil: hash without an index). Timestamps, inode numbers and
 // ownership on the host are left out, so touching or re-checking-out files
 // does not change the checksum.
+//
+// Checksum reads nothing but the entries themselves: a regular file is
+// read only if it is one at Abs (a symlink at Abs is an error, whatever
+// Info says, not a read of its target), and a symlink contributes only its
+// target's name. So a caller that has checked each Abs against what the
+// build may see (.dockerignore) knows the checksum depends on nothing else.
 //
 // Content hashes missing from x are computed in parallel, at most
 // runtime.NumCPU() files at a time.

@@ -267,3 +267,41 @@ func BenchmarkChecksum(b *testing.B) {
 		}
 	})
 }
+
+// Checksum reads a file only at Abs itself, never through a symlink there,
+// whatever Info says: the builder checks where a source resolves against
+// .dockerignore, and a checksum must not read past that check into what the
+// build may not see (its key would then depend on it).
+func TestChecksumDoesNotFollowSymlink(t *testing.T) {
+	dir := t.TempDir()
+	writeOld(t, filepath.Join(dir, "secret"), "TOPSECRET")
+	link := filepath.Join(dir, "link")
+	if err := os.Symlink("secret", link); err != nil {
+		t.Fatal(err)
+	}
+	target, err := os.Stat(link) // the target's info, as a caller following links would pass
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range []*FileIndex{nil, mustIndex(t)} {
+		if s, err := Checksum(x, []Entry{{Rel: "f", Abs: link, Info: target}}); err == nil {
+			t.Errorf("index %v: Checksum read through a symlink: %s", x != nil, s)
+		}
+	}
+	if s, err := mustIndex(t).Sum(link, target); err == nil {
+		t.Errorf("FileIndex.Sum read through a symlink: %s", s)
+	}
+	// With its own Lstat info, the link is hashed as a link (its target name).
+	if _, err := Checksum(nil, []Entry{{Rel: "f", Abs: link}}); err != nil {
+		t.Errorf("a symlink entry: %v", err)
+	}
+}
+
+func mustIndex(t *testing.T) *FileIndex {
+	t.Helper()
+	x, err := OpenFileIndex("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return x
+}

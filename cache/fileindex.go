@@ -140,6 +140,7 @@ func (x *FileIndex) lookup(abs string, fi os.FileInfo) ([32]byte, bool) {
 // Lstat result is fi (nil: Sum calls Lstat). If fi matches a trusted entry
 // the file is not read (a hit); otherwise it is hashed with a 1 MiB buffer
 // and the entry updated (a miss) unless the file changed while being read.
+// A symlink at abs is an error, never followed.
 func (x *FileIndex) Sum(abs string, fi os.FileInfo) (string, error) {
 	sum, err := x.sum(abs, fi)
 	if err != nil {
@@ -180,15 +181,26 @@ func (x *FileIndex) sum(abs string, fi os.FileInfo) ([32]byte, error) {
 var bufPool = sync.Pool{New: func() any { b := make([]byte, hashBufLen); return &b }}
 
 // hashFile returns the sha256 of abs and its fstat before and after reading.
+// It reads only a regular file at abs itself: a symlink there is refused,
+// never followed (whatever the caller's stat said), so a checksum reads no
+// further than the path the caller checked.
 func hashFile(abs string) (sum [32]byte, before, after fileStat, err error) {
-	f, err := os.Open(abs)
+	f, err := os.OpenFile(abs, os.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_NONBLOCK, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return sum, before, after, fmt.Errorf("hash file %s: a symlink, not a regular file", abs)
+	}
 	if err != nil {
 		return sum, before, after, fmt.Errorf("hash file: %w", err)
 	}
 	defer f.Close()
-	if fi, err := f.Stat(); err == nil {
-		before, _ = statOf(fi)
+	fi, err := f.Stat()
+	if err != nil {
+		return sum, before, after, fmt.Errorf("hash file: %w", err)
 	}
+	if !fi.Mode().IsRegular() {
+		return sum, before, after, fmt.Errorf("hash file %s: not a regular file (%v)", abs, fi.Mode().Type())
+	}
+	before, _ = statOf(fi)
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	h := sha256.New()
