@@ -6,8 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -57,9 +55,8 @@ func putBytes(st *store.Store, b []byte, mt types.MediaType) (v1.Descriptor, err
 // layers are stored, and tags it with each ref. It returns the stored image.
 //
 // store.WriteImage cannot do this: it marshals the config and the manifest
-// itself. The store also has no call that adds an untagged index entry for
-// given manifest bytes, so an image put here without refs is readable with
-// st.Image but not listed and is garbage for GC.
+// itself. An image put here without refs is readable with st.Image but not
+// listed and is garbage for GC.
 func putManifest(st *store.Store, mb []byte, mt types.MediaType, refs []string) (*store.Image, error) {
 	if !mt.IsImage() {
 		return nil, fmt.Errorf("media type %s is not an image manifest", mt)
@@ -114,15 +111,14 @@ func (b *storeBlob) Compressed() (io.ReadCloser, error) {
 
 var _ partial.CompressedLayer = (*storeBlob)(nil)
 
-// sources records, per blob, the repositories ("registry/repo") where it is
-// known to exist, so Push can ask a registry to mount it from another of its
-// repositories instead of uploading it.
-func sourcesPath(st *store.Store, h v1.Hash) string {
-	return filepath.Join(st.Dir(), ".sources", h.Hex)
-}
+// metaSources is the store metadata kind that records, per blob (keyed by
+// its digest's hex), the repositories ("registry/repo") where it is known to
+// exist, one a line, newest first, so Push can ask a registry to mount it
+// from another of its repositories instead of uploading it.
+const metaSources = "sources"
 
 func readSources(st *store.Store, h v1.Hash) []string {
-	b, err := os.ReadFile(sourcesPath(st, h))
+	b, err := st.Meta(metaSources, h.Hex)
 	if err != nil {
 		return nil
 	}
@@ -143,7 +139,7 @@ func addSource(st *store.Store, h v1.Hash, repo name.Repository) error {
 	if len(srcs) > 16 {
 		srcs = srcs[:16]
 	}
-	return writeFileAtomic(sourcesPath(st, h), []byte(strings.Join(srcs, "\n")+"\n"))
+	return st.SetMeta(metaSources, h.Hex, []byte(strings.Join(srcs, "\n")+"\n"))
 }
 
 // mountSource returns a reference in another repository of the same

@@ -12,18 +12,17 @@
 //     They are compressed when they leave the machine (Push, and Save with
 //     WithCompression), once per layer and Compression: the compressed blob
 //     is kept in the store and the mapping (DiffID, Compression) -> Digest is
-//     persisted under STORE/.compressed/, so a second push or save neither
+//     persisted in the store's metadata, so a second push or save neither
 //     recompresses nor re-uploads. Push compresses a layer while it uploads
 //     it (one pass, the store blob kept only if the upload succeeds).
 //   - Pulled layers keep the registry's bytes and media types, so pushing
 //     them back sends identical digests.
 //
-// Besides the store's layout, the package keeps two small dot-directories in
-// the store directory (OCI tools ignore them): .compressed/ (the mapping
-// above) and .sources/ (for each blob, the repositories it is known to exist
-// in, used for cross-repository mounts on push). Both are caches: deleting
-// them costs time, never correctness. Files there are written to a temp file
-// and renamed into place.
+// Besides images, the package keeps two kinds of records through the
+// store's metadata calls (store.Store.Meta, SetMeta): "compressed" (the
+// mapping above) and "sources" (for each blob, the repositories it is known
+// to exist in, used for cross-repository mounts on push). Both are caches:
+// deleting them costs time, never correctness.
 package transfer
 
 import (
