@@ -2,8 +2,6 @@ package transfer
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"strings"
@@ -13,6 +11,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/lbuild/lbuild/internal/compression"
 	"github.com/lbuild/lbuild/store"
 )
 
@@ -20,24 +19,7 @@ import (
 // want (and has size want.Size when that is > 0). On a mismatch nothing is
 // stored and the error wraps ErrDigestMismatch.
 func putVerified(st *store.Store, r io.Reader, want v1.Descriptor) error {
-	bw, err := st.Writer()
-	if err != nil {
-		return err
-	}
-	defer bw.Close()
-	h := sha256.New()
-	buf := make([]byte, 1<<20)
-	if _, err := io.CopyBuffer(io.MultiWriter(bw, h), r, buf); err != nil {
-		return err
-	}
-	got := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))}
-	if got != want.Digest {
-		return fmt.Errorf("blob %s: received content hashes to %s: %w", want.Digest, got, ErrDigestMismatch)
-	}
-	if want.Size > 0 && bw.Size() != want.Size {
-		return fmt.Errorf("blob %s: received %d bytes, want %d: %w", want.Digest, bw.Size(), want.Size, ErrDigestMismatch)
-	}
-	_, _, err = bw.Commit()
+	_, err := ingest(st, r, &want, compression.None, nil)
 	return err
 }
 

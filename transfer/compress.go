@@ -213,6 +213,9 @@ func remember(st *store.Store, l v1.Descriptor, c Compression, d v1.Descriptor) 
 	if err := st.SetMeta(metaCompressed, mappingKey(l.Digest, c), b); err != nil {
 		return v1.Descriptor{}, err
 	}
+	if k := layerKinds[d.MediaType]; k != "" {
+		recordDiffID(st, d.Digest, k, l.Digest) // the pass checked l's digest
+	}
 	out := l
 	out.MediaType, out.Digest, out.Size = d.MediaType, d.Digest, d.Size
 	return out, nil
