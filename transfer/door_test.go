@@ -184,6 +184,7 @@ func checkRefusal(t *testing.T, err error, class error, want ...string) {
 func TestLyingDiffIDRefused(t *testing.T) {
 	ctx := context.Background()
 	host := testRegistry(t, newCounter(), nil)
+	dreg := startDockerRegistry(t, newCounter()) // Debian's docker-registry
 	victim := openStore(t)
 	base := makeImage(t, victim, "base:1", layerTar(t, map[string][]byte{"etc/os-release": []byte("ID=base\n")}))
 	baseDiff := base.Config.RootFS.DiffIDs[0]
@@ -196,6 +197,7 @@ func TestLyingDiffIDRefused(t *testing.T) {
 	}
 	for vname, evil := range variants {
 		pushRaw(t, attacker, evil, host+"/evil:"+vname)
+		pushRaw(t, attacker, evil, dreg+"/evil:"+vname)
 		doors := map[string]func(tag string) error{
 			"docker-archive": func(tag string) error {
 				_, err := Load(ctx, victim, bytes.NewReader(dockerArchive(t, attacker, evil, tag)))
@@ -207,6 +209,10 @@ func TestLyingDiffIDRefused(t *testing.T) {
 			},
 			"pull": func(string) error {
 				_, err := Pull(ctx, victim, host+"/evil:"+vname)
+				return err
+			},
+			"pull-docker-registry": func(string) error {
+				_, err := Pull(ctx, victim, dreg+"/evil:"+vname)
 				return err
 			},
 		}
