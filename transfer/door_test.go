@@ -260,7 +260,7 @@ func TestMalformedImagesRefused(t *testing.T) {
 		img     *store.Image
 		class   error
 		want    string
-		noPull  bool // the registry or remote.Write does not take it
+		noPull  bool // not tried through a registry
 		noDocks bool // a docker-archive cannot say it
 	}{
 		{
@@ -283,7 +283,14 @@ func TestMalformedImagesRefused(t *testing.T) {
 			name: "foreign layer",
 			img: craftImage(t, attacker, "bad:foreign", [][]byte{gzipBytes(t, l1)}, []types.MediaType{types.DockerForeignLayer}, []v1.Hash{d1},
 				func(_ *v1.ConfigFile, ls []v1.Descriptor) { ls[0].URLs = []string{"https://example.invalid/layer"} }),
-			class: ErrInvalidImage, want: "layer 1 of bad:foreign is a foreign layer", noPull: true, noDocks: true,
+			class: ErrInvalidImage, want: "layer 1 of bad:foreign is a foreign layer", noDocks: true,
+		},
+		{
+			name: "layer size",
+			img: craftImage(t, attacker, "bad:size", [][]byte{gzipBytes(t, l1)}, []types.MediaType{gz}, []v1.Hash{d1},
+				func(_ *v1.ConfigFile, ls []v1.Descriptor) { ls[0].Size++ }),
+			class: ErrDigestMismatch, want: "but the manifest says", noDocks: true,
+			noPull: true, // a wrong size is caught as the blob comes in (TestPullDigestMismatch)
 		},
 		{
 			name:  "unknown layer type",
