@@ -20,6 +20,9 @@
 // index.json holds an exclusive flock on DIR/.index.lock, so concurrent
 // processes never lose each other's tags. Readers take no lock: they always
 // see either the old or the new index.json.
+//
+// Besides the layout, callers may keep small records about the content in
+// dot-dirs of DIR through Meta and SetMeta (see there).
 package store
 
 import (

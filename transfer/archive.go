@@ -20,6 +20,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/lbuild/lbuild/internal/compression"
 	"github.com/lbuild/lbuild/store"
 )
 
@@ -302,14 +303,24 @@ type loadedFile struct {
 // The archive is read once, as a stream: blobs named by digest
 // (blobs/sha256/<hex>) that st already has are skipped, the others are
 // streamed into the store and must hash to their name (else the error wraps
-// ErrDigestMismatch). In a docker-archive, layer files keep their bytes
-// (compressed or not; the media type is detected) and configs their bytes,
-// so the image ID is the archive's. An OCI layout's manifests are stored as
-// they are; an image index there is resolved for WithPlatform.
+// ErrDigestMismatch); a gzip or zstd blob is decompressed and hashed in the
+// same pass, which gives its diff ID. In a docker-archive, layer files keep
+// their bytes (compressed or not; the media type is detected) and configs
+// their bytes, so the image ID is the archive's. An OCI layout's manifests
+// are stored as they are; an image index there is resolved for
+// WithPlatform.
+//
+// Then every image passes the door Pull's images pass (see
+// ErrInvalidImage): known media types, one diff ID per layer, every layer
+// blob of the size its manifest gives and with the diff ID the config
+// claims at its position. Only when all the archive's images pass is any
+// tagged; otherwise the error names the first refused one in one line and
+// index.json is left as it was (blobs already stored stay, unreferenced,
+// for GC).
 //
 // Progress ("Loaded image: NAME") goes to WithProgress. An image the
-// archive does not name is stored but not put in index.json (the store has
-// no call for that): it is reported by ID and GC may collect it.
+// archive does not name is stored but not put in index.json: it is reported
+// by ID and GC may collect it.
 func Load(ctx context.Context, st *store.Store, r io.Reader, opts ...Opt) ([]*store.Image, error) {
 	c, err := newConfig(opts)
 	if err != nil {
@@ -357,7 +368,8 @@ func Load(ctx context.Context, st *store.Store, r io.Reader, opts ...Opt) ([]*st
 			if st.HasBlob(h) {
 				continue // tar.Reader skips the rest of the entry
 			}
-			if err := putVerified(st, tr, v1.Descriptor{Digest: h, Size: hdr.Size}); err != nil {
+			br, kind := sniffLayer(tr)
+			if _, err := ingest(st, br, &v1.Descriptor{Digest: h, Size: hdr.Size}, kind, nil); err != nil {
 				return nil, fmt.Errorf("load: %s: %w", name, err)
 			}
 			continue
@@ -373,11 +385,12 @@ func Load(ctx context.Context, st *store.Store, r io.Reader, opts ...Opt) ([]*st
 			files[name] = &loadedFile{data: b}
 			continue
 		}
-		h, _, err := st.PutBlob(tr)
+		br, kind := sniffLayer(tr)
+		res, err := ingest(st, br, nil, kind, nil)
 		if err != nil {
 			return nil, fmt.Errorf("load: %s: %w", name, err)
 		}
-		files[name] = &loadedFile{digest: h}
+		files[name] = &loadedFile{digest: res.Digest}
 	}
 	lookup := func(name string) (*loadedFile, bool) {
 		name = cleanName(name)
@@ -393,88 +406,141 @@ func Load(ctx context.Context, st *store.Store, r io.Reader, opts ...Opt) ([]*st
 		}
 		return nil, false
 	}
+	pending, err := loadedImages(st, lookup, c.platform)
+	if err != nil {
+		return nil, fmt.Errorf("load: %w", err)
+	}
+	// The door: every image is checked before any is tagged, so a refused
+	// archive leaves index.json as it was.
+	for _, p := range pending {
+		if err := p.check(ctx, st); err != nil {
+			return nil, fmt.Errorf("load: %w", err)
+		}
+	}
 	var imgs []*store.Image
-	report := func(img *store.Image, names []string) {
+	for _, p := range pending {
+		img, err := putManifest(st, p.mb, p.mt, p.names)
+		if err != nil {
+			return nil, fmt.Errorf("load: %w", err)
+		}
 		imgs = append(imgs, img)
-		for _, n := range names {
+		for _, n := range p.names {
 			c.printf("Loaded image: %s", n)
 		}
-		if len(names) == 0 {
+		if len(p.names) == 0 {
 			c.printf("Loaded image ID: %s (untagged: tag it to keep it)", img.ID)
 		}
 	}
+	return imgs, nil
+}
+
+// pendingImage is an image of an archive, stored but for its manifest and
+// not yet checked or tagged.
+type pendingImage struct {
+	names []string
+	mb    []byte
+	mt    types.MediaType
+}
+
+// check passes p through the door (checkManifest, checkConfig,
+// checkLayers).
+func (p *pendingImage) check(ctx context.Context, st *store.Store) error {
+	name := ""
+	if len(p.names) > 0 {
+		name = p.names[0]
+	} else {
+		h, _, _ := v1.SHA256(bytes.NewReader(p.mb))
+		name = "image " + h.String()
+	}
+	m, err := checkManifest(p.mb, p.mt, name)
+	if err != nil {
+		return err
+	}
+	rc, err := st.OpenBlob(m.Config.Digest)
+	if err != nil {
+		return fmt.Errorf("%s: config %s is not in the archive", name, m.Config.Digest)
+	}
+	cb, err := io.ReadAll(io.LimitReader(rc, maxJSONSize+1))
+	rc.Close()
+	if err != nil {
+		return fmt.Errorf("%s: config: %w", name, err)
+	}
+	cfg, err := checkConfig(m, cb, name)
+	if err != nil {
+		return err
+	}
+	return checkLayers(ctx, st, m, cfg, name)
+}
+
+// loadedImages lists the images of a read archive: those of its
+// index.json (an OCI layout, as docker 25+ also writes) or else of its
+// manifest.json (a docker-archive), whose manifest it writes.
+func loadedImages(st *store.Store, lookup func(string) (*loadedFile, bool), platform v1.Platform) ([]*pendingImage, error) {
+	var out []*pendingImage
 	if f, ok := lookup("index.json"); ok && f.data != nil {
 		var idx v1.IndexManifest
 		if err := json.Unmarshal(f.data, &idx); err != nil {
-			return nil, fmt.Errorf("load: parse index.json: %w", err)
+			return nil, fmt.Errorf("parse index.json: %w", err)
 		}
 		for _, d := range idx.Manifests {
-			names := entryNames(d)
-			mb, mt, err := resolveManifest(st, d, c.platform, 0)
+			mb, mt, err := resolveManifest(st, d, platform, 0)
 			if err != nil {
-				return nil, fmt.Errorf("load: %w", err)
+				return nil, err
 			}
-			img, err := putManifest(st, mb, mt, names)
-			if err != nil {
-				return nil, fmt.Errorf("load: %w", err)
-			}
-			report(img, names)
+			out = append(out, &pendingImage{names: entryNames(d), mb: mb, mt: mt})
 		}
-		return imgs, nil
+		return out, nil
 	}
 	f, ok := lookup("manifest.json")
 	if !ok || f.data == nil {
-		return nil, errors.New("load: neither index.json nor manifest.json in the archive: not a docker or OCI archive")
+		return nil, errors.New("neither index.json nor manifest.json in the archive: not a docker or OCI archive")
 	}
 	var entries []dockerManifestEntry
 	if err := json.Unmarshal(f.data, &entries); err != nil {
-		return nil, fmt.Errorf("load: parse manifest.json: %w", err)
+		return nil, fmt.Errorf("parse manifest.json: %w", err)
 	}
 	for _, e := range entries {
 		cf, ok := lookup(e.Config)
 		if !ok {
-			return nil, fmt.Errorf("load: config %s is not in the archive", e.Config)
+			return nil, fmt.Errorf("config %s is not in the archive", e.Config)
 		}
 		cfgDesc, err := storeLoaded(st, cf, types.OCIConfigJSON)
 		if err != nil {
-			return nil, fmt.Errorf("load: config %s: %w", e.Config, err)
-		}
-		var cfg v1.ConfigFile
-		if err := json.Unmarshal(cf.bytes(st), &cfg); err != nil {
-			return nil, fmt.Errorf("load: config %s: %w", e.Config, err)
-		}
-		if len(cfg.RootFS.DiffIDs) != len(e.Layers) {
-			return nil, fmt.Errorf("load: config %s lists %d layers, manifest.json %d", e.Config, len(cfg.RootFS.DiffIDs), len(e.Layers))
+			return nil, fmt.Errorf("config %s: %w", e.Config, err)
 		}
 		m := v1.Manifest{SchemaVersion: 2, MediaType: types.OCIManifestSchema1, Config: cfgDesc, Layers: []v1.Descriptor{}}
-		for i, lp := range e.Layers {
+		for _, lp := range e.Layers {
 			lf, ok := lookup(lp)
 			if !ok {
-				return nil, fmt.Errorf("load: layer %s is not in the archive", lp)
+				return nil, fmt.Errorf("layer %s is not in the archive", lp)
 			}
 			ld, err := storeLoaded(st, lf, "")
 			if err != nil {
-				return nil, fmt.Errorf("load: layer %s: %w", lp, err)
+				return nil, fmt.Errorf("layer %s: %w", lp, err)
 			}
 			if ld.MediaType, err = detectLayerType(st, ld.Digest); err != nil {
-				return nil, fmt.Errorf("load: layer %s: %w", lp, err)
-			}
-			if ld.MediaType == types.OCIUncompressedLayer && ld.Digest != cfg.RootFS.DiffIDs[i] {
-				return nil, fmt.Errorf("load: layer %s is %s, but the config says %s: %w", lp, ld.Digest, cfg.RootFS.DiffIDs[i], ErrDigestMismatch)
+				return nil, fmt.Errorf("layer %s: %w", lp, err)
 			}
 			m.Layers = append(m.Layers, ld)
 		}
 		mb, err := json.Marshal(&m)
 		if err != nil {
-			return nil, fmt.Errorf("load: %w", err)
+			return nil, err
 		}
-		img, err := putManifest(st, mb, types.OCIManifestSchema1, e.RepoTags)
-		if err != nil {
-			return nil, fmt.Errorf("load: %w", err)
-		}
-		report(img, e.RepoTags)
+		out = append(out, &pendingImage{names: e.RepoTags, mb: mb, mt: types.OCIManifestSchema1})
 	}
-	return imgs, nil
+	return out, nil
+}
+
+// sniffLayer returns r buffered, with the compression its first bytes show
+// when that is one a layer can have (gzip, zstd), else compression.None.
+func sniffLayer(r io.Reader) (io.Reader, compression.Kind) {
+	br := bufio.NewReaderSize(r, 64<<10)
+	switch k := compression.Detect(br); k {
+	case compression.Gzip, compression.Zstd:
+		return br, k
+	}
+	return br, compression.None
 }
 
 func cleanName(n string) string {

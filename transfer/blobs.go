@@ -2,12 +2,8 @@ package transfer
 
 import (
 	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"strings"
 
 	"github.com/google/go-containerregistry/pkg/name"
@@ -15,6 +11,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/partial"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
+	"github.com/lbuild/lbuild/internal/compression"
 	"github.com/lbuild/lbuild/store"
 )
 
@@ -22,24 +19,7 @@ import (
 // want (and has size want.Size when that is > 0). On a mismatch nothing is
 // stored and the error wraps ErrDigestMismatch.
 func putVerified(st *store.Store, r io.Reader, want v1.Descriptor) error {
-	bw, err := st.Writer()
-	if err != nil {
-		return err
-	}
-	defer bw.Close()
-	h := sha256.New()
-	buf := make([]byte, 1<<20)
-	if _, err := io.CopyBuffer(io.MultiWriter(bw, h), r, buf); err != nil {
-		return err
-	}
-	got := v1.Hash{Algorithm: "sha256", Hex: hex.EncodeToString(h.Sum(nil))}
-	if got != want.Digest {
-		return fmt.Errorf("blob %s: received content hashes to %s: %w", want.Digest, got, ErrDigestMismatch)
-	}
-	if want.Size > 0 && bw.Size() != want.Size {
-		return fmt.Errorf("blob %s: received %d bytes, want %d: %w", want.Digest, bw.Size(), want.Size, ErrDigestMismatch)
-	}
-	_, _, err = bw.Commit()
+	_, err := ingest(st, r, &want, compression.None, nil)
 	return err
 }
 
@@ -57,9 +37,8 @@ func putBytes(st *store.Store, b []byte, mt types.MediaType) (v1.Descriptor, err
 // layers are stored, and tags it with each ref. It returns the stored image.
 //
 // store.WriteImage cannot do this: it marshals the config and the manifest
-// itself. The store also has no call that adds an untagged index entry for
-// given manifest bytes, so an image put here without refs is readable with
-// st.Image but not listed and is garbage for GC.
+// itself. An image put here without refs is readable with st.Image but not
+// listed and is garbage for GC.
 func putManifest(st *store.Store, mb []byte, mt types.MediaType, refs []string) (*store.Image, error) {
 	if !mt.IsImage() {
 		return nil, fmt.Errorf("media type %s is not an image manifest", mt)
@@ -114,15 +93,14 @@ func (b *storeBlob) Compressed() (io.ReadCloser, error) {
 
 var _ partial.CompressedLayer = (*storeBlob)(nil)
 
-// sources records, per blob, the repositories ("registry/repo") where it is
-// known to exist, so Push can ask a registry to mount it from another of its
-// repositories instead of uploading it.
-func sourcesPath(st *store.Store, h v1.Hash) string {
-	return filepath.Join(st.Dir(), ".sources", h.Hex)
-}
+// metaSources is the store metadata kind that records, per blob (keyed by
+// its digest's hex), the repositories ("registry/repo") where it is known to
+// exist, one a line, newest first, so Push can ask a registry to mount it
+// from another of its repositories instead of uploading it.
+const metaSources = "sources"
 
 func readSources(st *store.Store, h v1.Hash) []string {
-	b, err := os.ReadFile(sourcesPath(st, h))
+	b, err := st.Meta(metaSources, h.Hex)
 	if err != nil {
 		return nil
 	}
@@ -143,7 +121,7 @@ func addSource(st *store.Store, h v1.Hash, repo name.Repository) error {
 	if len(srcs) > 16 {
 		srcs = srcs[:16]
 	}
-	return writeFileAtomic(sourcesPath(st, h), []byte(strings.Join(srcs, "\n")+"\n"))
+	return st.SetMeta(metaSources, h.Hex, []byte(strings.Join(srcs, "\n")+"\n"))
 }
 
 // mountSource returns a reference in another repository of the same

@@ -9,15 +9,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-
-	"github.com/lbuild/lbuild/internal/fsx"
 
 	"github.com/klauspost/compress/gzip"
 	"github.com/klauspost/compress/zstd"
@@ -182,14 +177,19 @@ func (cp *compressor) once(ctx context.Context, key string, cached func() (v1.De
 	}
 }
 
-func mappingPath(st *store.Store, diffID v1.Hash, c Compression) string {
-	return filepath.Join(st.Dir(), ".compressed", diffID.Hex+"."+c.key()+".json")
+// metaCompressed is the store metadata kind of the (DiffID, Compression)
+// -> compressed blob mapping: one compressedRecord (JSON) per key
+// "<diffID hex>.<Compression.key()>.json".
+const metaCompressed = "compressed"
+
+func mappingKey(diffID v1.Hash, c Compression) string {
+	return diffID.Hex + "." + c.key() + ".json"
 }
 
 // cachedCompressed returns the remembered compressed form of layer l, if
 // both the mapping and the blob are still there.
 func cachedCompressed(st *store.Store, l v1.Descriptor, c Compression) (v1.Descriptor, bool) {
-	b, err := os.ReadFile(mappingPath(st, l.Digest, c))
+	b, err := st.Meta(metaCompressed, mappingKey(l.Digest, c))
 	if err != nil {
 		return v1.Descriptor{}, false
 	}
@@ -210,8 +210,11 @@ func cachedCompressed(st *store.Store, l v1.Descriptor, c Compression) (v1.Descr
 func remember(st *store.Store, l v1.Descriptor, c Compression, d v1.Descriptor) (v1.Descriptor, error) {
 	rec := compressedRecord{DiffID: l.Digest, Compression: c.String(), Digest: d.Digest, Size: d.Size, MediaType: d.MediaType}
 	b, _ := json.Marshal(rec)
-	if err := writeFileAtomic(mappingPath(st, l.Digest, c), b); err != nil {
+	if err := st.SetMeta(metaCompressed, mappingKey(l.Digest, c), b); err != nil {
 		return v1.Descriptor{}, err
+	}
+	if k := layerKinds[d.MediaType]; k != "" {
+		recordDiffID(st, d.Digest, k, l.Digest) // the pass checked l's digest
 	}
 	out := l
 	out.MediaType, out.Digest, out.Size = d.MediaType, d.Digest, d.Size
@@ -222,7 +225,7 @@ func remember(st *store.Store, l v1.Descriptor, c Compression, d v1.Descriptor) 
 // compression c. A layer that is already compressed is returned as it is.
 // An uncompressed one is compressed once, in a single streaming pass (store
 // blob -> sha256 check of the DiffID -> compressor -> new store blob), and
-// the result is remembered under STORE/.compressed/; later calls (in this or
+// the result is remembered in the store's metadata; later calls (in this or
 // another process) return the stored blob without compressing again.
 // The second result reports whether compression ran.
 //
@@ -343,24 +346,21 @@ func (w *countWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// KeepCompressed reports the compressed blobs recorded under
-// STORE/.compressed/ whose uncompressed layer is in live. Pass it (or
+// KeepCompressed reports the compressed blobs recorded in the store's
+// "compressed" metadata whose uncompressed layer is in live. Pass it (or
 // something built on it) as the keep function of store.GC so that GC does
 // not throw away the compressed forms of layers it keeps.
 func KeepCompressed(st *store.Store, live func(v1.Hash) bool) (map[v1.Hash]bool, error) {
-	ents, err := os.ReadDir(filepath.Join(st.Dir(), ".compressed"))
-	if errors.Is(err, fs.ErrNotExist) {
-		return map[v1.Hash]bool{}, nil
-	}
+	keys, err := st.MetaKeys(metaCompressed)
 	if err != nil {
 		return nil, fmt.Errorf("read compressed mappings: %w", err)
 	}
 	keep := map[v1.Hash]bool{}
-	for _, e := range ents {
-		if !strings.HasSuffix(e.Name(), ".json") {
+	for _, k := range keys {
+		if !strings.HasSuffix(k, ".json") {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(st.Dir(), ".compressed", e.Name()))
+		b, err := st.Meta(metaCompressed, k)
 		if err != nil {
 			continue
 		}
@@ -383,13 +383,4 @@ func (r *ctxReader) Read(p []byte) (int, error) {
 		return 0, err
 	}
 	return r.r.Read(p)
-}
-
-// writeFileAtomic writes path (creating its directory) through a synced
-// temp file beside it.
-func writeFileAtomic(path string, b []byte) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return fsx.WriteFile(path, "", b, 0o644)
 }

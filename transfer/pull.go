@@ -5,12 +5,16 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 
+	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/types"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/lbuild/lbuild/internal/compression"
 	"github.com/lbuild/lbuild/store"
 )
 
@@ -18,14 +22,26 @@ import (
 // given (store.NormalizeRef adds ":latest" to a bare name).
 //
 // A manifest list is resolved for the platform of WithPlatform (default
-// linux/GOARCH). Layers whose blob st already has (by digest) are not
-// fetched; the others are fetched in parallel (WithJobs), each streamed into
-// the store and committed only if it hashes to its digest, otherwise
-// nothing is stored and the error wraps ErrDigestMismatch. Layers keep the
-// registry's bytes and media types (the builder decompresses gzip and zstd
-// when it unpacks), and the manifest is stored byte for byte, so the stored
-// manifest digest is the registry's. Credentials come from the docker config
-// (authn.DefaultKeychain unless WithKeychain).
+// linux/GOARCH). The image must pass the door every incoming image passes
+// (see ErrInvalidImage): a manifest and config of known types, one diff ID
+// per layer, no foreign layers. Layers whose blob st already has (by
+// digest) are not fetched; the others are fetched in parallel (WithJobs),
+// each streamed into the store and, in the same pass, decompressed and
+// hashed: a blob is committed only if it hashes to its digest and size
+// (else the error wraps ErrDigestMismatch) and its content to the diff ID
+// the config claims at its position (else the image is refused, the error
+// wraps ErrDigestMismatch). Layers already stored are checked against their
+// claimed diff IDs as well. Only then are the config and the manifest
+// stored and the image tagged, so a refused image leaves no tag and no
+// index entry. A fetch that fails on the network (connection reset, an
+// unexpected EOF, a 5xx answer) is tried again from the start, up to three
+// times in all, after 1s and 3s (as go-containerregistry retries pushes).
+//
+// Layers keep the registry's bytes and media types (the builder
+// decompresses gzip and zstd when it unpacks), and the manifest is stored
+// byte for byte, so the stored manifest digest is the registry's.
+// Credentials come from the docker config (authn.DefaultKeychain unless
+// WithKeychain).
 //
 // Progress, as docker prints it, goes to WithProgress.
 func Pull(ctx context.Context, st *store.Store, ref string, opts ...Opt) (*store.Image, error) {
@@ -37,43 +53,58 @@ func Pull(ctx context.Context, st *store.Store, ref string, opts ...Opt) (*store
 	if err != nil {
 		return nil, err
 	}
-	desc, err := remote.Get(r, c.remoteOptions(ctx)...)
+	var (
+		mb []byte
+		mt types.MediaType
+	)
+	err = c.retrying(ctx, "manifest", func() error {
+		var err error
+		mb, mt, err = fetchManifest(r, c.remoteOptions(ctx))
+		return err
+	})
 	if err != nil {
 		return nil, fmt.Errorf("pull %s: %w", ref, err)
 	}
-	switch {
-	case desc.MediaType.IsSchema1():
-		return nil, fmt.Errorf("pull %s: schema 1 manifests are not supported", ref)
-	case !desc.MediaType.IsIndex() && !desc.MediaType.IsImage():
-		return nil, fmt.Errorf("pull %s: %s is not an image", ref, desc.MediaType)
-	}
-	rimg, err := desc.Image() // resolves an index for c.platform
+	m, err := checkManifest(mb, mt, ref)
 	if err != nil {
-		return nil, fmt.Errorf("pull %s: %w", ref, err)
-	}
-	mb, err := rimg.RawManifest()
-	if err != nil {
-		return nil, fmt.Errorf("pull %s: %w", ref, err)
-	}
-	mt, err := rimg.MediaType()
-	if err != nil {
-		return nil, fmt.Errorf("pull %s: %w", ref, err)
-	}
-	if !mt.IsImage() {
-		return nil, fmt.Errorf("pull %s: %s is not an image manifest", ref, mt)
-	}
-	m, err := v1.ParseManifest(bytes.NewReader(mb))
-	if err != nil {
-		return nil, fmt.Errorf("pull %s: parse manifest: %w", ref, err)
+		return nil, fmt.Errorf("pull: %w", err)
 	}
 	mdigest, _, _ := v1.SHA256(bytes.NewReader(mb))
+	repo := r.Context()
 
-	c.printf("%s: Pulling from %s", r.Identifier(), r.Context().RepositoryStr())
+	var cb []byte
+	err = c.retrying(ctx, "config", func() error {
+		if rc, err := st.OpenBlob(m.Config.Digest); err == nil {
+			defer rc.Close()
+			cb, err = io.ReadAll(io.LimitReader(rc, maxJSONSize+1))
+			return err
+		}
+		rl, err := remote.Layer(repo.Digest(m.Config.Digest.String()), c.remoteOptions(ctx)...)
+		if err != nil {
+			return err
+		}
+		rc, err := rl.Compressed()
+		if err != nil {
+			return err
+		}
+		defer rc.Close()
+		cb, err = io.ReadAll(io.LimitReader(rc, maxJSONSize+1))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("pull %s: config: %w", ref, err)
+	}
+	cfg, err := checkConfig(m, cb, ref)
+	if err != nil {
+		return nil, fmt.Errorf("pull: %w", err)
+	}
+
+	c.printf("%s: Pulling from %s", r.Identifier(), repo.RepositoryStr())
 	g, gctx := errgroup.WithContext(ctx)
 	g.SetLimit(c.jobs)
 	seen := map[v1.Hash]bool{}
 	fetched := 0
-	for _, l := range m.Layers {
+	for i, l := range m.Layers {
 		if seen[l.Digest] {
 			continue
 		}
@@ -82,14 +113,27 @@ func Pull(ctx context.Context, st *store.Store, ref string, opts ...Opt) (*store
 			c.printf("%s: Already exists", shortHex(l.Digest))
 			continue
 		}
-		if len(l.URLs) > 0 || !l.MediaType.IsDistributable() {
-			// Foreign layers: remote fetches them from their URLs.
-			c.printf("%s: Pulling foreign layer", shortHex(l.Digest))
-		}
 		fetched++
-		l := l
+		want := cfg.RootFS.DiffIDs[i]
 		g.Go(func() error {
-			if err := fetchBlob(gctx, st, rimg, l); err != nil {
+			err := c.retrying(gctx, shortHex(l.Digest), func() error {
+				return fetchLayer(gctx, st, repo, l, c.remoteOptions(gctx), func(res ingested) error {
+					switch {
+					case layerKinds[l.MediaType] == compression.None:
+						return nil // its digest, checked, is its diff ID
+					case res.DiffErr != nil:
+						return refuse(ErrInvalidImage, "layer %d of %s: %v", i+1, ref, res.DiffErr)
+					case res.DiffID != want:
+						return diffIDMismatch(i, ref, res.DiffID, want)
+					}
+					return nil
+				})
+			})
+			var rf *refusal
+			switch {
+			case errors.As(err, &rf):
+				return fmt.Errorf("pull: %w", err)
+			case err != nil:
 				return fmt.Errorf("pull %s: layer %s: %w", ref, l.Digest, err)
 			}
 			c.printf("%s: Pull complete", shortHex(l.Digest))
@@ -99,11 +143,10 @@ func Pull(ctx context.Context, st *store.Store, ref string, opts ...Opt) (*store
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
+	if err := checkLayers(ctx, st, m, cfg, ref); err != nil {
+		return nil, fmt.Errorf("pull: %w", err)
+	}
 	if !st.HasBlob(m.Config.Digest) {
-		cb, err := rimg.RawConfigFile()
-		if err != nil {
-			return nil, fmt.Errorf("pull %s: config: %w", ref, err)
-		}
 		if err := putVerified(st, bytes.NewReader(cb), m.Config); err != nil {
 			return nil, fmt.Errorf("pull %s: config: %w", ref, err)
 		}
@@ -114,7 +157,6 @@ func Pull(ctx context.Context, st *store.Store, ref string, opts ...Opt) (*store
 	if err != nil {
 		return nil, fmt.Errorf("pull %s: %w", ref, err)
 	}
-	repo := r.Context()
 	for _, d := range append([]v1.Descriptor{m.Config}, m.Layers...) {
 		addSource(st, d.Digest, repo) // best effort: only speeds up later pushes
 	}
@@ -127,9 +169,38 @@ func Pull(ctx context.Context, st *store.Store, ref string, opts ...Opt) (*store
 	return img, nil
 }
 
-// fetchBlob streams layer l of rimg into the store, verified.
-func fetchBlob(ctx context.Context, st *store.Store, rimg v1.Image, l v1.Descriptor) error {
-	rl, err := rimg.LayerByDigest(l.Digest)
+// fetchManifest gets the manifest of image r (resolving an index for the
+// platform in opts) as bytes with their media type.
+func fetchManifest(r name.Reference, opts []remote.Option) ([]byte, types.MediaType, error) {
+	desc, err := remote.Get(r, opts...)
+	if err != nil {
+		return nil, "", err
+	}
+	switch {
+	case desc.MediaType.IsSchema1():
+		return nil, "", permanent(fmt.Errorf("schema 1 manifests are not supported"))
+	case !desc.MediaType.IsIndex() && !desc.MediaType.IsImage():
+		return nil, "", permanent(fmt.Errorf("%s is not an image", desc.MediaType))
+	}
+	rimg, err := desc.Image() // resolves an index for the platform
+	if err != nil {
+		return nil, "", err
+	}
+	mb, err := rimg.RawManifest()
+	if err != nil {
+		return nil, "", err
+	}
+	mt, err := rimg.MediaType()
+	if err != nil {
+		return nil, "", err
+	}
+	return mb, mt, nil
+}
+
+// fetchLayer streams layer l of repo into the store (see ingest; accept
+// sees the result before it is committed).
+func fetchLayer(ctx context.Context, st *store.Store, repo name.Repository, l v1.Descriptor, opts []remote.Option, accept func(ingested) error) error {
+	rl, err := remote.Layer(repo.Digest(l.Digest.String()), opts...)
 	if err != nil {
 		return err
 	}
@@ -138,7 +209,7 @@ func fetchBlob(ctx context.Context, st *store.Store, rimg v1.Image, l v1.Descrip
 		return err
 	}
 	defer rc.Close()
-	err = putVerified(st, &ctxReader{ctx: ctx, r: rc}, l)
+	_, err = ingest(st, &ctxReader{ctx: ctx, r: rc}, &l, layerKinds[l.MediaType], accept)
 	if err != nil && !errors.Is(err, ErrDigestMismatch) && strings.Contains(err.Error(), "error verifying") {
 		// go-containerregistry's verifying reader caught it first; its
 		// error type is internal.

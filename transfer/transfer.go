@@ -12,18 +12,21 @@
 //     They are compressed when they leave the machine (Push, and Save with
 //     WithCompression), once per layer and Compression: the compressed blob
 //     is kept in the store and the mapping (DiffID, Compression) -> Digest is
-//     persisted under STORE/.compressed/, so a second push or save neither
+//     persisted in the store's metadata, so a second push or save neither
 //     recompresses nor re-uploads. Push compresses a layer while it uploads
 //     it (one pass, the store blob kept only if the upload succeeds).
 //   - Pulled layers keep the registry's bytes and media types, so pushing
 //     them back sends identical digests.
 //
-// Besides the store's layout, the package keeps two small dot-directories in
-// the store directory (OCI tools ignore them): .compressed/ (the mapping
-// above) and .sources/ (for each blob, the repositories it is known to exist
-// in, used for cross-repository mounts on push). Both are caches: deleting
-// them costs time, never correctness. Files there are written to a temp file
-// and renamed into place.
+// Every image that comes in (Pull, Load) is checked once, at the door, before
+// it is tagged: see ErrInvalidImage and ErrDigestMismatch.
+//
+// Besides images, the package keeps three kinds of records through the
+// store's metadata calls (store.Store.Meta, SetMeta): "compressed" (the
+// mapping above), "sources" (for each blob, the repositories it is known to
+// exist in, used for cross-repository mounts on push) and "diffids" (the
+// diff ID of each compressed layer blob, computed as it came in or was
+// made). All are caches: deleting them costs time, never correctness.
 package transfer
 
 import (
@@ -31,19 +34,25 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"runtime"
 	"strings"
 	"sync"
+	"syscall"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/remote/transport"
 )
 
 // ErrDigestMismatch is returned (wrapped) when received bytes do not hash to
-// the digest they were announced with. Nothing is stored in that case.
+// the digest they were announced with (nothing is stored in that case), and
+// when a layer's uncompressed content does not hash to the diff ID its
+// image's config claims for it (the image is refused).
 var ErrDigestMismatch = errors.New("digest mismatch")
 
 // DefaultJobs is how many blobs move in parallel unless WithJobs says
@@ -64,6 +73,7 @@ type config struct {
 	transport   http.RoundTripper
 	jobs        int
 	remoteExtra []remote.Option // appended to remoteOptions (tests)
+	retry       remote.Backoff  // how Pull tries a fetch again
 
 	mu sync.Mutex // serializes progress lines
 }
@@ -76,6 +86,7 @@ func newConfig(opts []Opt) (*config, error) {
 		compression: Compression{Algorithm: Gzip},
 		keychain:    authn.DefaultKeychain,
 		jobs:        DefaultJobs,
+		retry:       defaultRetry,
 	}
 	for _, o := range opts {
 		if err := o(c); err != nil {
@@ -183,6 +194,79 @@ func withRemoteOptions(o ...remote.Option) Opt {
 	return func(c *config) error {
 		c.remoteExtra = append(c.remoteExtra, o...)
 		return nil
+	}
+}
+
+// defaultRetry is go-containerregistry's default: three tries, waiting 1s
+// after the first failure and 3s after the second.
+var defaultRetry = remote.Backoff{Duration: time.Second, Factor: 3, Jitter: 0.1, Steps: 3}
+
+// withRetryBackoff sets how Pull (and go-containerregistry under every
+// operation) tries again (tests use it to retry fast).
+func withRetryBackoff(b remote.Backoff) Opt {
+	return func(c *config) error {
+		c.retry = b
+		c.remoteExtra = append(c.remoteExtra, remote.WithRetryBackoff(b))
+		return nil
+	}
+}
+
+// permanentError marks an error that trying again cannot cure.
+type permanentError struct{ error }
+
+func (e permanentError) Unwrap() error { return e.error }
+
+func permanent(err error) error { return permanentError{err} }
+
+// retryable reports whether err is a network failure that trying again may
+// cure: a connection reset or closed, a body cut short, a timeout, a
+// temporary registry answer (429, 5xx). Refusals, digest mismatches and
+// cancellations are not.
+func retryable(err error) bool {
+	var perm permanentError
+	var rf *refusal
+	var terr *transport.Error
+	var nerr net.Error
+	switch {
+	case err == nil, errors.As(err, &perm), errors.As(err, &rf), errors.Is(err, ErrDigestMismatch),
+		errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded):
+		return false
+	case errors.As(err, &terr):
+		switch terr.StatusCode {
+		case http.StatusRequestTimeout, http.StatusTooManyRequests, http.StatusInternalServerError,
+			http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+			return true
+		}
+		return terr.Temporary()
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF), errors.Is(err, syscall.ECONNRESET),
+		errors.Is(err, syscall.EPIPE), errors.Is(err, net.ErrClosed):
+		return true
+	case errors.As(err, &nerr):
+		return nerr.Timeout()
+	}
+	return false
+}
+
+// retrying calls fn until it succeeds, fails with an error retryable does
+// not accept, or the tries of c.retry are spent; between tries it waits as
+// c.retry says and prints a progress line for what ("<what>: Retrying in
+// 1s: <error>"). It returns fn's last error.
+func (c *config) retrying(ctx context.Context, what string, fn func() error) error {
+	b := c.retry
+	for {
+		err := fn()
+		if err == nil || !retryable(err) || b.Steps <= 1 || ctx.Err() != nil {
+			return err
+		}
+		d := b.Step()
+		c.printf("%s: Retrying in %s: %v", what, d.Round(time.Millisecond), err)
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		}
 	}
 }
 
