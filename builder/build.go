@@ -65,11 +65,27 @@ type StepResult struct {
 }
 
 // Build runs the build described by opts against root.
+//
+// The build holds a lease on the root throughout, so a prune waits for it
+// and never removes a blob or snapshot it uses; at its end every record it
+// made or hit is marked used (for least-recently-used pruning).
 func Build(ctx context.Context, r *system.Root, opts Options) (*Result, error) {
+	release, err := r.Lease()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	b, err := newBuild(r, opts)
 	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		keys := make([]cache.Key, len(b.steps))
+		for i, s := range b.steps {
+			keys[i] = s.Key
+		}
+		r.Records.Touch(keys, time.Now())
+	}()
 	target, err := b.df.Target(opts.Target)
 	if err != nil {
 		return nil, err

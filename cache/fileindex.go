@@ -362,3 +362,21 @@ func decodeIndex(b []byte) (map[string]fileEntry, error) {
 	}()
 	return m, err
 }
+
+// Prune drops the entries of files that no longer exist and returns how
+// many it dropped; Save persists the result.
+func (x *FileIndex) Prune() int {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	n := 0
+	for p := range x.m {
+		if _, err := os.Lstat(p); errors.Is(err, fs.ErrNotExist) {
+			delete(x.m, p)
+			n++
+		}
+	}
+	if n > 0 {
+		x.dirty = true
+	}
+	return n
+}

@@ -25,6 +25,10 @@ type Record struct {
 	CreatedBy  string          `json:"createdBy"`        // the instruction, as shown in image history
 	EmptyLayer bool            `json:"emptyLayer,omitempty"`
 	Config     json.RawMessage `json:"config,omitempty"` // opaque state for the builder
+
+	// LastUsed is when a build last made or hit the record: the record
+	// file's mtime, set by Touch (never stored in the JSON).
+	LastUsed time.Time `json:"-"`
 }
 
 // Records stores one Record per key as DIR/<hex>.json. Writes go through
@@ -69,7 +73,31 @@ func (r *Records) Get(k Key) (*Record, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read record %s: %w", k, err)
 	}
-	return decodeRecord(k, b)
+	rec, err := decodeRecord(k, b)
+	if err == nil {
+		rec.LastUsed = mtime(p)
+	}
+	return rec, err
+}
+
+// Touch marks the records of keys as used at t (their files' mtimes),
+// without rewriting them: a build calls it once, at its end, for every
+// record it made or hit, so least-recently-used pruning sees real use.
+// Keys without a record are skipped.
+func (r *Records) Touch(keys []Key, t time.Time) {
+	for _, k := range keys {
+		if p, err := r.path(k); err == nil {
+			os.Chtimes(p, t, t)
+		}
+	}
+}
+
+func mtime(p string) time.Time {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return time.Time{}
+	}
+	return fi.ModTime()
 }
 
 func decodeRecord(k Key, b []byte) (*Record, error) {
@@ -146,6 +174,7 @@ func (r *Records) Walk(fn func(*Record) error) error {
 			logrus.Warnf("skipping %v", err)
 			continue
 		}
+		rec.LastUsed = mtime(filepath.Join(r.dir, n))
 		if err := fn(rec); err != nil {
 			return err
 		}

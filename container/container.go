@@ -59,6 +59,24 @@ type Manager struct{ root *system.Root }
 // Recover.
 func New(root *system.Root) *Manager { return &Manager{root: root} }
 
+// Roots lists what every container needs kept by prune: its image's
+// manifest (and so its config and layers) and the layers it stands on.
+func (r *Manager) Roots() ([]system.ContainerRoot, error) {
+	all, err := r.loadAll()
+	if err != nil {
+		return nil, err
+	}
+	out := make([]system.ContainerRoot, 0, len(all))
+	for _, c := range all {
+		root := system.ContainerRoot{Manifest: c.Manifest}
+		if img, err := r.root.Store.Image(c.Manifest); err == nil {
+			root.Chain = system.ChainID(img.Config.RootFS.DiffIDs)
+		}
+		out = append(out, root)
+	}
+	return out, nil
+}
+
 // Root is the store root the manager runs on.
 func (r *Manager) Root() *system.Root { return r.root }
 
@@ -180,6 +198,13 @@ func (r *Manager) Create(ctx context.Context, opts Options) (_ *Container, retEr
 	if err := os.MkdirAll(r.containersDir(), 0o700); err != nil {
 		return nil, err
 	}
+	// Until its record exists, the container's layers are only ours: hold
+	// the root against prune.
+	release, err := r.root.Lease()
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	if opts.Name != "" {
 		if _, err := r.findContainer(opts.Name, true); err == nil {
 			return nil, fmt.Errorf("container name %q is already in use", opts.Name)

@@ -16,6 +16,9 @@ import (
 // DiskUsage is the store's real disk use, each blob and each unpacked layer
 // counted once however many images use it.
 type DiskUsage struct {
+	// Total is every byte under the root.
+	Total int64
+
 	Images []ImageUsage
 	// ImagesTotal is the size of the layer blobs of all images, each once.
 	ImagesTotal int64
@@ -111,6 +114,7 @@ func (r *Manager) DiskUsage(ctx context.Context) (*DiskUsage, error) {
 	}
 	layers, _ := os.ReadDir(filepath.Join(r.root.Dir, "snapshots", "layers"))
 	du.UnpackedLayers = len(layers)
+	du.Total = treeSize(r.root.Dir)
 	du.UnpackedSize = treeSize(filepath.Join(r.root.Dir, "snapshots", "layers"))
 	du.CacheRecords = treeSize(filepath.Join(r.root.Dir, "cache")) - treeSize(r.root.CacheMountDir())
 	du.CacheMounts = treeSize(r.root.CacheMountDir())

@@ -63,6 +63,12 @@ var ErrNotFound = errors.New("snapshot not found")
 // ErrExists is returned (wrapped) by Prepare and View when the key is already in use.
 var ErrExists = errors.New("snapshot already exists")
 
+// Problem is an unusable committed snapshot found by Check.
+type Problem struct {
+	Name string // the snapshot's name (chain ID)
+	Err  string // what is wrong with it
+}
+
 // ErrDigestMismatch is returned (wrapped) by Apply when a layer's content
 // does not have the diff ID its chain ID names.
 var ErrDigestMismatch = errors.New("layer content does not match its diff ID")
@@ -130,6 +136,18 @@ type Snapshotter interface {
 	// belong to no live snapshot. It does not touch active snapshots of live
 	// processes, nor persistent ones.
 	Cleanup(ctx context.Context) error
+	// Prune removes the committed snapshots nobody needs: those keep does
+	// not want that are neither the ancestor of one it wants nor the parent
+	// (or an ancestor of the parent) of an active snapshot. Children go
+	// before their parents, each removal atomic (renamed away, then
+	// deleted), so an interrupted Prune leaves a valid tree. It returns
+	// the names removed (or, with dryRun, that would be) and their bytes.
+	// It holds the root lock, so no active snapshot is made meanwhile.
+	Prune(ctx context.Context, keep func(name string) bool, dryRun bool) ([]string, int64, error)
+	// Check reports the committed snapshots that are unusable: incomplete
+	// (no parent, link or fs entry), or standing on a missing or unusable
+	// parent.
+	Check() ([]Problem, error)
 	// Driver returns "overlay" or "copy".
 	Driver() string
 }

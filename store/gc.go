@@ -29,29 +29,43 @@ import (
 // concurrent build but not yet referenced is collected unless the store was
 // opened WithGCGrace.
 func (s *Store) GC(keep func(v1.Hash) bool) (int64, error) {
-	unlock, err := s.lock()
-	if err != nil {
-		return 0, err
+	_, freed, err := s.gc(keep, false)
+	return freed, err
+}
+
+// Unreferenced lists the blobs GC(keep) would delete now, with their total
+// size, deleting nothing. It takes no lock: the answer may be stale.
+func (s *Store) Unreferenced(keep func(v1.Hash) bool) ([]v1.Hash, int64, error) {
+	return s.gc(keep, true)
+}
+
+func (s *Store) gc(keep func(v1.Hash) bool, dryRun bool) ([]v1.Hash, int64, error) {
+	if !dryRun {
+		unlock, err := s.lock()
+		if err != nil {
+			return nil, 0, err
+		}
+		defer unlock()
 	}
-	defer unlock()
 	start := time.Now()
 
 	idx, err := s.readIndex()
 	if err != nil {
-		return 0, err
+		return nil, 0, err
 	}
 	live := map[v1.Hash]bool{}
 	for _, d := range idx.Manifests {
 		if err := s.mark(d.Digest, live, 0); err != nil {
-			return 0, err
+			return nil, 0, err
 		}
 	}
 
 	var freed int64
+	var gone []v1.Hash
 	bdir := filepath.Join(s.dir, blobsDir, algo)
 	ents, err := os.ReadDir(bdir)
 	if err != nil {
-		return 0, fmt.Errorf("gc: %w", err)
+		return nil, 0, fmt.Errorf("gc: %w", err)
 	}
 	for _, e := range ents {
 		h := v1.Hash{Algorithm: algo, Hex: e.Name()}
@@ -65,21 +79,27 @@ func (s *Store) GC(keep func(v1.Hash) bool) (int64, error) {
 		if s.gcGrace > 0 && start.Sub(fi.ModTime()) < s.gcGrace {
 			continue
 		}
-		if err := os.Remove(filepath.Join(bdir, e.Name())); err != nil {
-			if errors.Is(err, fs.ErrNotExist) {
-				continue
+		if !dryRun {
+			if err := os.Remove(filepath.Join(bdir, e.Name())); err != nil {
+				if errors.Is(err, fs.ErrNotExist) {
+					continue
+				}
+				return gone, freed, fmt.Errorf("gc: remove blob: %w", err)
 			}
-			return freed, fmt.Errorf("gc: remove blob: %w", err)
 		}
+		gone = append(gone, h)
 		freed += fi.Size()
+	}
+	if dryRun {
+		return gone, freed, nil
 	}
 	if freed > 0 {
 		if err := fsx.SyncDir(bdir); err != nil {
-			return freed, err
+			return gone, freed, err
 		}
 	}
 	s.cleanIngest(start)
-	return freed, nil
+	return gone, freed, nil
 }
 
 // mark records h and, if h is a manifest or index, everything it references.

@@ -1,17 +1,20 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 	goruntime "runtime"
 	"strings"
 
+	"github.com/sirupsen/logrus"
 	"github.com/spf13/cobra"
 
 	"github.com/lbuild/lbuild/builder"
 	"github.com/lbuild/lbuild/builder/progress"
 	"github.com/lbuild/lbuild/store"
+	"github.com/lbuild/lbuild/system"
 	"github.com/lbuild/lbuild/transfer"
 )
 
@@ -150,7 +153,35 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 			fmt.Fprintf(out, "naming to %s\n", t)
 		}
 	}
-	return export(cmd, r.Store, res.Image, f, outs)
+	if err := export(cmd, r.Store, res.Image, f, outs); err != nil {
+		return err
+	}
+	autoGC(cmd, r)
+	return nil
+}
+
+// autoGC keeps a root with a gc.keep-storage bound (ROOT/config.json or
+// LBUILD_GC_KEEP) under it after each build, as "lbuild prune
+// --keep-storage" would; it skips when other builds are running (the last
+// one to finish trims) and never fails the build.
+func autoGC(cmd *cobra.Command, r *system.Root) {
+	bound, err := r.AutoGCBound()
+	if err != nil {
+		logrus.Warnf("automatic GC: %v", err)
+		return
+	}
+	if bound == 0 {
+		return
+	}
+	rep, err := prune(cmd, r, system.PruneOptions{KeepStorage: bound, NoWait: true})
+	switch {
+	case errors.Is(err, system.ErrBusy):
+		logrus.Debugf("automatic GC skipped: %v", err)
+	case err != nil:
+		logrus.Warnf("automatic GC: %v", err)
+	case rep.Freed() > 0:
+		logrus.Debugf("automatic GC freed %s", size(rep.Freed()))
+	}
 }
 
 // output is one --output of build.

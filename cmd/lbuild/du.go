@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/lbuild/lbuild/container"
+	"github.com/lbuild/lbuild/system"
 )
 
 func newDuCmd(g *globals) *cobra.Command {
@@ -28,7 +29,7 @@ func newSystemCmd(g *globals) *cobra.Command {
 		Short: "Show the store's disk use (same as lbuild du)",
 		Args:  cobra.NoArgs,
 		RunE:  func(cmd *cobra.Command, args []string) error { return runDu(cmd, g) },
-	})
+	}, newPruneCmd(g), newFsckCmd(g))
 	return cmd
 }
 
@@ -73,5 +74,18 @@ func runDu(cmd *cobra.Command, g *globals) error {
 	fmt.Fprintf(w, "  RUN cache mounts\t%s\n", size(du.CacheMounts))
 	fmt.Fprintf(w, "  blobs no image uses (kept for the cache)\t%s\n", size(du.CacheBlobs))
 	w.Flush()
+
+	// What prune could free, without removing anything.
+	safe, err := prune(cmd, r, system.PruneOptions{DryRun: true, Dangling: true})
+	if err != nil {
+		return err
+	}
+	all, err := prune(cmd, r, system.PruneOptions{DryRun: true, All: true, Mounts: true})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\nReclaimable: %s by lbuild prune (%d unpacked layers, %d blobs), %s by lbuild prune --all --mounts\n",
+		size(safe.Freed()), safe.Snapshots, safe.Blobs, size(all.Freed()))
+	fmt.Fprintf(out, "Total on disk: %s\n", size(du.Total))
 	return nil
 }

@@ -101,6 +101,6 @@ twice and images that begin with the same steps share those layers.
 	cmd.AddCommand(newBuildCmd(g), newImagesCmd(g), newHistoryCmd(g), newInspectCmd(g), newTagCmd(g), newRmiCmd(g),
 		newPullCmd(g), newPushCmd(g), newSaveCmd(g), newLoadCmd(g), newLoginCmd(g), newLogoutCmd(g),
 		newRunCmd(g), newShimCmd(g), newPsCmd(g), newStopCmd(g), newRmCmd(g), newLogsCmd(g), newExecCmd(g),
-		newDiffCmd(g), newCommitCmd(g), newShareCmd(g), newDuCmd(g), newSystemCmd(g))
+		newDiffCmd(g), newCommitCmd(g), newShareCmd(g), newDuCmd(g), newSystemCmd(g), newPruneCmd(g))
 	return cmd
 }
