@@ -222,7 +222,10 @@ func (r *Runc) Exec(ctx context.Context, id string, meta Meta) error {
 	if err := normalizeMeta(&meta); err != nil {
 		return err
 	}
-	spec := generateSpec("/", bundle, &meta, r.nofile)
+	spec, err := generateSpec("/", bundle, &meta, r.nofile)
+	if err != nil {
+		return err
+	}
 	pb, err := json.Marshal(spec.Process)
 	if err != nil {
 		return err

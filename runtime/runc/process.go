@@ -70,6 +70,14 @@ type Meta struct {
 	// then left out).
 	Mounts []Mount
 
+	// SeccompUnconfined runs the process without a seccomp filter
+	// (Docker's --security-opt seccomp=unconfined). By default it runs
+	// under Docker's default seccomp profile, which refuses, among others,
+	// mount, unshare and clone of new namespaces, keyctl, add_key, bpf and
+	// the kernel-module calls (as the capability set lacks CAP_SYS_ADMIN),
+	// and allows what Docker allows.
+	SeccompUnconfined bool
+
 	// ReadonlyRootfs makes "/" read-only in the container (for
 	// containers; builds use false).
 	ReadonlyRootfs bool

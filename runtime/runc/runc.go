@@ -300,7 +300,11 @@ func writeBundle(bundle, rootfs string, meta *Meta, nofile uint64, stubs *stubSe
 		"hosts":       []byte(hostsFile(meta.Hostname)),
 		"hostname":    []byte(meta.Hostname + "\n"),
 	}
-	spec, err := json.MarshalIndent(generateSpec(rootfs, bundle, meta, nofile), "", "\t")
+	sp, err := generateSpec(rootfs, bundle, meta, nofile)
+	if err != nil {
+		return err
+	}
+	spec, err := json.MarshalIndent(sp, "", "\t")
 	if err != nil {
 		return err
 	}

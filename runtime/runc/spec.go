@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/moby/profiles/seccomp"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
@@ -126,7 +127,12 @@ func normalizeMeta(meta *Meta) error {
 // generateSpec returns the runtime spec for meta (normalized) running in
 // rootfs (absolute), with the /etc files taken from bundle.
 // nofile is the RLIMIT_NOFILE (soft and hard) of the process.
-func generateSpec(rootfs, bundle string, meta *Meta, nofile uint64) *specs.Spec {
+//
+// The process gets Docker's defaults: its capability set (defaultCaps) and
+// its seccomp profile (moby/profiles/seccomp, filtered for this kernel,
+// architecture and capability set as dockerd does), unless
+// meta.SeccompUnconfined.
+func generateSpec(rootfs, bundle string, meta *Meta, nofile uint64) (*specs.Spec, error) {
 	caps := slices.Clone(defaultCaps)
 	s := &specs.Spec{
 		Version: ociVersion,
@@ -209,7 +215,15 @@ func generateSpec(rootfs, bundle string, meta *Meta, nofile uint64) *specs.Spec 
 			Options:     slices.Clone(m.Options),
 		})
 	}
-	return s
+	if !meta.SeccompUnconfined {
+		// The profile depends on s's bounding capabilities: set them first.
+		sc, err := seccomp.GetDefaultProfile(s)
+		if err != nil {
+			return nil, fmt.Errorf("seccomp profile: %w", err)
+		}
+		s.Linux.Seccomp = sc
+	}
+	return s, nil
 }
 
 // wantNofile is the RLIMIT_NOFILE given to processes (Docker's default).

@@ -1,0 +1,41 @@
+package container
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A container's processes, exec'd ones too, run under Docker's default
+// seccomp profile unless it was created with --security-opt
+// seccomp=unconfined; other security options are refused.
+func TestContainerSeccomp(t *testing.T) {
+	r := openRoot(t)
+	containerImage(t, r, "img")
+	status := []string{"grep", "Seccomp:", "/proc/self/status"}
+	if _, out := runFG(t, r, "img", status...); out != "Seccomp:\t2\n" {
+		t.Errorf("default: %q", out)
+	}
+
+	c := create(t, r, Options{Image: "img", Cmd: loopCmd, SecurityOpts: []string{"seccomp=unconfined"}})
+	done := startBG(t, r, c)
+	if out := execOut(t, r, c, status...); out != "Seccomp:\t0\n" {
+		t.Errorf("exec in an unconfined container: %q", out)
+	}
+	if got, err := r.Get(context.Background(), c.ID); err != nil || len(got.SecurityOpts) != 1 {
+		t.Errorf("record: %+v, %v", got, err)
+	}
+	if err := r.Stop(context.Background(), c.ID, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	<-done
+
+	_, err := r.Create(context.Background(), Options{Image: "img", Name: "bad", SecurityOpts: []string{"apparmor=unconfined"}})
+	if err == nil || !strings.Contains(err.Error(), "seccomp=unconfined") {
+		t.Fatalf("apparmor option: %v", err)
+	}
+	if _, err := r.Get(context.Background(), "bad"); err == nil {
+		t.Error("a refused container was recorded")
+	}
+}
