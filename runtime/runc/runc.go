@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -156,7 +157,7 @@ func (r *Runc) Run(ctx context.Context, rootfs string, meta Meta) (retErr error)
 	}
 	defer unlock()
 	bundle := filepath.Join(r.bundles, id)
-	if err := os.Mkdir(bundle, 0o711); err != nil {
+	if err := os.Mkdir(bundle, bundleMode); err != nil {
 		return fmt.Errorf("creating bundle: %w", err)
 	}
 	defer func() {
@@ -288,8 +289,16 @@ func notExist(out []byte) bool {
 	return strings.Contains(s, "does not exist") || strings.Contains(s, "no such file")
 }
 
+// bundleMode is the mode of a bundle directory. Its config.json holds the
+// process's environment, RUN secrets passed as variables included: only
+// root may enter it. The runtime bind-mounts the /etc files as root, so
+// the container's user needs no access to the bundle itself.
+const bundleMode = 0o700
+
 // writeBundle writes config.json, the generated /etc files and the stub
-// record (for Cleanup) into bundle.
+// record (for Cleanup) into bundle. config.json and the stub record are
+// mode 0600; the /etc files 0644, as the container's user reads them
+// through their bind mounts.
 func writeBundle(bundle, rootfs string, meta *Meta, nofile uint64, stubs *stubSet) error {
 	resolv, err := os.ReadFile("/etc/resolv.conf")
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -315,7 +324,11 @@ func writeBundle(bundle, rootfs string, meta *Meta, nofile uint64, stubs *stubSe
 	}
 	files[stubsFile] = rec
 	for name, data := range files {
-		if err := os.WriteFile(filepath.Join(bundle, name), data, 0o644); err != nil {
+		mode := os.FileMode(0o600)
+		if slices.Contains(etcFiles, "/etc/"+name) {
+			mode = 0o644
+		}
+		if err := os.WriteFile(filepath.Join(bundle, name), data, mode); err != nil {
 			return fmt.Errorf("writing bundle: %w", err)
 		}
 	}

@@ -1,10 +1,15 @@
 package runc
 
 import (
+	"bytes"
+	"context"
+	"errors"
+	"io/fs"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -132,4 +137,110 @@ func TestRunAptDpkgUnderSeccomp(t *testing.T) {
 	if out != want {
 		t.Errorf("got %q, want %q", out, want)
 	}
+}
+
+// writerFunc is an io.Writer calling a function.
+type writerFunc func(p []byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
+
+// onFirstWrite returns a writer that calls fn once, when the process first
+// writes (its bundle exists then), and discards the output.
+func onFirstWrite(fn func()) writerFunc {
+	var once sync.Once
+	return func(p []byte) (int, error) {
+		once.Do(fn)
+		return len(p), nil
+	}
+}
+
+// filesHolding returns the files under dir whose content contains s.
+func filesHolding(t *testing.T, dir, s string) []string {
+	t.Helper()
+	var found []string
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		if b, err := os.ReadFile(p); err == nil && bytes.Contains(b, []byte(s)) {
+			found = append(found, p)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return found
+}
+
+// A run's bundle is root's only, as its config.json holds the environment
+// (RUN secrets passed as variables included); a non-root container user
+// still reads the generated /etc files; and nothing holding the secret is
+// left after Run returns, whether the process succeeds, fails or is
+// cancelled.
+func TestRunBundlePrivate(t *testing.T) {
+	r, rootfs := newRunc(t), newRootfs(t)
+	stateDir := filepath.Dir(r.root)
+	const secret = "s3cret-2c9f1e"
+	checkBundle := func() {
+		ents, err := os.ReadDir(r.bundles)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		var bundles []string
+		for _, e := range ents {
+			if e.IsDir() {
+				bundles = append(bundles, filepath.Join(r.bundles, e.Name()))
+			}
+		}
+		if len(bundles) != 1 {
+			t.Errorf("bundles: %v", bundles)
+			return
+		}
+		want := map[string]os.FileMode{"": 0o700 | fs.ModeDir, "config.json": 0o600, stubsFile: 0o600, "hosts": 0o644}
+		for name, mode := range want {
+			fi, err := os.Stat(filepath.Join(bundles[0], name))
+			if err != nil || fi.Mode() != mode {
+				t.Errorf("bundle %q: mode %v, %v; want %v", name, fi.Mode(), err, mode)
+			}
+		}
+		if got := filesHolding(t, stateDir, secret); len(got) == 0 {
+			t.Error("the secret is in no file during the run: the test checks nothing")
+		}
+	}
+	var stderr bytes.Buffer
+	meta := Meta{Args: sh("cat /etc/hosts /etc/resolv.conf /etc/hostname >/dev/null && id -u"),
+		Env: append(testEnv, "TOKEN="+secret), UID: 65534, GID: 65534, Stderr: &stderr}
+	meta.Stdout = onFirstWrite(checkBundle)
+	if err := r.Run(context.Background(), rootfs, meta); err != nil {
+		t.Fatalf("%v: %s", err, stderr.String())
+	}
+	checkGone := func(how string) {
+		t.Helper()
+		if got := filesHolding(t, stateDir, secret); len(got) != 0 {
+			t.Errorf("%s: the secret is left in %v", how, got)
+		}
+		if ents, _ := os.ReadDir(r.bundles); len(ents) != 0 {
+			t.Errorf("%s: bundles left: %v", how, ents)
+		}
+	}
+	checkGone("success")
+
+	meta.Args = sh("echo x; exit 3")
+	meta.Stdout = onFirstWrite(checkBundle)
+	var ee *ExitError
+	if err := r.Run(context.Background(), rootfs, meta); !errors.As(err, &ee) || ee.Code != 3 {
+		t.Fatalf("failing run: %v", err)
+	}
+	checkGone("failure")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	meta.Args = sh("echo x; sleep 1000")
+	meta.Stdout = onFirstWrite(func() { checkBundle(); cancel() })
+	if err := r.Run(ctx, rootfs, meta); !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled run: %v", err)
+	}
+	checkGone("cancel")
 }
