@@ -196,6 +196,10 @@ func (r *Manager) Create(ctx context.Context, opts Options) (_ *Container, retEr
 	if opts.Name != "" && !nameRE.MatchString(opts.Name) {
 		return nil, fmt.Errorf("invalid container name %q: use letters, digits, '_', '.' and '-'", opts.Name)
 	}
+	unconfined, err := parseSecurityOpts(opts.SecurityOpts)
+	if err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(r.containersDir(), 0o700); err != nil {
 		return nil, err
 	}
@@ -225,10 +229,6 @@ func (r *Manager) Create(ctx context.Context, opts Options) (_ *Container, retEr
 		return nil, fmt.Errorf("unknown network %q: use host or none", network)
 	}
 	mounts, err := parseBinds(opts.Binds)
-	if err != nil {
-		return nil, err
-	}
-	unconfined, err := parseSecurityOpts(opts.SecurityOpts)
 	if err != nil {
 		return nil, err
 	}
