@@ -18,18 +18,26 @@ func TestContainerSeccomp(t *testing.T) {
 		t.Errorf("default: %q", out)
 	}
 
-	c := create(t, r, Options{Image: "img", Cmd: loopCmd, SecurityOpts: []string{"seccomp=unconfined"}})
-	done := startBG(t, r, c)
-	if out := execOut(t, r, c, status...); out != "Seccomp:\t0\n" {
-		t.Errorf("exec in an unconfined container: %q", out)
+	for _, tc := range []struct {
+		opts []string
+		want string
+	}{
+		{nil, "Seccomp:\t2\n"},
+		{[]string{"seccomp=unconfined"}, "Seccomp:\t0\n"},
+	} {
+		c := create(t, r, Options{Image: "img", Cmd: loopCmd, SecurityOpts: tc.opts})
+		done := startBG(t, r, c)
+		if out := execOut(t, r, c, status...); out != tc.want {
+			t.Errorf("exec in a container with %q: %q, want %q", tc.opts, out, tc.want)
+		}
+		if got, err := r.Get(context.Background(), c.ID); err != nil || len(got.SecurityOpts) != len(tc.opts) {
+			t.Errorf("record: %+v, %v", got, err)
+		}
+		if err := r.Stop(context.Background(), c.ID, 5*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		<-done
 	}
-	if got, err := r.Get(context.Background(), c.ID); err != nil || len(got.SecurityOpts) != 1 {
-		t.Errorf("record: %+v, %v", got, err)
-	}
-	if err := r.Stop(context.Background(), c.ID, 5*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	<-done
 
 	_, err := r.Create(context.Background(), Options{Image: "img", Name: "bad", SecurityOpts: []string{"apparmor=unconfined"}})
 	if err == nil || !strings.Contains(err.Error(), "seccomp=unconfined") {

@@ -295,10 +295,11 @@ func notExist(out []byte) bool {
 // the container's user needs no access to the bundle itself.
 const bundleMode = 0o700
 
-// writeBundle writes config.json, the generated /etc files and the stub
-// record (for Cleanup) into bundle. config.json and the stub record are
-// mode 0600; the /etc files 0644, as the container's user reads them
-// through their bind mounts.
+// writeBundle writes config.json, the generated /etc files, the content of
+// "file" mounts and the stub record (for Cleanup) into bundle. config.json
+// and the stub record are mode 0600; the /etc files 0644, as the
+// container's user reads them through their bind mounts; file mounts have
+// their own owner and mode.
 func writeBundle(bundle, rootfs string, meta *Meta, nofile uint64, stubs *stubSet) error {
 	resolv, err := os.ReadFile("/etc/resolv.conf")
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -332,7 +333,34 @@ func writeBundle(bundle, rootfs string, meta *Meta, nofile uint64, stubs *stubSe
 			return fmt.Errorf("writing bundle: %w", err)
 		}
 	}
+	for i, m := range meta.Mounts {
+		if m.Type == "file" {
+			if err := writeFileMount(filepath.Join(bundle, fileMountName(i)), m); err != nil {
+				return fmt.Errorf("file mount on %s: %w", m.Destination, err)
+			}
+		}
+	}
 	return nil
+}
+
+// writeFileMount writes the content of file mount m (normalized) to p,
+// giving it m's owner and mode only once it is complete.
+func writeFileMount(p string, m Mount) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(m.Data)
+	if err == nil {
+		err = f.Chown(int(m.UID), int(m.GID))
+	}
+	if err == nil {
+		err = f.Chmod(m.Mode)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // stubsFile is the bundle file recording the rootfs stubs to remove.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -205,13 +206,14 @@ func TestRunBundlePrivate(t *testing.T) {
 				t.Errorf("bundle %q: mode %v, %v; want %v", name, fi.Mode(), err, mode)
 			}
 		}
-		if got := filesHolding(t, stateDir, secret); len(got) == 0 {
-			t.Error("the secret is in no file during the run: the test checks nothing")
+		if got := filesHolding(t, stateDir, secret); len(got) != 2 {
+			t.Errorf("the secret is in %v during the run, want config.json and the file mount", got)
 		}
 	}
 	var stderr bytes.Buffer
 	meta := Meta{Args: sh("cat /etc/hosts /etc/resolv.conf /etc/hostname >/dev/null && id -u"),
-		Env: append(testEnv, "TOKEN="+secret), UID: 65534, GID: 65534, Stderr: &stderr}
+		Env: append(testEnv, "TOKEN="+secret), UID: 65534, GID: 65534, Stderr: &stderr,
+		Mounts: []Mount{{Type: "file", Destination: "/run/secrets/token", Data: []byte(secret)}}}
 	meta.Stdout = onFirstWrite(checkBundle)
 	if err := r.Run(context.Background(), rootfs, meta); err != nil {
 		t.Fatalf("%v: %s", err, stderr.String())
@@ -243,4 +245,41 @@ func TestRunBundlePrivate(t *testing.T) {
 		t.Fatalf("cancelled run: %v", err)
 	}
 	checkGone("cancel")
+}
+
+// A "file" mount is a read-only file with the given content, owner and
+// mode (0400 by default), as BuildKit mounts a secret.
+func TestRunFileMount(t *testing.T) {
+	r, rootfs := newRunc(t), newRootfs(t)
+	addApplets(t, rootfs, "chmod")
+	before := tree(t, rootfs)
+	mounts := []Mount{
+		{Type: "file", Destination: "/run/secrets/a", Data: []byte("alpha")},
+		{Type: "file", Destination: "/etc/b.conf", Data: []byte("beta"), Mode: 0o440, UID: 1000, GID: 1001},
+	}
+	script := "stat -c '%n %u:%g %a' /run/secrets/a /etc/b.conf; cat /run/secrets/a /etc/b.conf; echo; " +
+		"echo x > /etc/b.conf 2>/dev/null || echo read-only; chmod 666 /etc/b.conf 2>/dev/null || echo no-chmod"
+	out := mustRun(t, r, rootfs, Meta{Args: sh(script), Mounts: mounts})
+	want := "/run/secrets/a 0:0 400\n/etc/b.conf 1000:1001 440\nalphabeta\nread-only\nno-chmod\n"
+	if out != want {
+		t.Errorf("root: got %q, want %q", out, want)
+	}
+	// The owner (by uid) reads its file; another user reads neither.
+	out = mustRun(t, r, rootfs, Meta{Args: sh("cat /etc/b.conf; cat /run/secrets/a 2>/dev/null || echo denied"), UID: 1000, GID: 1000, Mounts: mounts})
+	if out != "betadenied\n" {
+		t.Errorf("uid 1000: got %q", out)
+	}
+	if after := tree(t, rootfs); !slices.Equal(before, after) {
+		t.Errorf("rootfs changed:\nbefore %v\nafter  %v", before, after)
+	}
+
+	for _, bad := range []Mount{
+		{Type: "file", Source: "/etc/passwd", Destination: "/x"},
+		{Type: "file", Destination: "/x", Mode: fs.ModeSetuid | 0o755},
+		{Type: "tmpfs", Destination: "/x", Data: []byte("x")},
+	} {
+		if err := r.Run(context.Background(), rootfs, Meta{Args: []string{"true"}, Mounts: []Mount{bad}}); err == nil {
+			t.Errorf("%+v: no error", bad)
+		}
+	}
 }
