@@ -103,6 +103,11 @@ func (b *build) dispatchRun(ctx context.Context, st *stageState, c *instructions
 	default:
 		return fmt.Errorf("RUN --network=%s is not supported: use none or host", n)
 	}
+	// BuildKit runs such a step privileged, and only when the build allows
+	// the security.insecure entitlement; lbuild has no privileged steps.
+	if instructions.GetSecurity(c) == instructions.SecurityInsecure {
+		return fmt.Errorf("RUN --security=insecure is not supported: every RUN runs with Docker's default capabilities and seccomp profile")
+	}
 	var mounts []runMount
 	for _, m := range instructions.GetMounts(c) {
 		rm, err := b.runMount(ctx, m)
