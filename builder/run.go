@@ -103,6 +103,11 @@ func (b *build) dispatchRun(ctx context.Context, st *stageState, c *instructions
 	default:
 		return fmt.Errorf("RUN --network=%s is not supported: use none or host", n)
 	}
+	// BuildKit runs such a step privileged, and only when the build allows
+	// the security.insecure entitlement; lbuild has no privileged steps.
+	if instructions.GetSecurity(c) == instructions.SecurityInsecure {
+		return fmt.Errorf("RUN --security=insecure is not supported: every RUN runs with Docker's default capabilities and seccomp profile")
+	}
 	var mounts []runMount
 	for _, m := range instructions.GetMounts(c) {
 		rm, err := b.runMount(ctx, m)
@@ -181,8 +186,9 @@ func (b *build) dispatchRun(ctx context.Context, st *stageState, c *instructions
 
 // runMount resolves one RUN --mount. Cache mounts live in the store root and
 // never in a layer; bind mounts come from the context or a stage, read-only
-// unless rw (then a private copy); secrets are bind-mounted files whose
-// content never reaches a key, a layer or the history.
+// unless rw (then a private copy); secrets are read-only files (or
+// variables) whose content never reaches a key, a layer or the history and
+// lives, for the step's duration only, in its runtime bundle.
 func (b *build) runMount(ctx context.Context, m *instructions.Mount) (*runMount, error) {
 	target := m.Target
 	if m.Type == instructions.MountTypeSecret {
@@ -286,8 +292,19 @@ func (b *build) runMount(ctx context.Context, m *instructions.Mount) (*runMount,
 		if m.Env != nil {
 			envName = *m.Env
 		}
-		// The key holds the secret's id and where it goes: never its content.
-		return &runMount{m: m, key: fmt.Sprintf("secret,id=%s,target=%s,env=%s", id, m.Target, envName),
+		// The key holds the secret's id and where it goes, and its owner and
+		// mode when given: never its content.
+		key := fmt.Sprintf("secret,id=%s,target=%s,env=%s", id, m.Target, envName)
+		if m.UID != nil {
+			key += fmt.Sprintf(",uid=%d", *m.UID)
+		}
+		if m.GID != nil {
+			key += fmt.Sprintf(",gid=%d", *m.GID)
+		}
+		if m.Mode != nil {
+			key += fmt.Sprintf(",mode=%o", *m.Mode)
+		}
+		return &runMount{m: m, key: key,
 			prepare: func(context.Context, uint32, uint32) (executor.Mount, func(), error) {
 				if envName != "" && m.Target == "" {
 					data, err := os.ReadFile(src)
@@ -296,10 +313,24 @@ func (b *build) runMount(ctx context.Context, m *instructions.Mount) (*runMount,
 					}
 					return executor.Mount{Type: "secret-env", Source: string(data), Destination: envName}, func() {}, nil
 				}
-				if _, err := os.Stat(src); err != nil {
+				// As BuildKit: a read-only file owned by uid:gid (default
+				// root) with mode (default 0400), not the host file itself.
+				// Its only copy lives in the step's runtime bundle.
+				data, err := os.ReadFile(src)
+				if err != nil {
 					return executor.Mount{}, nil, fmt.Errorf("secret %s: %w", id, err)
 				}
-				return executor.Mount{Type: "bind", Source: src, Destination: target, Options: []string{"rbind", "ro"}}, func() {}, nil
+				fm := executor.Mount{Type: "file", Destination: target, Data: data, Mode: 0o400}
+				if m.Mode != nil {
+					fm.Mode = os.FileMode(*m.Mode) & os.ModePerm
+				}
+				if m.UID != nil {
+					fm.UID = uint32(*m.UID)
+				}
+				if m.GID != nil {
+					fm.GID = uint32(*m.GID)
+				}
+				return fm, func() {}, nil
 			}}, nil
 	case instructions.MountTypeBind:
 		return b.bindMount(ctx, m)

@@ -247,6 +247,22 @@ RUN --mount=type=tmpfs,target=/scratch echo temp > /scratch/t && ls /scratch > /
 	if strings.Contains(string(hist)+string(cfg)+out, "s3cr3t") {
 		t.Error("secret value in image metadata or output")
 	}
+	// As BuildKit: root's, mode 0400, unless uid, gid and mode say otherwise;
+	// the owner and mode are part of the step's key.
+	res, _ = mustBuild(t, r, dir, `FROM local/busybox
+RUN --mount=type=secret,id=token stat -c '%u:%g %a' /run/secrets/token > /default
+RUN --mount=type=secret,id=token,uid=1000,gid=1001,mode=0440 stat -c '%u:%g %a' /run/secrets/token > /given
+USER 1000
+RUN --mount=type=secret,id=token,uid=1000 cat /run/secrets/token > /tmp/as-user
+`, func(o *Options) { o.Secrets = map[string]string{"token": secret} })
+	for i, want := range map[int]string{1: "0:0 400\n", 2: "1000:1001 440\n"} {
+		if e, _ := find(layerEntries(t, r, res.Steps[i].DiffID), []string{"", "default", "given"}[i]); e.body != want {
+			t.Errorf("secret owner and mode, step %d: %q, want %q", i, e.body, want)
+		}
+	}
+	if e, _ := find(layerEntries(t, r, res.Steps[4].DiffID), "tmp/as-user"); e.body != "s3cr3t-value" {
+		t.Errorf("secret as its uid: %q", e.body)
+	}
 	// Without the secret (not required) the step runs without it; a required one fails clearly.
 	_, _, err := tryBuild(r, dir, "FROM local/busybox\nRUN --mount=type=secret,id=token,required cat /run/secrets/token\n")
 	if err == nil || !strings.Contains(err.Error(), "--secret id=token") {

@@ -147,6 +147,8 @@ type Container struct {
 	Runtime    string `json:"runtime,omitempty"`
 	StopSignal string `json:"stopSignal,omitempty"`
 	AutoRemove bool   `json:"autoRemove,omitempty"`
+	// SecurityOpts are the --security-opt values it was created with.
+	SecurityOpts []string `json:"securityOpts,omitempty"`
 }
 
 // ShortID is the first 12 hex digits of the ID.
@@ -175,6 +177,23 @@ type Options struct {
 	Runtime string
 	// AutoRemove removes the container when its process exits.
 	AutoRemove bool
+	// SecurityOpts are docker run's --security-opt values. Only
+	// "seccomp=unconfined" (no seccomp filter) is supported: by default
+	// the process runs under Docker's default seccomp profile.
+	SecurityOpts []string
+}
+
+// parseSecurityOpts returns whether opts ask for no seccomp filter.
+func parseSecurityOpts(opts []string) (unconfined bool, err error) {
+	for _, o := range opts {
+		switch o {
+		case "seccomp=unconfined", "seccomp:unconfined":
+			unconfined = true
+		default:
+			return false, fmt.Errorf("unsupported --security-opt %q: lbuild supports seccomp=unconfined only", o)
+		}
+	}
+	return unconfined, nil
 }
 
 func (r *Manager) containersDir() string         { return r.root.ContainersDir() }
@@ -194,6 +213,10 @@ func (r *Manager) runtime(c *Container) (*runc.Runc, error) {
 func (r *Manager) Create(ctx context.Context, opts Options) (_ *Container, retErr error) {
 	if opts.Name != "" && !nameRE.MatchString(opts.Name) {
 		return nil, fmt.Errorf("invalid container name %q: use letters, digits, '_', '.' and '-'", opts.Name)
+	}
+	unconfined, err := parseSecurityOpts(opts.SecurityOpts)
+	if err != nil {
+		return nil, err
 	}
 	if err := os.MkdirAll(r.containersDir(), 0o700); err != nil {
 		return nil, err
@@ -239,6 +262,7 @@ func (r *Manager) Create(ctx context.Context, opts Options) (_ *Container, retEr
 		ID: randomHex(32), Name: opts.Name, Image: opts.Image, ImageID: img.ID, Manifest: img.Manifest.Digest,
 		Args: args, Network: network, Binds: opts.Binds, Created: time.Now().UTC(), Status: StatusCreated,
 		Runtime: opts.Runtime, StopSignal: cfg.Config.StopSignal, AutoRemove: opts.AutoRemove,
+		SecurityOpts: opts.SecurityOpts,
 	}
 	c.Snapshot = "ctr-" + c.ID
 	// Until the record exists, a locked marker says this container is being
@@ -287,7 +311,8 @@ func (r *Manager) Create(ctx context.Context, opts Options) (_ *Container, retEr
 			r.root.Snaps.Remove(context.WithoutCancel(ctx), c.Snapshot)
 		}
 	}()
-	meta := runc.Meta{Args: args, Env: c.Env, Cwd: c.Cwd, Hostname: hostname, Network: network, Mounts: mounts}
+	meta := runc.Meta{Args: args, Env: c.Env, Cwd: c.Cwd, Hostname: hostname, Network: network, Mounts: mounts,
+		SeccompUnconfined: unconfined}
 	if c.User != "" {
 		if meta.UID, meta.GID, err = imagecfg.ResolveUser(c.Rootfs, c.User, false); err != nil {
 			return nil, fmt.Errorf("user %s: %w", c.User, err)

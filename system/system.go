@@ -17,6 +17,11 @@
 //
 // Contract: several processes may open one root at once; every file under
 // it is written to a temp file and renamed into place.
+//
+// The root itself is mode 0700 (Open tightens a more open one): image
+// content, build records, unpacked layers and runtime bundles (which hold
+// RUN secrets passed as environment variables) are readable by root only,
+// whatever the modes below it.
 package system
 
 import (
@@ -51,8 +56,14 @@ type config struct{ driver string }
 // WithSnapshotter picks the snapshot driver: "overlay", "copy" or "auto" (default).
 func WithSnapshotter(driver string) Opt { return func(c *config) { c.driver = driver } }
 
-// Open opens (creating) the store root at dir. An unwritable dir is an error
-// that says so.
+// rootMode is the mode of a store root: reachable by its owner only, as
+// Docker's /var/lib/docker.
+const rootMode = 0o700
+
+// Open opens (creating) the store root at dir, making it mode 0700 if it
+// is more open. An unwritable dir is an error that says so, and so is a
+// shared directory (sticky bit, as /tmp): Open does not lock others out of
+// it.
 func Open(dir string, opts ...Opt) (*Root, error) {
 	cfg := config{driver: "auto"}
 	for _, o := range opts {
@@ -62,8 +73,11 @@ func Open(dir string, opts ...Opt) (*Root, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(abs, 0o711); err != nil {
+	if err := os.MkdirAll(abs, rootMode); err != nil {
 		return nil, fmt.Errorf("store root %s is not writable: %w (pass a writable --root or set LBUILD_ROOT)", abs, unwrapPath(err))
+	}
+	if err := secureRoot(abs); err != nil {
+		return nil, err
 	}
 	probe, err := os.CreateTemp(abs, ".probe-*")
 	if err != nil {
@@ -85,6 +99,28 @@ func Open(dir string, opts ...Opt) (*Root, error) {
 		return nil, err
 	}
 	return &Root{Dir: abs, Store: st, Records: rec, Snaps: sn}, nil
+}
+
+// secureRoot makes the existing directory dir mode rootMode if group or
+// others have any access to it.
+func secureRoot(dir string) error {
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("store root: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("store root %s is not a directory (pass a directory with --root or LBUILD_ROOT)", dir)
+	}
+	if fi.Mode().Perm()&^rootMode == 0 {
+		return nil
+	}
+	if fi.Mode()&os.ModeSticky != 0 {
+		return fmt.Errorf("store root %s is a shared directory (sticky bit): pass a directory of lbuild's own with --root or LBUILD_ROOT", dir)
+	}
+	if err := os.Chmod(dir, rootMode); err != nil {
+		return fmt.Errorf("store root %s is readable by other users and cannot be made private: %w", dir, unwrapPath(err))
+	}
+	return nil
 }
 
 func unwrapPath(err error) error {

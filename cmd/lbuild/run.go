@@ -81,6 +81,8 @@ exit; lbuild prints the container ID.`,
 	f.StringVar(&opts.Network, "network", "host", "network: host or none")
 	f.StringArrayVarP(&opts.Binds, "volume", "v", nil, "bind mount HOST:CONTAINER[:ro]; repeatable")
 	f.StringVar(&opts.Runtime, "runtime", "", "OCI runtime (default: runc)")
+	f.StringArrayVar(&opts.SecurityOpts, "security-opt", nil,
+		"seccomp=unconfined runs without Docker's default seccomp profile (the only option supported)")
 	return cmd
 }
 

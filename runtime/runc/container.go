@@ -88,7 +88,7 @@ func (r *Runc) Create(id, rootfs string, meta Meta) error {
 	}
 	meta.Stdin, meta.Stdout, meta.Stderr = nil, nil, nil
 	bundle := r.ctrBundle(id)
-	if err := os.Mkdir(bundle, 0o711); err != nil {
+	if err := os.Mkdir(bundle, bundleMode); err != nil {
 		return fmt.Errorf("creating bundle: %w", err)
 	}
 	if err := writeBundle(bundle, rootfs, &meta, r.nofile, &stubSet{Rootfs: rootfs}); err != nil {
@@ -222,7 +222,10 @@ func (r *Runc) Exec(ctx context.Context, id string, meta Meta) error {
 	if err := normalizeMeta(&meta); err != nil {
 		return err
 	}
-	spec := generateSpec("/", bundle, &meta, r.nofile)
+	spec, err := generateSpec("/", bundle, &meta, r.nofile)
+	if err != nil {
+		return err
+	}
 	pb, err := json.Marshal(spec.Process)
 	if err != nil {
 		return err

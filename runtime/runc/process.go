@@ -26,6 +26,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 )
 
 // Meta describes one process run.
@@ -70,6 +71,14 @@ type Meta struct {
 	// then left out).
 	Mounts []Mount
 
+	// SeccompUnconfined runs the process without a seccomp filter
+	// (Docker's --security-opt seccomp=unconfined). By default it runs
+	// under Docker's default seccomp profile, which refuses, among others,
+	// mount, unshare and clone of new namespaces, keyctl, add_key, bpf and
+	// the kernel-module calls (as the capability set lacks CAP_SYS_ADMIN),
+	// and allows what Docker allows.
+	SeccompUnconfined bool
+
 	// ReadonlyRootfs makes "/" read-only in the container (for
 	// containers; builds use false).
 	ReadonlyRootfs bool
@@ -88,12 +97,24 @@ type Meta struct {
 
 // Mount is an extra mount in the container.
 type Mount struct {
-	// Type is "bind" or "tmpfs".
+	// Type is "bind", "tmpfs" or "file".
+	//
+	// "file" is a read-only file whose content is Data, owned by UID:GID
+	// with mode Mode (0 means 0400), as BuildKit mounts a secret: it is
+	// written into the run's bundle, which only root can enter, and is
+	// gone with the bundle when Run returns, however it returns (or, after
+	// lbuild was killed, at the next Cleanup). No other copy is made.
 	Type string
 
 	// Source is the host path for "bind" (a file or a directory); it is
-	// ignored for "tmpfs".
+	// ignored for "tmpfs" and must be empty for "file".
 	Source string
+
+	// Data, Mode, UID and GID are the content, permission bits and owner
+	// of a "file" mount; they must be zero for other types.
+	Data     []byte
+	Mode     os.FileMode
+	UID, GID uint32
 
 	// Destination is the absolute path in the container. A missing
 	// destination is created (as a file for a file source, else as a
@@ -102,7 +123,8 @@ type Mount struct {
 
 	// Options are mount(8)-style options, e.g. "ro", "rbind",
 	// "mode=0755", "size=64m". For "bind", "rbind" is added unless
-	// "bind" or "rbind" is present.
+	// "bind" or "rbind" is present. A "file" mount is always "ro",
+	// "nosuid", "nodev", "noexec"; its Options are ignored.
 	Options []string
 }
 

@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -156,7 +157,7 @@ func (r *Runc) Run(ctx context.Context, rootfs string, meta Meta) (retErr error)
 	}
 	defer unlock()
 	bundle := filepath.Join(r.bundles, id)
-	if err := os.Mkdir(bundle, 0o711); err != nil {
+	if err := os.Mkdir(bundle, bundleMode); err != nil {
 		return fmt.Errorf("creating bundle: %w", err)
 	}
 	defer func() {
@@ -288,8 +289,17 @@ func notExist(out []byte) bool {
 	return strings.Contains(s, "does not exist") || strings.Contains(s, "no such file")
 }
 
-// writeBundle writes config.json, the generated /etc files and the stub
-// record (for Cleanup) into bundle.
+// bundleMode is the mode of a bundle directory. Its config.json holds the
+// process's environment, RUN secrets passed as variables included: only
+// root may enter it. The runtime bind-mounts the /etc files as root, so
+// the container's user needs no access to the bundle itself.
+const bundleMode = 0o700
+
+// writeBundle writes config.json, the generated /etc files, the content of
+// "file" mounts and the stub record (for Cleanup) into bundle. config.json
+// and the stub record are mode 0600; the /etc files 0644, as the
+// container's user reads them through their bind mounts; file mounts have
+// their own owner and mode.
 func writeBundle(bundle, rootfs string, meta *Meta, nofile uint64, stubs *stubSet) error {
 	resolv, err := os.ReadFile("/etc/resolv.conf")
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -300,7 +310,11 @@ func writeBundle(bundle, rootfs string, meta *Meta, nofile uint64, stubs *stubSe
 		"hosts":       []byte(hostsFile(meta.Hostname)),
 		"hostname":    []byte(meta.Hostname + "\n"),
 	}
-	spec, err := json.MarshalIndent(generateSpec(rootfs, bundle, meta, nofile), "", "\t")
+	sp, err := generateSpec(rootfs, bundle, meta, nofile)
+	if err != nil {
+		return err
+	}
+	spec, err := json.MarshalIndent(sp, "", "\t")
 	if err != nil {
 		return err
 	}
@@ -311,11 +325,42 @@ func writeBundle(bundle, rootfs string, meta *Meta, nofile uint64, stubs *stubSe
 	}
 	files[stubsFile] = rec
 	for name, data := range files {
-		if err := os.WriteFile(filepath.Join(bundle, name), data, 0o644); err != nil {
+		mode := os.FileMode(0o600)
+		if slices.Contains(etcFiles, "/etc/"+name) {
+			mode = 0o644
+		}
+		if err := os.WriteFile(filepath.Join(bundle, name), data, mode); err != nil {
 			return fmt.Errorf("writing bundle: %w", err)
 		}
 	}
+	for i, m := range meta.Mounts {
+		if m.Type == "file" {
+			if err := writeFileMount(filepath.Join(bundle, fileMountName(i)), m); err != nil {
+				return fmt.Errorf("file mount on %s: %w", m.Destination, err)
+			}
+		}
+	}
 	return nil
+}
+
+// writeFileMount writes the content of file mount m (normalized) to p,
+// giving it m's owner and mode only once it is complete.
+func writeFileMount(p string, m Mount) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(m.Data)
+	if err == nil {
+		err = f.Chown(int(m.UID), int(m.GID))
+	}
+	if err == nil {
+		err = f.Chmod(m.Mode)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
 }
 
 // stubsFile is the bundle file recording the rootfs stubs to remove.

@@ -2,6 +2,7 @@ package runc
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
 	"path"
 	"slices"
@@ -9,6 +10,7 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/moby/profiles/seccomp"
 	specs "github.com/opencontainers/runtime-spec/specs-go"
 	"golang.org/x/sys/unix"
 )
@@ -114,8 +116,21 @@ func normalizeMeta(meta *Meta) error {
 			if m.Source == "" {
 				m.Source = "tmpfs"
 			}
+		case "file":
+			if m.Source != "" {
+				return fmt.Errorf("file mount on %s has a source: a file mount's content is its Data", m.Destination)
+			}
+			if m.Mode&^fs.ModePerm != 0 {
+				return fmt.Errorf("file mount on %s: mode %v has more than permission bits", m.Destination, m.Mode)
+			}
+			if m.Mode == 0 {
+				m.Mode = 0o400
+			}
 		default:
-			return fmt.Errorf("mount on %s: unknown type %q (want \"bind\" or \"tmpfs\")", m.Destination, m.Type)
+			return fmt.Errorf("mount on %s: unknown type %q (want \"bind\", \"tmpfs\" or \"file\")", m.Destination, m.Type)
+		}
+		if m.Type != "file" && (m.Data != nil || m.Mode != 0 || m.UID != 0 || m.GID != 0) {
+			return fmt.Errorf("%s mount on %s: data, mode and owner are for file mounts only", m.Type, m.Destination)
 		}
 		mounts[i] = m
 	}
@@ -126,7 +141,12 @@ func normalizeMeta(meta *Meta) error {
 // generateSpec returns the runtime spec for meta (normalized) running in
 // rootfs (absolute), with the /etc files taken from bundle.
 // nofile is the RLIMIT_NOFILE (soft and hard) of the process.
-func generateSpec(rootfs, bundle string, meta *Meta, nofile uint64) *specs.Spec {
+//
+// The process gets Docker's defaults: its capability set (defaultCaps) and
+// its seccomp profile (moby/profiles/seccomp, filtered for this kernel,
+// architecture and capability set as dockerd does), unless
+// meta.SeccompUnconfined.
+func generateSpec(rootfs, bundle string, meta *Meta, nofile uint64) (*specs.Spec, error) {
 	caps := slices.Clone(defaultCaps)
 	s := &specs.Spec{
 		Version: ociVersion,
@@ -201,7 +221,16 @@ func generateSpec(rootfs, bundle string, meta *Meta, nofile uint64) *specs.Spec 
 			Options:     []string{"rbind", "ro", "nosuid", "nodev", "noexec"},
 		})
 	}
-	for _, m := range meta.Mounts {
+	for i, m := range meta.Mounts {
+		if m.Type == "file" {
+			s.Mounts = append(s.Mounts, specs.Mount{
+				Destination: m.Destination,
+				Type:        "bind",
+				Source:      path.Join(bundle, fileMountName(i)),
+				Options:     []string{"rbind", "ro", "nosuid", "nodev", "noexec"},
+			})
+			continue
+		}
 		s.Mounts = append(s.Mounts, specs.Mount{
 			Destination: m.Destination,
 			Type:        m.Type,
@@ -209,8 +238,20 @@ func generateSpec(rootfs, bundle string, meta *Meta, nofile uint64) *specs.Spec 
 			Options:     slices.Clone(m.Options),
 		})
 	}
-	return s
+	if !meta.SeccompUnconfined {
+		// The profile depends on s's bounding capabilities: set them first.
+		sc, err := seccomp.GetDefaultProfile(s)
+		if err != nil {
+			return nil, fmt.Errorf("seccomp profile: %w", err)
+		}
+		s.Linux.Seccomp = sc
+	}
+	return s, nil
 }
+
+// fileMountName is the bundle file holding the content of meta.Mounts[i],
+// a "file" mount.
+func fileMountName(i int) string { return "mount-" + strconv.Itoa(i) }
 
 // wantNofile is the RLIMIT_NOFILE given to processes (Docker's default).
 const wantNofile = 1048576
