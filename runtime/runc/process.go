@@ -59,9 +59,8 @@ type Meta struct {
 	// "lbuild".
 	Hostname string
 
-	// Network is "host" (or ""): share the host's network namespace; or
-	// "none": a new network namespace holding only a loopback device
-	// (which the runtime does not bring up). Other values are an error.
+	// Network is NetworkPrivate (or ""), NetworkHost or NetworkNone.
+	// Other values are an error.
 	Network string
 
 	// Mounts are extra mounts (cache dirs, bind mounts, tmpfs, secrets),
@@ -85,6 +84,21 @@ type Meta struct {
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
 }
+
+// Network modes (Meta.Network).
+const (
+	// NetworkPrivate is a network namespace of the container's own with
+	// outbound access through slirp4netns (see startNet): its loopback is
+	// up and its own, the host's loopback services are out of reach, and
+	// /etc/resolv.conf names a resolver reachable from inside. Docker's
+	// default bridge network, without inbound ports.
+	NetworkPrivate = "private"
+	// NetworkHost shares the host's network namespace, loopback included.
+	NetworkHost = "host"
+	// NetworkNone is a new network namespace holding only a loopback
+	// device (which the runtime does not bring up).
+	NetworkNone = "none"
+)
 
 // Mount is an extra mount in the container.
 type Mount struct {
