@@ -100,6 +100,20 @@ const (
 	NetworkNone = "none"
 )
 
+// ParseNetwork returns the network mode a user's spelling names: "",
+// "default" (BuildKit's name for the sandboxed default) and "private" are
+// NetworkPrivate; "host" and "none" are themselves. Anything else is an
+// error saying what to use.
+func ParseNetwork(s string) (string, error) {
+	switch s {
+	case "", "default", NetworkPrivate:
+		return NetworkPrivate, nil
+	case NetworkHost, NetworkNone:
+		return s, nil
+	}
+	return "", fmt.Errorf("unknown network %q: use default, host or none", s)
+}
+
 // Mount is an extra mount in the container.
 type Mount struct {
 	// Type is "bind" or "tmpfs".
