@@ -738,10 +738,10 @@ func TestCleanup(t *testing.T) {
 func TestRunConcurrent(t *testing.T) {
 	r := newRunc(t)
 	var wg sync.WaitGroup
-	for i := range 4 {
+	for i := range 6 {
 		rootfs := newRootfs(t)
 		wg.Go(func() {
-			out := mustRun(t, r, rootfs, Meta{Args: sh(fmt.Sprintf("echo %d; sleep 0.2", i)), Network: []string{"host", "none"}[i%2]})
+			out := mustRun(t, r, rootfs, Meta{Args: sh(fmt.Sprintf("echo %d; sleep 0.2", i)), Network: []string{"private", "host", "none"}[i%3]})
 			if out != fmt.Sprintf("%d\n", i) {
 				t.Errorf("run %d: %q", i, out)
 			}
