@@ -15,6 +15,7 @@ import (
 	"github.com/moby/buildkit/frontend/dockerfile/shell"
 	"github.com/sirupsen/logrus"
 
+	"github.com/lbuild/lbuild/builder/executor"
 	"github.com/lbuild/lbuild/builder/progress"
 	"github.com/lbuild/lbuild/cache"
 	"github.com/lbuild/lbuild/internal/imagecfg"
@@ -35,7 +36,7 @@ type Options struct {
 	BuildArgs  map[string]string // --build-arg values
 	Target     string            // stage to build; "" = the last
 	NoCache    bool              // skip cache lookups (results are still recorded)
-	Network    string            // default network for RUN: "host" (default) or "none"
+	Network    string            // default network for RUN: "" or "default" (own namespace, outbound only), "host" or "none"
 	Secrets    map[string]string // RUN --mount=type=secret sources: id -> host file
 	Runtime    string            // OCI runtime for RUN; "" = runc from PATH
 	Progress   progress.Writer   // nil = discard
@@ -169,8 +170,8 @@ func newBuild(r *system.Root, opts Options) (*build, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	if opts.Network == "" {
-		opts.Network = "host"
+	if opts.Network, err = executor.ParseNetwork(opts.Network); err != nil {
+		return nil, fmt.Errorf("--network: %w", err)
 	}
 	b := &build{
 		root: r, opts: opts, df: df, lex: df.Lex(), ignore: ig, ctxDir: ctxDir, files: files,

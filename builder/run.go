@@ -96,12 +96,14 @@ func (b *build) dispatchRun(ctx context.Context, st *stageState, c *instructions
 		return err
 	}
 	network := b.opts.Network
+	// "default" is the build's network (private unless --network says
+	// otherwise), as in BuildKit.
 	switch n := instructions.GetNetwork(c); n {
 	case "", "default":
-	case "none", "host":
+	case executor.NetworkNone, executor.NetworkHost:
 		network = n
 	default:
-		return fmt.Errorf("RUN --network=%s is not supported: use none or host", n)
+		return fmt.Errorf("RUN --network=%s is not supported: use default, none or host", n)
 	}
 	// BuildKit runs such a step privileged, and only when the build allows
 	// the security.insecure entitlement; lbuild has no privileged steps.

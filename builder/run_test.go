@@ -4,10 +4,13 @@ import (
 	"archive/tar"
 	"context"
 	"errors"
+	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -203,12 +206,96 @@ func TestRunNetworkNone(t *testing.T) {
 	if e, _ := find(layerEntries(t, r, res.Steps[1].DiffID), "none.txt"); e.body != "lo\n" {
 		t.Errorf("--network=none sees %q", e.body)
 	}
-	if e, _ := find(layerEntries(t, r, res.Steps[2].DiffID), "host.txt"); !strings.Contains(e.body, "lo") {
-		t.Errorf("host network sees %q", e.body)
+	if e, _ := find(layerEntries(t, r, res.Steps[2].DiffID), "host.txt"); e.body != "lo\ntap0\n" {
+		t.Errorf("default network sees %q", e.body)
 	}
 	res, _ = mustBuild(t, r, dir, "FROM local/busybox\nRUN ls /sys/class/net > /net.txt\n", func(o *Options) { o.Network = "none" })
 	if e, _ := find(layerEntries(t, r, res.Steps[1].DiffID), "net.txt"); e.body != "lo\n" {
 		t.Errorf("--network none for the build sees %q", e.body)
+	}
+}
+
+// hostService listens on the host's 127.0.0.1, as a database or a cloud
+// metadata proxy would, and greets each connection; it returns its port
+// and the number of connections accepted so far.
+func hostService(t *testing.T) (int, func() int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var n atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n.Add(1)
+			c.Write([]byte("secret-from-host\n"))
+			c.Close()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port, n.Load
+}
+
+// A RUN on the default network cannot reach services on the host's
+// loopback (as 127.0.0.1 or as the user-mode gateway); RUN --network=host
+// and a build with --network host can.
+func TestRunDefaultNetworkNoHostLoopback(t *testing.T) {
+	needRunc(t)
+	r := openRoot(t)
+	withBusybox(t, r)
+	dir := t.TempDir()
+	port, accepted := hostService(t)
+	try := fmt.Sprintf("(nc 127.0.0.1 %[1]d; nc 10.0.2.2 %[1]d) </dev/null", port)
+	res, out := mustBuild(t, r, dir, "FROM local/busybox\n"+
+		"RUN "+try+" > /default.txt 2>&1; true\n"+
+		"RUN --network=default "+try+" > /default2.txt 2>&1; true\n"+
+		"RUN --network=host "+try+" > /host.txt 2>&1; true\n")
+	for i, name := range []string{"default.txt", "default2.txt", "host.txt"} {
+		e, ok := find(layerEntries(t, r, res.Steps[i+1].DiffID), name)
+		if reached := strings.Contains(e.body, "secret-from-host"); !ok || reached != (name == "host.txt") {
+			t.Errorf("%s: %q\n%s", name, e.body, out)
+		}
+	}
+	if n := accepted(); n != 1 {
+		t.Errorf("the host's service accepted %d connections, want 1 (from RUN --network=host)", n)
+	}
+	res, _ = mustBuild(t, r, dir, "FROM local/busybox\nRUN "+try+" > /build-host.txt 2>&1; true\n",
+		func(o *Options) { o.Network = "host" })
+	if e, _ := find(layerEntries(t, r, res.Steps[1].DiffID), "build-host.txt"); !strings.Contains(e.body, "secret-from-host") {
+		t.Errorf("build --network host: %q", e.body)
+	}
+	if _, _, err := tryBuild(r, dir, "FROM local/busybox\nRUN true\n", func(o *Options) { o.Network = "bridge" }); err == nil ||
+		!strings.Contains(err.Error(), `unknown network "bridge": use default, host or none`) {
+		t.Errorf("--network bridge: %v", err)
+	}
+	// The parser knows BuildKit's modes only (default, none, host).
+	if _, _, err := tryBuild(r, dir, "FROM local/busybox\nRUN --network=bridge true\n"); err == nil ||
+		!strings.Contains(err.Error(), `"bridge"`) {
+		t.Errorf("RUN --network=bridge: %v", err)
+	}
+}
+
+// A RUN on the default network reaches the Debian mirror by name, as
+// apt-get would: DNS from the generated resolv.conf, then HTTP.
+func TestRunDefaultNetworkOutbound(t *testing.T) {
+	needRunc(t)
+	const mirror = "deb.debian.org" // apt's mirror: the one outside host tests may reach
+	c, err := net.DialTimeout("tcp", mirror+":80", 10*time.Second)
+	if err != nil {
+		t.Skipf("the Debian mirror %s:80 is unreachable from the host too: %v", mirror, err)
+	}
+	c.Close()
+	r := openRoot(t)
+	withBusybox(t, r)
+	res, out := mustBuild(t, r, t.TempDir(), "FROM local/busybox\n"+
+		"RUN wget -q -O /Release http://"+mirror+"/debian/dists/bookworm/Release\n")
+	e, _ := find(layerEntries(t, r, res.Steps[1].DiffID), "Release")
+	if !strings.Contains(e.body, "Origin: Debian\n") {
+		t.Errorf("Release: %.200q\n%s", e.body, out)
 	}
 }
 

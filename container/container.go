@@ -169,7 +169,8 @@ type Options struct {
 	Env []string
 	// Workdir and User replace the image's WORKDIR and USER.
 	Workdir, User string
-	// Network is "host" (default) or "none".
+	// Network is "" or "default" (the container's own network namespace,
+	// outbound only, through slirp4netns), "host" or "none".
 	Network string
 	// Binds are HOST:CONTAINER[:ro|:rw] bind mounts.
 	Binds []string
@@ -245,13 +246,9 @@ func (r *Manager) Create(ctx context.Context, opts Options) (_ *Container, retEr
 	if len(args) == 0 {
 		return nil, fmt.Errorf("image %s has no CMD or ENTRYPOINT: give a command", opts.Image)
 	}
-	network := opts.Network
-	switch network {
-	case "":
-		network = "host"
-	case "host", "none":
-	default:
-		return nil, fmt.Errorf("unknown network %q: use host or none", network)
+	network, err := runc.ParseNetwork(opts.Network)
+	if err != nil {
+		return nil, err
 	}
 	mounts, err := parseBinds(opts.Binds)
 	if err != nil {

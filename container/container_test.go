@@ -5,10 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -352,5 +354,57 @@ func TestReapUnfinishedContainers(t *testing.T) {
 	}
 	if err := r2.Snaps.Remove(ctx, "ctr-inprogress"); err != nil {
 		t.Errorf("the in-progress creation's snapshot was reaped: %v", err)
+	}
+}
+
+// A container on the default network has its own network namespace: it
+// cannot reach a service on the host's loopback; --network host can.
+func TestContainerNetwork(t *testing.T) {
+	needRunc(t)
+	r := openRoot(t)
+	withBusybox(t, r)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var accepted atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			c.Write([]byte("secret-from-host\n"))
+			c.Close()
+		}
+	}()
+	try := fmt.Sprintf("ip -o link | cut -d: -f2 | tr -d '\\n '; echo; nc 127.0.0.1 %[1]d </dev/null 2>&1; nc 10.0.2.2 %[1]d </dev/null 2>&1; true",
+		ln.Addr().(*net.TCPAddr).Port)
+	c := create(t, r, Options{Image: "local/busybox", Cmd: []string{"sh", "-c", try}})
+	if c.Network != "private" {
+		t.Errorf("default network recorded as %q", c.Network)
+	}
+	var out bytes.Buffer
+	code, err := r.Run(context.Background(), c.ID, Stdio{Stdout: &out, Stderr: &out})
+	if err != nil || code != 0 {
+		t.Fatalf("run: %d %v\n%s", code, err, out.String())
+	}
+	if got := out.String(); !strings.HasPrefix(got, "lotap0\n") || strings.Contains(got, "secret-from-host") {
+		t.Errorf("default network: %q", got)
+	}
+	if n := accepted.Load(); n != 0 {
+		t.Fatalf("the host's service accepted %d connections from the default network", n)
+	}
+	ch := create(t, r, Options{Image: "local/busybox", Cmd: []string{"sh", "-c", try}, Network: "host"})
+	out.Reset()
+	if code, err := r.Run(context.Background(), ch.ID, Stdio{Stdout: &out, Stderr: &out}); err != nil || code != 0 ||
+		!strings.Contains(out.String(), "secret-from-host") {
+		t.Errorf("host network: %d %v %q", code, err, out.String())
+	}
+	if _, err := r.Create(context.Background(), Options{Image: "local/busybox", Network: "bridge"}); err == nil ||
+		!strings.Contains(err.Error(), `unknown network "bridge": use default, host or none`) {
+		t.Errorf("network bridge: %v", err)
 	}
 }

@@ -6,8 +6,10 @@
 #   busybox-static  the offline base image for tests and examples
 #   docker-registry a real registry for the transfer tests
 #   curl            the demo fetches pages from containers
+#   slirp4netns     outbound network for RUN steps and containers in their
+#                   own network namespace (the default, without host loopback)
 set -euo pipefail
-pkgs=(runc skopeo umoci busybox-static docker-registry curl iproute2)
+pkgs=(runc skopeo umoci busybox-static docker-registry curl iproute2 slirp4netns)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -26,6 +26,17 @@ type ExitError = runc.ExitError
 // ErrRuntimeNotFound is wrapped by New when the runtime binary is missing.
 var ErrRuntimeNotFound = runc.ErrRuntimeNotFound
 
+// Network modes (see runc.NetworkPrivate).
+const (
+	NetworkPrivate = runc.NetworkPrivate
+	NetworkHost    = runc.NetworkHost
+	NetworkNone    = runc.NetworkNone
+)
+
+// ParseNetwork returns the network mode a user's spelling names ("",
+// "default", "host", "none"; see runc.ParseNetwork).
+func ParseNetwork(s string) (string, error) { return runc.ParseNetwork(s) }
+
 // Executor runs one process in a container.
 type Executor interface {
 	// Run runs meta.Args in rootfs and waits for it to exit: nil for exit

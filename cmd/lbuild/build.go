@@ -43,7 +43,7 @@ func (f *buildFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.target, "target", "", "stage to build (default: the last)")
 	fl.BoolVar(&f.noCache, "no-cache", false, "do not use the cache")
 	fl.StringVar(&f.progress, "progress", "auto", "progress output: auto, plain or tty")
-	fl.StringVar(&f.network, "network", "host", "network for RUN steps: host or none")
+	fl.StringVar(&f.network, "network", "default", "network for RUN steps: default (own namespace, outbound through slirp4netns, no host loopback), host or none")
 	fl.StringArrayVar(&f.secrets, "secret", nil, "secret for RUN --mount=type=secret: id=ID,src=PATH; repeatable")
 	fl.StringVar(&f.runtime, "runtime", "", "OCI runtime for RUN (default: runc)")
 	fl.BoolVarP(&f.quiet, "quiet", "q", false, "print only the image ID")
@@ -93,8 +93,8 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 			}
 		}
 	}
-	if f.network != "host" && f.network != "none" {
-		return fmt.Errorf("--network=%s: use host or none", f.network)
+	if f.network != "default" && f.network != "host" && f.network != "none" {
+		return fmt.Errorf("--network=%s: use default, host or none", f.network)
 	}
 	for _, a := range f.buildArgs {
 		k, v, ok := strings.Cut(a, "=")

@@ -164,6 +164,8 @@ func TestCLIErrors(t *testing.T) {
 		{"no such image", []string{"history", "nope:1"}, "not found"},
 		{"unwritable root", []string{"--root", filepath.Join(file, "x"), "images"}, "not writable"},
 		{"bad progress", []string{"build", "--progress=fancy", dir}, "unknown progress mode"},
+		{"bad build network", []string{"build", "--network=bridge", dir}, "--network=bridge: use default, host or none"},
+		{"bad run network", []string{"run", "--network=bridge", "ok:1", "true"}, `unknown network "bridge": use default, host or none`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, stderr, code := run(t, root, tc.args...)

@@ -78,7 +78,7 @@ exit; lbuild prints the container ID.`,
 	f.StringArrayVarP(&opts.Env, "env", "e", nil, "set KEY=VALUE (KEY alone takes it from the environment); repeatable")
 	f.StringVarP(&opts.Workdir, "workdir", "w", "", "working directory in the container")
 	f.StringVarP(&opts.User, "user", "u", "", "user[:group] (names or numeric ids)")
-	f.StringVar(&opts.Network, "network", "host", "network: host or none")
+	f.StringVar(&opts.Network, "network", "default", "network: default (own namespace, outbound through slirp4netns, no host loopback), host or none")
 	f.StringArrayVarP(&opts.Binds, "volume", "v", nil, "bind mount HOST:CONTAINER[:ro]; repeatable")
 	f.StringVar(&opts.Runtime, "runtime", "", "OCI runtime (default: runc)")
 	f.StringArrayVar(&opts.SecurityOpts, "security-opt", nil,

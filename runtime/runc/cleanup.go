@@ -123,9 +123,9 @@ func (r *Runc) runAlive(id string, o owner) bool {
 }
 
 // Cleanup kills and deletes the runtime containers, and removes the
-// bundles, left in the state dir by lbuild processes that died (their IDs
-// embed the owner's pid and start time, so a reused pid is not mistaken for
-// the owner). Where a dead run's rootfs still exists, the mount stubs that
+// bundles (unmounting their network namespaces), left in the state dir by
+// lbuild processes that died (their IDs embed the owner's pid and start
+// time, so a reused pid is not mistaken for the owner). Where a dead run's rootfs still exists, the mount stubs that
 // run recorded are removed from it as Run would have. Runs of live
 // processes, this one included, are left alone, so Cleanup may run at any
 // time. IDs not made by lbuild are ignored.
@@ -176,6 +176,11 @@ func (r *Runc) Cleanup(ctx context.Context) error {
 					}
 				}
 			}
+		}
+		// The dead run's slirp4netns exited with it (its exit pipe
+		// closed); its network namespace is still mounted.
+		if err := unmountNetns(bundle); err != nil {
+			errs = append(errs, err)
 		}
 		if err := os.RemoveAll(bundle); err != nil {
 			errs = append(errs, err)

@@ -35,7 +35,9 @@ type ContainerRuntime interface {
 	Create(id, rootfs string, meta Meta) error
 	// Start starts the container's process with "runc run", attached:
 	// the returned Proc's Wait reports its exit. stdin nil means
-	// /dev/null; *os.File values are passed straight through.
+	// /dev/null; *os.File values are passed straight through. On the
+	// private network, the network lives from Start until the process
+	// exits, served by the process that called Start.
 	Start(id string, stdin io.Reader, stdout, stderr io.Writer) (*Proc, error)
 	// State returns the runtime state of container id; ErrNoContainer
 	// (wrapped) if the runtime does not know it.
@@ -113,6 +115,7 @@ const metaFile = "lbuild-meta.json"
 // Proc is a container process started by Start.
 type Proc struct {
 	cmd  *exec.Cmd
+	net  *userNet // the private network, torn down after cmd exits
 	log  string
 	rt   string
 	done chan struct{}
@@ -125,6 +128,23 @@ func (r *Runc) Start(id string, stdin io.Reader, stdout, stderr io.Writer) (*Pro
 	if _, err := os.Stat(filepath.Join(bundle, "config.json")); err != nil {
 		return nil, fmt.Errorf("container %s has no bundle: %w", id, err)
 	}
+	var meta Meta
+	if b, err := os.ReadFile(filepath.Join(bundle, metaFile)); err != nil {
+		return nil, fmt.Errorf("container %s: %w", id, err)
+	} else if err := json.Unmarshal(b, &meta); err != nil {
+		return nil, fmt.Errorf("container %s: reading bundle: %w", id, err)
+	}
+	var un *userNet
+	if meta.Network == NetworkPrivate {
+		// A namespace left by an earlier start whose owner died.
+		if err := unmountNetns(bundle); err != nil {
+			return nil, err
+		}
+		var err error
+		if un, err = startNet(context.Background(), bundle); err != nil {
+			return nil, fmt.Errorf("private network: %w", err)
+		}
+	}
 	logPath := filepath.Join(bundle, "runc.log")
 	os.Remove(logPath)
 	cmd := exec.Command(r.runtime, "--root", r.root, "--log", logPath, "--log-format", "json",
@@ -135,9 +155,12 @@ func (r *Runc) Start(id string, stdin io.Reader, stdout, stderr io.Writer) (*Pro
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.WaitDelay = 2 * time.Second
 	if err := cmd.Start(); err != nil {
+		if un != nil {
+			un.close(true)
+		}
 		return nil, fmt.Errorf("starting %s: %w", r.runtime, err)
 	}
-	p := &Proc{cmd: cmd, log: logPath, rt: filepath.Base(r.runtime), done: make(chan struct{})}
+	p := &Proc{cmd: cmd, net: un, log: logPath, rt: filepath.Base(r.runtime), done: make(chan struct{})}
 	go func() {
 		p.code, p.err = p.wait()
 		close(p.done)
@@ -147,6 +170,12 @@ func (r *Runc) Start(id string, stdin io.Reader, stdout, stderr io.Writer) (*Pro
 
 func (p *Proc) wait() (int, error) {
 	err := p.cmd.Wait()
+	if p.net != nil {
+		// The container is gone with its init (its pid namespace).
+		if nerr := p.net.close(true); nerr != nil && err == nil {
+			return 0, nerr
+		}
+	}
 	if err == nil {
 		return 0, nil
 	}
@@ -282,6 +311,9 @@ func (r *Runc) Exec(ctx context.Context, id string, meta Meta) error {
 func (r *Runc) Delete(ctx context.Context, id string) error {
 	_, _ = r.runtimeCmd(ctx, "kill", "--all", ContainerID(id), "KILL")
 	if err := r.delete(ctx, ContainerID(id)); err != nil {
+		return err
+	}
+	if err := unmountNetns(r.ctrBundle(id)); err != nil {
 		return err
 	}
 	if err := os.RemoveAll(r.ctrBundle(id)); err != nil {

@@ -52,6 +52,15 @@ func TestContainerLifecycle(t *testing.T) {
 	if eout.String() != "exec\n" {
 		t.Errorf("exec output %q", eout.String())
 	}
+	// The default private network: exec joins it, slirp4netns serves it.
+	eout.Reset()
+	if err := r.Exec(ctx, id, Meta{Args: []string{"ip", "-o", "link"}, Env: []string{"PATH=/bin"}, Stdout: &eout}); err != nil ||
+		!strings.Contains(eout.String(), "tap0") {
+		t.Errorf("exec ip link: %v %q", err, eout.String())
+	}
+	if n := len(slirpProcs(r.bundles)); n != 1 {
+		t.Errorf("%d slirp4netns processes while the container runs, want 1", n)
+	}
 	if err := r.Signal(ctx, id, syscall.SIGTERM, false); err != nil {
 		t.Fatal(err)
 	}
@@ -62,6 +71,11 @@ func TestContainerLifecycle(t *testing.T) {
 	if got := out.String(); !strings.Contains(got, "up\n") || !strings.Contains(got, "bye\n") {
 		t.Errorf("output %q", got)
 	}
+	// The network went with the process.
+	if pids := slirpProcs(r.bundles); len(pids) != 0 {
+		t.Errorf("slirp4netns left after exit: %v", pids)
+	}
+	checkNoMounts(t, r.bundles)
 	if err := r.Delete(ctx, id); err != nil {
 		t.Fatal(err)
 	}

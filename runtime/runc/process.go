@@ -60,9 +60,8 @@ type Meta struct {
 	// "lbuild".
 	Hostname string
 
-	// Network is "host" (or ""): share the host's network namespace; or
-	// "none": a new network namespace holding only a loopback device
-	// (which the runtime does not bring up). Other values are an error.
+	// Network is NetworkPrivate (or ""), NetworkHost or NetworkNone.
+	// Other values are an error.
 	Network string
 
 	// Mounts are extra mounts (cache dirs, bind mounts, tmpfs, secrets),
@@ -93,6 +92,35 @@ type Meta struct {
 	// The runtime writes its own error messages to Stderr as well.
 	Stdin          io.Reader
 	Stdout, Stderr io.Writer
+}
+
+// Network modes (Meta.Network).
+const (
+	// NetworkPrivate is a network namespace of the container's own with
+	// outbound access through slirp4netns (see startNet): its loopback is
+	// up and its own, the host's loopback services are out of reach, and
+	// /etc/resolv.conf names a resolver reachable from inside. Docker's
+	// default bridge network, without inbound ports.
+	NetworkPrivate = "private"
+	// NetworkHost shares the host's network namespace, loopback included.
+	NetworkHost = "host"
+	// NetworkNone is a new network namespace holding only a loopback
+	// device (which the runtime does not bring up).
+	NetworkNone = "none"
+)
+
+// ParseNetwork returns the network mode a user's spelling names: "",
+// "default" (BuildKit's name for the sandboxed default) and "private" are
+// NetworkPrivate; "host" and "none" are themselves. Anything else is an
+// error saying what to use.
+func ParseNetwork(s string) (string, error) {
+	switch s {
+	case "", "default", NetworkPrivate:
+		return NetworkPrivate, nil
+	case NetworkHost, NetworkNone:
+		return s, nil
+	}
+	return "", fmt.Errorf("unknown network %q: use default, host or none", s)
 }
 
 // Mount is an extra mount in the container.

@@ -137,7 +137,10 @@ func checkRun(rootfs string, meta *Meta) (string, error) {
 // Run is safe for concurrent use on different rootfs directories.
 //
 // It uses "runc run" in the foreground, the process's stdio passed
-// straight through to it.
+// straight through to it. On the private network (the default), the
+// network namespace and its slirp4netns are made before and removed
+// after: when Run returns, the namespace is unmounted and slirp4netns
+// killed, though it may still be exiting (this process reaps it).
 func (r *Runc) Run(ctx context.Context, rootfs string, meta Meta) (retErr error) {
 	rootfs, err := checkRun(rootfs, &meta)
 	if err != nil {
@@ -187,6 +190,24 @@ func (r *Runc) Run(ctx context.Context, rootfs string, meta Meta) (retErr error)
 	if err := writeBundle(bundle, rootfs, &meta, r.nofile, stubs); err != nil {
 		return err
 	}
+	var un *userNet
+	if meta.Network == NetworkPrivate {
+		// Torn down after the runtime state is deleted, before the bundle.
+		un, err = startNet(ctx, bundle)
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("run %s: %w", meta.Args[0], ctx.Err())
+			}
+			return fmt.Errorf("private network: %w", err)
+		}
+		defer func() {
+			// A RUN step does not wait for slirp4netns to finish
+			// exiting: about half of the private network's cost.
+			if err := un.close(false); err != nil && retErr == nil {
+				retErr = err
+			}
+		}()
+	}
 
 	logPath := filepath.Join(bundle, "runc.log")
 	cmd := exec.Command(r.runtime, "--root", r.root, "--log", logPath, "--log-format", "json",
@@ -207,6 +228,11 @@ func (r *Runc) Run(ctx context.Context, rootfs string, meta Meta) (retErr error)
 			retErr = err
 		}
 	}()
+	if un != nil {
+		// First of all, so that slirp4netns exits while the runtime
+		// state is deleted.
+		defer un.kill()
+	}
 
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
@@ -304,6 +330,9 @@ func writeBundle(bundle, rootfs string, meta *Meta, nofile uint64, stubs *stubSe
 	resolv, err := os.ReadFile("/etc/resolv.conf")
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("reading host resolv.conf: %w", err)
+	}
+	if meta.Network == NetworkPrivate {
+		resolv = privateResolvConf(resolv)
 	}
 	files := map[string][]byte{
 		"resolv.conf": resolv,

@@ -1,18 +1,21 @@
 package runc
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -21,7 +24,7 @@ import (
 var testEnv = []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root"}
 
 var applets = []string{"sh", "ls", "cat", "echo", "id", "ip", "touch", "mkdir", "sleep",
-	"hostname", "ps", "wc", "grep", "true", "false", "head", "stat", "rm"}
+	"hostname", "ps", "wc", "grep", "true", "false", "head", "stat", "rm", "nc", "wget", "nslookup"}
 
 // newRunc returns a Runc with state in a temp dir, skipping the test if
 // runc is not installed or we are not root.
@@ -265,17 +268,112 @@ func TestRunNetwork(t *testing.T) {
 	if got := links("none"); !slices.Equal(got, []string{"lo"}) {
 		t.Errorf("none: links %v, want [lo]", got)
 	}
+	for _, n := range []string{"", NetworkPrivate} {
+		if got := links(n); !slices.Equal(got, []string{"lo", "tap0"}) {
+			t.Errorf("%q: links %v, want [lo tap0]", n, got)
+		}
+	}
 	hostOut, err := exec.Command("ip", "-o", "link").Output()
 	if err != nil {
 		t.Skip("no ip on the host")
 	}
 	hostN := len(strings.Split(strings.TrimSpace(string(hostOut)), "\n"))
-	for _, n := range []string{"host", ""} {
-		if got := links(n); len(got) != hostN {
-			t.Errorf("%q: links %v, host has %d", n, got, hostN)
-		}
+	if got := links("host"); len(got) != hostN {
+		t.Errorf("host: links %v, host has %d", got, hostN)
 	}
 	t.Logf("host has %d links", hostN)
+	if res := run(t, r, rootfs, Meta{Args: []string{"true"}, Network: "bridge"}); res.err == nil ||
+		!strings.Contains(res.err.Error(), `unknown network mode "bridge"`) {
+		t.Errorf("network bridge: %v", res.err)
+	}
+}
+
+// hostListener listens on the host's 127.0.0.1 and greets every
+// connection; it returns the port and the number of connections accepted
+// so far.
+func hostListener(t *testing.T) (int, func() int64) {
+	t.Helper()
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var n atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			n.Add(1)
+			c.Write([]byte("hello-from-host\n"))
+			c.Close()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr).Port, n.Load
+}
+
+// A service on the host's loopback is out of reach on the private network,
+// both as 127.0.0.1 (the container's own loopback) and as the gateway
+// 10.0.2.2; the host network reaches it.
+func TestRunPrivateNetworkNoHostLoopback(t *testing.T) {
+	r, rootfs := newRunc(t), newRootfs(t)
+	port, accepted := hostListener(t)
+	for _, n := range []string{"", NetworkPrivate} {
+		res := run(t, r, rootfs, Meta{Network: n, Args: sh(fmt.Sprintf(
+			"nc 127.0.0.1 %[1]d </dev/null; nc 10.0.2.2 %[1]d </dev/null; wget -q -O - http://10.0.2.2:%[1]d/; true", port))})
+		if res.err != nil {
+			t.Fatalf("%q: %v: %s", n, res.err, res.stderr)
+		}
+		if strings.Contains(res.stdout, "hello-from-host") {
+			t.Errorf("%q: reached the host's loopback: %q", n, res.stdout)
+		}
+		t.Logf("%q: %s", n, res.stderr)
+	}
+	if got := accepted(); got != 0 {
+		t.Fatalf("the host's listener accepted %d connections from the private network", got)
+	}
+	out := mustRun(t, r, rootfs, Meta{Network: NetworkHost, Args: sh(fmt.Sprintf("nc 127.0.0.1 %d </dev/null", port))})
+	if out != "hello-from-host\n" || accepted() != 1 {
+		t.Errorf("host network: %q, %d connections", out, accepted())
+	}
+}
+
+// debianMirror is the only outside host tests may reach (apt's mirror).
+const debianMirror = "deb.debian.org"
+
+// The private network reaches the outside world by name, as apt-get does:
+// an HTTP fetch of the Debian mirror's Release file, with the resolver of
+// the generated resolv.conf and with slirp4netns's DNS forwarder.
+func TestRunPrivateNetworkOutbound(t *testing.T) {
+	r, rootfs := newRunc(t), newRootfs(t)
+	c, err := net.DialTimeout("tcp", debianMirror+":80", 10*time.Second)
+	if err != nil {
+		t.Skipf("the Debian mirror %s:80 is unreachable from the host too: %v", debianMirror, err)
+	}
+	c.Close()
+	out := mustRun(t, r, rootfs, Meta{Args: sh(
+		"wget -q -O - http://" + debianMirror + "/debian/dists/bookworm/Release | head -n 3; " +
+			"nslookup " + debianMirror + " " + slirpDNS + " >/dev/null && echo forwarder-ok")})
+	if !strings.Contains(out, "Origin: Debian\n") || !strings.Contains(out, "forwarder-ok\n") {
+		t.Errorf("output %q", out)
+	}
+}
+
+func TestPrivateResolvConf(t *testing.T) {
+	for _, c := range []struct{ host, want string }{
+		{"nameserver 10.255.255.53\n", "nameserver 10.255.255.53\n"},
+		{"# systemd\nnameserver 127.0.0.53\noptions edns0 trust-ad\nsearch lan\n",
+			"# systemd\nnameserver 10.0.2.3\noptions edns0 trust-ad\nsearch lan\n"},
+		{"nameserver 127.0.0.1\nnameserver ::1\nnameserver 192.0.2.1", "nameserver 10.0.2.3\nnameserver 192.0.2.1\n"},
+		{"nameserver fe80::1%eth0\n", "nameserver fe80::1%eth0\n"},
+		{"search example.com\n", "search example.com\nnameserver 10.0.2.3\n"},
+		{"", "nameserver 10.0.2.3\n"},
+	} {
+		if got := string(privateResolvConf([]byte(c.host))); got != c.want {
+			t.Errorf("%q: got %q, want %q", c.host, got, c.want)
+		}
+	}
 }
 
 func TestRunEtcFiles(t *testing.T) {
@@ -523,6 +621,11 @@ func createContainer(t *testing.T, r *Runc, rootfs, id, marker string) {
 	if err := writeBundle(bundle, rootfs, &meta, r.nofile, stubs); err != nil {
 		t.Fatal(err)
 	}
+	// The private network's namespace, as Run mounts it (its slirp4netns
+	// is not needed: it dies with its lbuild anyway).
+	if err := newNetns(filepath.Join(bundle, netnsFile)); err != nil {
+		t.Fatal(err)
+	}
 	// The container inherits runc create's stdio: give it files, not
 	// pipes that would never close.
 	logPath := filepath.Join(t.TempDir(), "create.log")
@@ -571,6 +674,7 @@ func TestCleanup(t *testing.T) {
 	defer func() {
 		for _, id := range []string{ids["live"], "other-container"} {
 			_ = r.delete(context.Background(), id)
+			_ = unmountNetns(filepath.Join(r.bundles, id))
 			_ = os.RemoveAll(filepath.Join(r.bundles, id))
 		}
 	}()
@@ -622,15 +726,22 @@ func TestCleanup(t *testing.T) {
 		t.Errorf("%d sleep processes left", n)
 	}
 	checkNoMounts(t, rootfs)
+	// Only the live runs' network namespaces are still mounted.
+	for _, id := range want {
+		if err := unmountNetns(filepath.Join(r.bundles, id)); err != nil {
+			t.Error(err)
+		}
+	}
+	checkNoMounts(t, r.bundles)
 }
 
 func TestRunConcurrent(t *testing.T) {
 	r := newRunc(t)
 	var wg sync.WaitGroup
-	for i := range 4 {
+	for i := range 6 {
 		rootfs := newRootfs(t)
 		wg.Go(func() {
-			out := mustRun(t, r, rootfs, Meta{Args: sh(fmt.Sprintf("echo %d; sleep 0.2", i)), Network: []string{"host", "none"}[i%2]})
+			out := mustRun(t, r, rootfs, Meta{Args: sh(fmt.Sprintf("echo %d; sleep 0.2", i)), Network: []string{"private", "host", "none"}[i%3]})
 			if out != fmt.Sprintf("%d\n", i) {
 				t.Errorf("run %d: %q", i, out)
 			}
@@ -712,12 +823,18 @@ func TestResolveInRoot(t *testing.T) {
 	}
 }
 
+// BenchmarkRunTrue measures a RUN step on each network: private (the
+// default) pays for a network namespace and its slirp4netns.
 func BenchmarkRunTrue(b *testing.B) {
 	r, rootfs := newRunc(b), newRootfs(b)
-	for b.Loop() {
-		if err := r.Run(context.Background(), rootfs, Meta{Args: []string{"true"}, Env: testEnv}); err != nil {
-			b.Fatal(err)
-		}
+	for _, n := range []string{NetworkPrivate, NetworkHost, NetworkNone} {
+		b.Run(n, func(b *testing.B) {
+			for b.Loop() {
+				if err := r.Run(context.Background(), rootfs, Meta{Args: []string{"true"}, Env: testEnv, Network: n}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }
 
@@ -766,4 +883,109 @@ func TestCleanupHonoursRunLock(t *testing.T) {
 	if out, _ := r.runtimeCmd(context.Background(), "list", "--quiet"); strings.Contains(string(out), id) {
 		t.Error("Cleanup kept a run whose lock is free and whose owner is dead")
 	}
+}
+
+// TestHelperRunProcess is a lbuild process for TestRunPrivateNetworkCrash:
+// it runs a long RUN step on the private network until it is killed.
+func TestHelperRunProcess(t *testing.T) {
+	state, rootfs := os.Getenv("LBUILD_TEST_HELPER_STATE"), os.Getenv("LBUILD_TEST_HELPER_ROOTFS")
+	if state == "" {
+		t.Skip("helper process")
+	}
+	r, err := NewRunc("", state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = r.Run(context.Background(), rootfs, Meta{Args: sh("echo up; sleep " + os.Getenv("LBUILD_TEST_HELPER_MARKER")),
+		Env: testEnv, Stdout: os.Stdout, Stderr: os.Stderr})
+	t.Fatalf("run returned: %v", err)
+}
+
+// slirpProcs returns the pids of slirp4netns processes serving a network
+// namespace under dir.
+func slirpProcs(dir string) []int {
+	var pids []int
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		var pid int
+		if _, err := fmt.Sscan(e.Name(), &pid); err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(b), "\x00")
+		if filepath.Base(args[0]) == slirpBin && strings.Contains(string(b), dir+"/") {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// When lbuild dies during a RUN on the private network, its slirp4netns
+// exits with it, and Cleanup removes the container, the network
+// namespace's mount and the bundle.
+func TestRunPrivateNetworkCrash(t *testing.T) {
+	r, rootfs := newRunc(t), newRootfs(t)
+	state := filepath.Dir(r.root)
+	marker := fmt.Sprint(100000 + rand.IntN(900000))
+	helper := exec.Command(os.Args[0], "-test.run=^TestHelperRunProcess$", "-test.count=1")
+	helper.Env = append(os.Environ(), "LBUILD_TEST_HELPER_STATE="+state,
+		"LBUILD_TEST_HELPER_ROOTFS="+rootfs, "LBUILD_TEST_HELPER_MARKER="+marker)
+	stdout, err := helper.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := helper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer helper.Process.Kill()
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	if line != "up\n" {
+		t.Fatalf("helper: %q %v", line, err)
+	}
+	if n := len(slirpProcs(state)); n != 1 {
+		t.Fatalf("%d slirp4netns processes during the run, want 1", n)
+	}
+	helper.Process.Kill()
+	helper.Wait()
+	for deadline := time.Now().Add(10 * time.Second); len(slirpProcs(state)) > 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if pids := slirpProcs(state); len(pids) > 0 {
+		t.Errorf("slirp4netns outlived its lbuild: %v", pids)
+	}
+	if n := len(procsWithArg(marker)); n != 1 {
+		t.Fatalf("%d RUN processes after the crash, want 1", n)
+	}
+	if err := r.Cleanup(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(procsWithArg(marker)); n != 0 {
+		t.Errorf("%d RUN processes after Cleanup", n)
+	}
+	checkNoMounts(t, state)
+	if ents, _ := os.ReadDir(r.bundles); len(ents) != 0 {
+		t.Errorf("bundles left: %v", ents)
+	}
+}
+
+// Without slirp4netns the private network fails with what to do, leaving
+// nothing behind; the host network needs no helper.
+func TestRunPrivateNetworkWithoutSlirp(t *testing.T) {
+	r, rootfs := newRunc(t), newRootfs(t)
+	before := tree(t, rootfs)
+	t.Setenv("PATH", t.TempDir())
+	res := run(t, r, rootfs, Meta{Args: []string{"true"}})
+	if !errors.Is(res.err, ErrSlirpNotFound) || !strings.Contains(res.err.Error(), "apt-get install slirp4netns") {
+		t.Errorf("got %v, want ErrSlirpNotFound", res.err)
+	}
+	if after := tree(t, rootfs); !slices.Equal(before, after) {
+		t.Errorf("rootfs changed:\nbefore %v\nafter  %v", before, after)
+	}
+	if ents, _ := os.ReadDir(r.bundles); len(ents) != 0 {
+		t.Errorf("bundles left: %v", ents)
+	}
+	mustRun(t, r, rootfs, Meta{Args: []string{"true"}, Network: NetworkHost})
 }

@@ -92,10 +92,10 @@ func normalizeMeta(meta *Meta) error {
 	}
 	switch meta.Network {
 	case "":
-		meta.Network = "host"
-	case "host", "none":
+		meta.Network = NetworkPrivate
+	case NetworkPrivate, NetworkHost, NetworkNone:
 	default:
-		return fmt.Errorf("unknown network mode %q (want \"host\" or \"none\")", meta.Network)
+		return fmt.Errorf("unknown network mode %q (want %q, %q or %q)", meta.Network, NetworkPrivate, NetworkHost, NetworkNone)
 	}
 	mounts := make([]Mount, len(meta.Mounts))
 	for i, m := range meta.Mounts {
@@ -207,8 +207,13 @@ func generateSpec(rootfs, bundle string, meta *Meta, nofile uint64) (*specs.Spec
 			ReadonlyPaths: slices.Clone(readonlyPaths),
 		},
 	}
-	if meta.Network == "none" {
+	switch meta.Network {
+	case NetworkNone:
 		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{Type: specs.NetworkNamespace})
+	case NetworkPrivate:
+		// Made and mounted there by startNet before the runtime starts.
+		s.Linux.Namespaces = append(s.Linux.Namespaces, specs.LinuxNamespace{
+			Type: specs.NetworkNamespace, Path: path.Join(bundle, netnsFile)})
 	}
 	for _, dest := range etcFiles {
 		if slices.ContainsFunc(meta.Mounts, func(m Mount) bool { return m.Destination == dest }) {
