@@ -46,6 +46,9 @@ type Options struct {
 	Insecure []string
 	// Now returns the time recorded for steps built now; nil = time.Now.
 	Now func() time.Time
+	// Explain tells, for each step that misses the cache, why (in the
+	// progress, if it is a progress.Explainer, and in StepResult.Explain).
+	Explain bool
 }
 
 // Result is what a build made.
@@ -56,12 +59,16 @@ type Result struct {
 
 // StepResult tells what happened to one step.
 type StepResult struct {
+	ID      int // the step's number in the progress (#ID)
 	Stage   string
 	Text    string    // the instruction as shown
 	Key     cache.Key // its cache key
 	Cached  bool
 	DiffID  string // "" for a metadata step
 	ChainID string // top snapshot after the step ("" = empty filesystem)
+	// Explain says why the step missed the cache (Options.Explain; nil for
+	// a cached step).
+	Explain *Explanation
 }
 
 // Build runs the build described by opts against root.
@@ -96,6 +103,7 @@ func Build(ctx context.Context, r *system.Root, opts Options) (*Result, error) {
 		logrus.Warnf("save file-hash index: %v", err)
 	}
 	b.warnUnusedArgs()
+	b.saveLast()
 	return &Result{Image: img, Steps: b.steps}, nil
 }
 
@@ -115,6 +123,7 @@ type build struct {
 	usedArgs map[string]bool
 	stepNo   int
 	steps    []StepResult
+	xp       explainState
 
 	exec executorFactory
 }
@@ -160,6 +169,7 @@ func newBuild(r *system.Root, opts Options) (*build, error) {
 		root: r, opts: opts, df: df, lex: df.Lex(), ignore: ig, ctxDir: ctxDir, files: files,
 		prog: opts.Progress, stages: map[int]*stageState{}, building: map[int]bool{}, usedArgs: map[string]bool{},
 	}
+	b.openExplain()
 	// BuildKit's automatic platform ARGs: in scope for FROM lines, and in a
 	// stage once declared (ARG TARGETARCH).
 	target := opts.Platform
@@ -220,6 +230,7 @@ type stageState struct {
 	cmdSet  bool            // CMD set in this stage (ENTRYPOINT keeps it)
 	total   int             // steps in the stage, for [name i/n]
 	index   int             // steps done so far
+	note    stepNote        // the step being dispatched, for explanations
 }
 
 // expandEnv is the environment variables in a Dockerfile word see: the ARGs
@@ -315,6 +326,7 @@ func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) 
 	fromID := b.stepNo
 	b.prog.Start(fromID, st.label("FROM "+base))
 	var triggers []string
+	var fromImage string
 	text := "FROM " + base
 	switch {
 	case strings.EqualFold(base, "scratch"):
@@ -335,6 +347,7 @@ func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) 
 			st.layers = append([]v1.Descriptor(nil), img.Layers...)
 			st.chainID = system.ChainID(st.cfg.RootFS.DiffIDs)
 			st.key = cache.NewKey("", "FROM", img.ID.String())
+			fromImage = img.ID.String()
 		}
 		triggers = st.cfg.Config.OnBuild
 		st.cfg.Config.OnBuild = nil
@@ -350,7 +363,8 @@ func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) 
 	}
 	st.index = 1
 	b.prog.Done(fromID, nil)
-	b.steps = append(b.steps, StepResult{Stage: name, Text: text, Key: st.key, Cached: true, ChainID: st.chainID})
+	b.noteFrom(st.key, fromID, fromImage)
+	b.steps = append(b.steps, StepResult{ID: fromID, Stage: name, Text: text, Key: st.key, Cached: true, ChainID: st.chainID})
 
 	for _, t := range triggers {
 		c, err := parser.ParseTrigger(t)
