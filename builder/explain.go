@@ -374,8 +374,10 @@ func (b *build) explain(st *stageState, in cache.Inputs, key cache.Key) *Explana
 	if b.xp.man == nil {
 		return &Explanation{Reason: ReasonNew, Detail: "no manifests kept"}
 	}
-	old, oldKey := b.neighbour(st, in, key)
+	old, oldKey, bare := b.neighbour(st, in, key)
 	switch {
+	case old == nil && bare:
+		return &Explanation{Reason: ReasonNew, Detail: "its neighbour was recorded without a manifest"}
 	case old == nil:
 		return &Explanation{Reason: ReasonNew}
 	case b.opts.NoCache:
@@ -390,8 +392,9 @@ func (b *build) explain(st *stageState, in cache.Inputs, key cache.Key) *Explana
 // neighbour finds the manifest of the step's nearest cached neighbour and
 // its key: the record under the same key (when it could not be used), the
 // step noted for the same parent and text, or the step at the same
-// position in the stage's previous build.
-func (b *build) neighbour(st *stageState, in cache.Inputs, key cache.Key) (*cache.Manifest, cache.Key) {
+// position in the stage's previous build. bare reports a neighbour whose
+// record has no manifest (recorded by an older lbuild).
+func (b *build) neighbour(st *stageState, in cache.Inputs, key cache.Key) (m *cache.Manifest, k cache.Key, bare bool) {
 	var cands []cache.Key
 	cands = append(cands, key)
 	if k, err := b.xp.man.Next(in.Parent, st.note.text); err == nil {
@@ -402,17 +405,22 @@ func (b *build) neighbour(st *stageState, in cache.Inputs, key cache.Key) (*cach
 	}
 	for _, k := range cands {
 		rec, err := b.root.Records.Get(k)
-		if err != nil || rec.Manifest == "" {
+		if err != nil {
+			continue
+		}
+		if rec.Manifest == "" {
+			bare = true
 			continue
 		}
 		m, err := b.xp.man.Get(rec.Manifest)
 		if err != nil {
 			logrus.Debugf("manifest of %s: %v", k, err)
+			bare = true
 			continue
 		}
-		return m, k
+		return m, k, false
 	}
-	return nil, ""
+	return nil, "", bare
 }
 
 // compare names the first difference between the step's manifest and its

@@ -260,3 +260,20 @@ func TestExplainRun(t *testing.T) {
 	x, _, _ = explainBuild(t, r, dir, "", args, func(o *Options) { o.Network = "none" })
 	wantReason(t, x, "RUN /bin/sh -c echo uno > /one", ReasonFlags)
 }
+
+// Records written before manifests were kept explain as new, and say so.
+func TestExplainRecordWithoutManifest(t *testing.T) {
+	r := openRoot(t)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"a": "a"})
+	explainBuild(t, r, dir, "FROM scratch\nCOPY a /a\n")
+	r.Records.Walk(func(rec *cache.Record) error {
+		rec.Manifest = ""
+		return r.Records.Put(rec)
+	})
+	writeFiles(t, dir, map[string]string{"a": "A"})
+	x, _, _ := explainBuild(t, r, dir, "")
+	if e := wantReason(t, x, "COPY a /a", ReasonNew); e != nil && e.Detail != "its neighbour was recorded without a manifest" {
+		t.Errorf("detail %q", e.Detail)
+	}
+}
