@@ -277,3 +277,25 @@ func TestExplainRecordWithoutManifest(t *testing.T) {
 		t.Errorf("detail %q", e.Detail)
 	}
 }
+
+// COPY --from a stage that changed stands on that stage's last step.
+func TestExplainCopyFromStage(t *testing.T) {
+	r := openRoot(t)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"a": "a", "b": "b"})
+	df := "FROM scratch AS build\nCOPY a /a\n\nFROM scratch\nCOPY b /b\nCOPY --from=build /a /a\n"
+	explainBuild(t, r, dir, df)
+	writeFiles(t, dir, map[string]string{"a": "A"})
+	x, res, out := explainBuild(t, r, dir, "")
+	wantReason(t, x, "COPY a /a", ReasonFiles)
+	wantReason(t, x, "COPY b /b", "")
+	e := wantReason(t, x, "COPY --from=build /a /a", ReasonParent)
+	if want := stepID(t, res, "COPY a /a"); e != nil && e.ParentStep != want {
+		t.Errorf("parent step %d, want %d:\n%s", e.ParentStep, want, out)
+	}
+	for _, s := range res.Steps {
+		if s.Text == "COPY a /a" && s.Stage != "build" {
+			t.Errorf("stage %q", s.Stage)
+		}
+	}
+}

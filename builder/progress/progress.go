@@ -200,7 +200,11 @@ func (t *tty) redraw(status string) {
 	fmt.Fprintf(&b, "\r\x1b[2K => #%d %s  %s\n", t.id, t.label, status)
 	drawn := 1
 	if t.miss != "" {
-		fmt.Fprintf(&b, "\x1b[2K    %s\n", t.miss)
+		l := t.miss
+		if r := []rune(l); len(r) > 120 {
+			l = string(r[:117]) + "..."
+		}
+		fmt.Fprintf(&b, "\x1b[2K    %s\n", l)
 		drawn++
 	}
 	for _, l := range t.tail {
