@@ -47,6 +47,9 @@ type Options struct {
 	Insecure []string
 	// Now returns the time recorded for steps built now; nil = time.Now.
 	Now func() time.Time
+	// Explain tells, for each step that misses the cache, why (in the
+	// progress, if it is a progress.Explainer, and in StepResult.Explain).
+	Explain bool
 }
 
 // Result is what a build made.
@@ -57,12 +60,16 @@ type Result struct {
 
 // StepResult tells what happened to one step.
 type StepResult struct {
+	ID      int // the step's number in the progress (#ID)
 	Stage   string
 	Text    string    // the instruction as shown
 	Key     cache.Key // its cache key
 	Cached  bool
 	DiffID  string // "" for a metadata step
 	ChainID string // top snapshot after the step ("" = empty filesystem)
+	// Explain says why the step missed the cache (Options.Explain; nil for
+	// a cached step).
+	Explain *Explanation
 }
 
 // Build runs the build described by opts against root.
@@ -113,6 +120,7 @@ func Build(ctx context.Context, r *system.Root, opts Options) (*Result, error) {
 		logrus.Warnf("save file-hash index: %v", err)
 	}
 	b.warnUnusedArgs()
+	b.saveLast()
 	return &Result{Image: img, Steps: b.steps}, nil
 }
 
@@ -132,6 +140,7 @@ type build struct {
 	usedArgs map[string]bool
 	stepNo   int
 	steps    []StepResult
+	xp       explainState
 
 	exec executorFactory
 }
@@ -177,6 +186,7 @@ func newBuild(r *system.Root, opts Options) (*build, error) {
 		root: r, opts: opts, df: df, lex: df.Lex(), ignore: ig, ctxDir: ctxDir, files: files,
 		prog: opts.Progress, stages: map[int]*stageState{}, building: map[int]bool{}, usedArgs: map[string]bool{},
 	}
+	b.openExplain()
 	// BuildKit's automatic platform ARGs: in scope for FROM lines, and in a
 	// stage once declared (ARG TARGETARCH).
 	target := opts.Platform
@@ -237,6 +247,7 @@ type stageState struct {
 	cmdSet  bool            // CMD set in this stage (ENTRYPOINT keeps it)
 	total   int             // steps in the stage, for [name i/n]
 	index   int             // steps done so far
+	note    stepNote        // the step being dispatched, for explanations
 }
 
 // expandEnv is the environment variables in a Dockerfile word see: the ARGs
@@ -332,6 +343,7 @@ func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) 
 	fromID := b.stepNo
 	b.prog.Start(fromID, st.label("FROM "+base))
 	var triggers []string
+	var fromImage string
 	text := "FROM " + base
 	switch {
 	case strings.EqualFold(base, "scratch"):
@@ -352,6 +364,7 @@ func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) 
 			st.layers = append([]v1.Descriptor(nil), img.Layers...)
 			st.chainID = system.ChainID(st.cfg.RootFS.DiffIDs)
 			st.key = cache.NewKey("", "FROM", img.ID.String())
+			fromImage = img.ID.String()
 		}
 		triggers = st.cfg.Config.OnBuild
 		st.cfg.Config.OnBuild = nil
@@ -367,7 +380,8 @@ func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) 
 	}
 	st.index = 1
 	b.prog.Done(fromID, nil)
-	b.steps = append(b.steps, StepResult{Stage: name, Text: text, Key: st.key, Cached: true, ChainID: st.chainID})
+	b.noteFrom(st.key, fromID, fromImage)
+	b.steps = append(b.steps, StepResult{ID: fromID, Stage: name, Text: text, Key: st.key, Cached: true, ChainID: st.chainID})
 
 	for _, t := range triggers {
 		c, err := parser.ParseTrigger(t)

@@ -199,11 +199,11 @@ func (b *build) dispatchCopy(ctx context.Context, st *stageState, c copySpec) er
 			all = append(all, e)
 		}
 	}
-	sum, err := cache.Checksum(b.files, all)
+	sum, files, err := cache.ChecksumSet(b.files, all)
 	if err != nil {
 		return fmt.Errorf("checksum sources: %w", err)
 	}
-	in.Sources = sum
+	in.Sources, st.note.files = sum, files
 	return b.step(ctx, st, text, in, func(ctx context.Context, root string) error {
 		return copyInto(root, st.cfg.Config.WorkingDir, c, groups, mode)
 	})

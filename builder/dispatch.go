@@ -15,12 +15,14 @@ const historyComment = "lbuild.dockerfile.v0"
 // dispatch expands a command's words against the stage's state and runs it.
 // One function per instruction, picked here.
 func (b *build) dispatch(ctx context.Context, st *stageState, c instructions.Command) error {
+	st.note = newStepNote(c)
 	if _, isArg := c.(*instructions.ArgCommand); !isArg {
 		if ex, ok := c.(instructions.SupportsSingleWordExpansion); ok {
 			env := st.expandEnv()
 			if err := ex.Expand(func(w string) (string, error) {
-				out, _, err := b.lex.ProcessWord(w, env)
-				return out, err
+				res, err := b.lex.ProcessWordWithMatches(w, env)
+				st.note.used(res.Matched)
+				return res.Result, err
 			}); err != nil {
 				return err
 			}
@@ -33,8 +35,9 @@ func (b *build) dispatch(ctx context.Context, st *stageState, c instructions.Com
 		lex.SkipProcessQuotes = true
 		env := st.expandEnv()
 		if err := ex.ExpandRaw(func(w string) (string, error) {
-			out, _, err := lex.ProcessWord(w, env)
-			return out, err
+			res, err := lex.ProcessWordWithMatches(w, env)
+			st.note.used(res.Matched)
+			return res.Result, err
 		}); err != nil {
 			return err
 		}

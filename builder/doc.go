@@ -9,7 +9,8 @@
 // metadata instructions and ARG, copy.go for COPY and ADD, run.go for RUN);
 // step.go is the one path every step takes (key, lookup, execute, record);
 // layer.go runs a step on a snapshot and stores its diff; build.go walks
-// the stages. RUN goes through builder/executor, a one-method seam over the
+// the stages; explain.go records each run step's inputs as a manifest and,
+// with Options.Explain, tells why a step missed the cache. RUN goes through builder/executor, a one-method seam over the
 // OCI runtime driver.
 //
 // Contract: Build never leaves a half-written blob, record or image under

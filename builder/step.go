@@ -27,7 +27,8 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 	b.stepNo++
 	id := b.stepNo
 	b.prog.Start(id, st.label(text))
-	res := StepResult{Stage: st.name, Text: text, Key: key}
+	res := StepResult{ID: id, Stage: st.name, Text: text, Key: key}
+	defer b.noteStep(st, id, key)
 
 	if !b.opts.NoCache {
 		rec, err := b.root.Records.Get(key)
@@ -43,6 +44,9 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 		}
 	}
 
+	if b.opts.Explain {
+		res.Explain = b.explainMiss(st, id, in, key)
+	}
 	rec := &cache.Record{Key: key, Created: b.opts.Now().UTC(), CreatedBy: text, EmptyLayer: fn == nil}
 	if fn != nil {
 		diffID, size, err := b.commitLayer(ctx, st, fn)
@@ -52,10 +56,12 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 		}
 		rec.DiffID, rec.Size = diffID.String(), size
 	}
+	rec.Manifest = b.recordManifest(st, in)
 	if err := b.root.Records.Put(rec); err != nil {
 		b.prog.Done(id, err)
 		return fmt.Errorf("record cache: %w", err)
 	}
+	b.indexManifest(st, in, key)
 	st.apply(rec, text, key)
 	b.prog.Done(id, nil)
 	res.DiffID, res.ChainID = rec.DiffID, st.chainID

@@ -40,6 +40,13 @@ const checksumDomain = "lbuild checksum v1"
 // Content hashes missing from x are computed in parallel, at most
 // runtime.NumCPU() files at a time.
 func Checksum(x *FileIndex, entries []Entry) (string, error) {
+	sum, _, _, err := checksum(x, entries)
+	return sum, err
+}
+
+// checksum is Checksum, also returning each entry's stat data and (regular
+// files) content sum.
+func checksum(x *FileIndex, entries []Entry) (string, []os.FileInfo, [][32]byte, error) {
 	infos := make([]os.FileInfo, len(entries))
 	sums := make([][32]byte, len(entries))
 	var misses []int
@@ -48,7 +55,7 @@ func Checksum(x *FileIndex, entries []Entry) (string, error) {
 		if fi == nil {
 			var err error
 			if fi, err = os.Lstat(e.Abs); err != nil {
-				return "", fmt.Errorf("checksum: %w", err)
+				return "", nil, nil, fmt.Errorf("checksum: %w", err)
 			}
 		}
 		infos[i] = fi
@@ -78,7 +85,7 @@ func Checksum(x *FileIndex, entries []Entry) (string, error) {
 			})
 		}
 		if err := g.Wait(); err != nil {
-			return "", fmt.Errorf("checksum: %w", err)
+			return "", nil, nil, fmt.Errorf("checksum: %w", err)
 		}
 	}
 
@@ -99,7 +106,7 @@ func Checksum(x *FileIndex, entries []Entry) (string, error) {
 		case mode&fs.ModeSymlink != 0:
 			target, err := os.Readlink(e.Abs)
 			if err != nil {
-				return "", fmt.Errorf("checksum: %w", err)
+				return "", nil, nil, fmt.Errorf("checksum: %w", err)
 			}
 			writeField(h, target)
 		case mode&fs.ModeDevice != 0:
@@ -108,7 +115,7 @@ func Checksum(x *FileIndex, entries []Entry) (string, error) {
 			}
 		}
 	}
-	return "sha256:" + hex.EncodeToString(h.Sum(nil)), nil
+	return "sha256:" + hex.EncodeToString(h.Sum(nil)), infos, sums, nil
 }
 
 func fileType(m fs.FileMode) string {

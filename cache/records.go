@@ -25,6 +25,9 @@ type Record struct {
 	CreatedBy  string          `json:"createdBy"`        // the instruction, as shown in image history
 	EmptyLayer bool            `json:"emptyLayer,omitempty"`
 	Config     json.RawMessage `json:"config,omitempty"` // opaque state for the builder
+	// Manifest is the digest of what went into the key (a Manifest in
+	// Manifests), "" for records written before lbuild kept them.
+	Manifest string `json:"manifest,omitempty"`
 
 	// LastUsed is when a build last made or hit the record: the record
 	// file's mtime, set by Touch (never stored in the JSON).

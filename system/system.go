@@ -134,6 +134,10 @@ func unwrapPath(err error) error {
 // FileIndexPath is where the file-hash index of build contexts lives.
 func (r *Root) FileIndexPath() string { return filepath.Join(r.Dir, "cache", "files.idx") }
 
+// ExplainDir is where the build cache's manifests live (cache.Manifests):
+// what went into each record's key, for lbuild build --explain.
+func (r *Root) ExplainDir() string { return filepath.Join(r.Dir, "cache", "manifests") }
+
 // RunDir is the runtime state dir for RUN steps and containers.
 func (r *Root) RunDir() string { return filepath.Join(r.Dir, "run") }
 

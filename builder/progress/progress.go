@@ -28,6 +28,19 @@ type Writer interface {
 	Done(id int, err error)
 }
 
+// Explainer is a Writer that can show why a step missed the cache (lbuild
+// build --explain). Explain comes between the step's Start and its Done.
+type Explainer interface {
+	// Explain shows line ("files: a modified") under step id, as
+	// "#ID MISS line".
+	Explain(id int, line string)
+}
+
+var (
+	_ Explainer = (*Plain)(nil)
+	_ Explainer = (*tty)(nil)
+)
+
 // New returns a Writer for mode "plain", "tty" or "auto" (tty when out is a terminal).
 func New(mode string, out io.Writer) (Writer, error) {
 	switch mode {
@@ -72,6 +85,12 @@ func (p *Plain) Log(id int, line string) {
 	fmt.Fprintf(p.out, "#%d %.3f %s\n", id, time.Since(p.start[id]).Seconds(), line)
 }
 
+func (p *Plain) Explain(id int, line string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	fmt.Fprintf(p.out, "#%d MISS %s\n", id, line)
+}
+
 func (p *Plain) Cached(id int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -97,7 +116,8 @@ type tty struct {
 	label  string
 	start  time.Time
 	tail   []string
-	drawn  int // lines drawn by the last redraw, erased by the next
+	miss   string // the step's explanation, drawn under its line
+	drawn  int    // lines drawn by the last redraw, erased by the next
 	stop   chan struct{}
 	ticker *time.Ticker
 }
@@ -108,7 +128,7 @@ func newTTY(out io.Writer) *tty { return &tty{out: out} }
 
 func (t *tty) Start(id int, label string) {
 	t.mu.Lock()
-	t.id, t.label, t.start, t.tail = id, label, time.Now(), nil
+	t.id, t.label, t.start, t.tail, t.miss = id, label, time.Now(), nil, ""
 	t.redraw("")
 	t.mu.Unlock()
 	t.stop = make(chan struct{})
@@ -134,6 +154,13 @@ func (t *tty) Log(id int, line string) {
 	if len(t.tail) > ttyTail {
 		t.tail = t.tail[len(t.tail)-ttyTail:]
 	}
+	t.redraw("")
+}
+
+func (t *tty) Explain(id int, line string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.miss = fmt.Sprintf("#%d MISS %s", id, line)
 	t.redraw("")
 }
 
@@ -171,12 +198,21 @@ func (t *tty) redraw(status string) {
 		status = fmt.Sprintf("%.1fs", time.Since(t.start).Seconds())
 	}
 	fmt.Fprintf(&b, "\r\x1b[2K => #%d %s  %s\n", t.id, t.label, status)
+	drawn := 1
+	if t.miss != "" {
+		l := t.miss
+		if r := []rune(l); len(r) > 120 {
+			l = string(r[:117]) + "..."
+		}
+		fmt.Fprintf(&b, "\x1b[2K    %s\n", l)
+		drawn++
+	}
 	for _, l := range t.tail {
 		if len(l) > 120 {
 			l = l[:120]
 		}
 		fmt.Fprintf(&b, "\x1b[2K    %s\n", l)
 	}
-	t.drawn = 1 + len(t.tail)
+	t.drawn = drawn + len(t.tail)
 	io.WriteString(t.out, b.String())
 }

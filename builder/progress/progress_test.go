@@ -82,3 +82,29 @@ func render(s string) []string {
 	}
 	return lines
 }
+
+// An explanation shows under its step, in plain and tty alike, and stays
+// on the tty screen once the step is done.
+func TestExplain(t *testing.T) {
+	var b bytes.Buffer
+	p := NewPlain(&b)
+	p.Start(7, "[2/3] COPY src /src")
+	p.Explain(7, "files: src/main.go modified")
+	p.Done(7, nil)
+	if want := `^#7 \[2/3\] COPY src /src\n#7 MISS files: src/main.go modified\n#7 DONE \d+\.\ds\n\n$`; !regexp.MustCompile(want).MatchString(b.String()) {
+		t.Errorf("plain output:\n%s", b.String())
+	}
+
+	b.Reset()
+	w, _ := New("tty", &b)
+	w.Start(7, "[2/3] COPY src /src")
+	w.(Explainer).Explain(7, "files: src/main.go modified")
+	w.Log(7, "copying")
+	w.Done(7, nil)
+	w.Start(8, "[3/3] LABEL a=b")
+	w.Cached(8)
+	screen := render(b.String())
+	if len(screen) != 3 || !strings.HasSuffix(screen[1], "#7 MISS files: src/main.go modified") || !strings.HasSuffix(screen[2], "=> #8 [3/3] LABEL a=b  CACHED") {
+		t.Errorf("final screen %q", screen)
+	}
+}

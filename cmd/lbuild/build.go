@@ -33,6 +33,7 @@ type buildFlags struct {
 	outputs   []string
 	platform  string
 	insecure  []string
+	explain   string
 }
 
 func (f *buildFlags) register(cmd *cobra.Command) {
@@ -51,6 +52,7 @@ func (f *buildFlags) register(cmd *cobra.Command) {
 	fl.StringArrayVarP(&f.outputs, "output", "o", nil, "also export the result: type=oci,dest=DIR | type=docker,dest=FILE | type=registry")
 	fl.StringVar(&f.platform, "platform", "", "platform for FROM images pulled from a registry (default linux/"+goruntime.GOARCH+")")
 	fl.StringArrayVar(&f.insecure, "insecure-registry", nil, "registry HOST[:PORT] spoken to over plain http (repeatable)")
+	registerExplain(fl, &f.explain)
 }
 
 func newBuildCmd(g *globals) *cobra.Command {
@@ -69,6 +71,7 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 	if len(args) != 1 {
 		return fmt.Errorf("build takes exactly one context directory, e.g. lbuild build -t app:1 .")
 	}
+	var err error
 	opts := builder.Options{
 		ContextDir: args[0],
 		Dockerfile: f.file,
@@ -81,6 +84,9 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 		Secrets:    map[string]string{},
 		Platform:   f.platform,
 		Insecure:   f.insecure,
+	}
+	if opts.Explain, err = explainMode(f.explain); err != nil {
+		return err
 	}
 	outs, err := parseOutputs(f.outputs, f.push)
 	if err != nil {
@@ -143,6 +149,9 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 	}
 	res, err := builder.Build(cmd.Context(), r, opts)
 	if err != nil {
+		return err
+	}
+	if err := printExplain(cmd.OutOrStdout(), f.explain, res.Steps); err != nil {
 		return err
 	}
 	if f.quiet {
