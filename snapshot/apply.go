@@ -117,8 +117,18 @@ func (a *applier) parent(dir string) (int, error) {
 	return int(f.Fd()), nil
 }
 
+// removeAll removes name and all below it, forgetting the directory times
+// recorded for them: a later entry may replace a directory with a file
+// (GNU tar and docker keep the last entry), and its times are its own.
 func (a *applier) removeAll(name string) error {
 	a.closeParent()
+	kept := a.dirs[:0]
+	for _, d := range a.dirs {
+		if name != "." && d.name != name && !strings.HasPrefix(d.name, name+"/") {
+			kept = append(kept, d)
+		}
+	}
+	a.dirs = kept
 	return a.root.RemoveAll(name)
 }
 
@@ -361,11 +371,17 @@ func (a *applier) opaque(dir string) error {
 	return nil
 }
 
-// finishDirs sets directory times, children before parents.
+// finishDirs sets directory times, children before parents; when a
+// directory has several entries, the last one wins.
 func (a *applier) finishDirs() error {
 	a.closeParent()
+	done := map[string]bool{}
 	for i := len(a.dirs) - 1; i >= 0; i-- {
 		d := a.dirs[i]
+		if done[d.name] {
+			continue
+		}
+		done[d.name] = true
 		f, err := a.root.Open(d.name)
 		if err != nil {
 			return fmt.Errorf("set times %s: %w", d.name, err)
