@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path"
 	"regexp"
 	"sort"
@@ -315,14 +316,15 @@ func Load(ctx context.Context, st *store.Store, r io.Reader, opts ...Opt) ([]*st
 	if err != nil {
 		return nil, err
 	}
-	br := bufio.NewReaderSize(r, 1<<20)
+	cr := &countingReader{r: r}
+	br := bufio.NewReaderSize(cr, 1<<20)
 	if magic, _ := br.Peek(2); len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {
 		zr, err := gzip.NewReader(br)
 		if err != nil {
 			return nil, fmt.Errorf("load: %w", err)
 		}
 		defer zr.Close()
-		br = bufio.NewReaderSize(zr, 1<<20)
+		br = bufio.NewReaderSize(newBombGuard(zr, cr, r), 1<<20)
 	}
 	tr := tar.NewReader(&ctxReader{ctx: ctx, r: br})
 	files := map[string]*loadedFile{}
@@ -332,7 +334,7 @@ func Load(ctx context.Context, st *store.Store, r io.Reader, opts ...Opt) ([]*st
 		if err == io.EOF {
 			break
 		}
-		if err != nil && entries == 0 {
+		if err != nil && entries == 0 && !errors.Is(err, ErrTooLarge) {
 			return nil, fmt.Errorf("load: not a tar archive: %w", err)
 		}
 		if err != nil {
@@ -475,6 +477,64 @@ func Load(ctx context.Context, st *store.Store, r io.Reader, opts ...Opt) ([]*st
 		report(img, e.RepoTags)
 	}
 	return imgs, nil
+}
+
+// A gzip-compressed archive may expand to at most
+// max(minLoadExpansion, maxLoadRatio × its compressed size) (the file's size
+// when r is a file, else the bytes read so far): past that Load refuses it as
+// a likely decompression bomb, before it fills the disk.
+const (
+	maxLoadRatio     = 100
+	minLoadExpansion = 1 << 30 // 1 GiB
+)
+
+// loadExpansionFloor is minLoadExpansion; tests lower it.
+var loadExpansionFloor int64 = minLoadExpansion
+
+// ErrTooLarge is returned (wrapped) by Load for an archive that decompresses
+// beyond its bound.
+var ErrTooLarge = errors.New("refusing a likely decompression bomb")
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// bombGuard reads the decompressed stream r, failing once it exceeds the
+// bound for the compressed bytes counted by compressed.
+type bombGuard struct {
+	r          io.Reader
+	compressed *countingReader
+	size       int64  // compressed size if known, else 0
+	name       string // for the error
+	n          int64
+}
+
+func newBombGuard(r io.Reader, compressed *countingReader, src io.Reader) *bombGuard {
+	g := &bombGuard{r: r, compressed: compressed, name: "the archive"}
+	if f, ok := src.(*os.File); ok {
+		g.name = f.Name()
+		if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+			g.size = fi.Size()
+		}
+	}
+	return g
+}
+
+func (g *bombGuard) Read(p []byte) (int, error) {
+	n, err := g.r.Read(p)
+	g.n += int64(n)
+	if limit := max(loadExpansionFloor, maxLoadRatio*max(g.size, g.compressed.n)); g.n > limit {
+		return n, fmt.Errorf("%s decompresses to more than %d bytes (the bound is %d× its compressed size, at least %d bytes): %w",
+			g.name, limit, maxLoadRatio, loadExpansionFloor, ErrTooLarge)
+	}
+	return n, err
 }
 
 func cleanName(n string) string {
