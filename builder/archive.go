@@ -5,6 +5,7 @@ import (
 	"bufio"
 	"bytes"
 	"compress/bzip2"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -53,6 +54,13 @@ func openArchive(p string) (*tar.Reader, io.Closer, error) {
 		r = zr
 		closer = multiCloser{f, closeFunc(zr.Close)}
 	}
+	if r != io.Reader(br) {
+		limit := int64(minArchiveExpansion)
+		if fi, err := f.Stat(); err == nil {
+			limit = expansionLimit(fi.Size())
+		}
+		r = &expansionGuard{r: r, name: p, limit: limit}
+	}
 	// A tar archive has "ustar" at offset 257 of its first block.
 	bb := bufio.NewReaderSize(r, 64<<10)
 	block, err := bb.Peek(512)
@@ -61,6 +69,44 @@ func openArchive(p string) (*tar.Reader, io.Closer, error) {
 		return nil, nil, nil
 	}
 	return tar.NewReader(bb), closer, nil
+}
+
+// ADD of a local archive extracts at most
+// max(minArchiveExpansion, maxArchiveRatio × the archive's size): past that
+// the build fails, as the archive is likely a decompression bomb. Both the
+// decompressed stream and the file contents written (a sparse entry expands
+// too) are bounded.
+const (
+	maxArchiveRatio     = 100
+	minArchiveExpansion = 1 << 30 // 1 GiB
+)
+
+// archiveExpansionFloor is minArchiveExpansion; tests lower it.
+var archiveExpansionFloor int64 = minArchiveExpansion
+
+func expansionLimit(size int64) int64 {
+	return max(archiveExpansionFloor, maxArchiveRatio*size)
+}
+
+// errArchiveTooLarge is wrapped by the error of an archive over its bound.
+var errArchiveTooLarge = errors.New("refusing a likely decompression bomb")
+
+// expansionGuard reads r, failing once more than limit bytes came through.
+type expansionGuard struct {
+	r     io.Reader
+	name  string // the archive, for the error
+	limit int64
+	n     int64
+}
+
+func (g *expansionGuard) Read(p []byte) (int, error) {
+	n, err := g.r.Read(p)
+	g.n += int64(n)
+	if g.n > g.limit {
+		return n, fmt.Errorf("archive %s expands to more than %d bytes (the bound is %d× its size, at least %d bytes): %w",
+			g.name, g.limit, maxArchiveRatio, archiveExpansionFloor, errArchiveTooLarge)
+	}
+	return n, err
 }
 
 type closeFunc func()
@@ -85,6 +131,11 @@ func extractArchive(root, dest, src string, uid, gid uint32, chown bool) (bool, 
 		return false, err
 	}
 	defer closer.Close()
+	limit := int64(minArchiveExpansion)
+	if fi, err := os.Stat(src); err == nil {
+		limit = expansionLimit(fi.Size())
+	}
+	content := &expansionGuard{r: tr, name: src, limit: limit}
 	if err := mkdirAll(root, dest, uid, gid, chown); err != nil {
 		return true, err
 	}
@@ -97,6 +148,9 @@ func extractArchive(root, dest, src string, uid, gid uint32, chown bool) (bool, 
 		h, err := tr.Next()
 		if err == io.EOF {
 			break
+		}
+		if errors.Is(err, errArchiveTooLarge) {
+			return true, err
 		}
 		if err != nil {
 			return true, fmt.Errorf("read archive: %w", err)
@@ -144,7 +198,7 @@ func extractArchive(root, dest, src string, uid, gid uint32, chown bool) (bool, 
 			if err != nil {
 				return true, err
 			}
-			_, err = io.Copy(f, tr)
+			_, err = io.Copy(f, content)
 			f.Close()
 			if err != nil {
 				return true, err
