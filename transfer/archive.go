@@ -317,6 +317,7 @@ func Load(ctx context.Context, st *store.Store, r io.Reader, opts ...Opt) ([]*st
 		return nil, err
 	}
 	cr := &countingReader{r: r}
+	name, size := archiveName(r)
 	br := bufio.NewReaderSize(cr, 1<<20)
 	if magic, _ := br.Peek(2); len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {
 		zr, err := gzip.NewReader(br)
@@ -324,9 +325,11 @@ func Load(ctx context.Context, st *store.Store, r io.Reader, opts ...Opt) ([]*st
 			return nil, fmt.Errorf("load: %w", err)
 		}
 		defer zr.Close()
-		br = bufio.NewReaderSize(newBombGuard(zr, cr, r), 1<<20)
+		br = bufio.NewReaderSize(&bombGuard{r: zr, compressed: cr, size: size, name: name}, 1<<20)
 	}
 	tr := tar.NewReader(&ctxReader{ctx: ctx, r: br})
+	// What entries expand to is bounded too: a sparse entry does.
+	content := &bombGuard{r: tr, compressed: cr, size: size, name: name}
 	files := map[string]*loadedFile{}
 	links := map[string]string{}
 	for entries := 0; ; entries++ {
@@ -359,7 +362,7 @@ func Load(ctx context.Context, st *store.Store, r io.Reader, opts ...Opt) ([]*st
 			if st.HasBlob(h) {
 				continue // tar.Reader skips the rest of the entry
 			}
-			if err := putVerified(st, tr, v1.Descriptor{Digest: h, Size: hdr.Size}); err != nil {
+			if err := putVerified(st, content, v1.Descriptor{Digest: h, Size: hdr.Size}); err != nil {
 				return nil, fmt.Errorf("load: %s: %w", name, err)
 			}
 			continue
@@ -368,14 +371,14 @@ func Load(ctx context.Context, st *store.Store, r io.Reader, opts ...Opt) ([]*st
 			continue // legacy v1 metadata of old docker save
 		}
 		if hdr.Size <= maxJSONSize && (strings.HasSuffix(base, ".json") || base == "oci-layout" || base == "repositories") {
-			b, err := io.ReadAll(tr)
+			b, err := io.ReadAll(content)
 			if err != nil {
 				return nil, fmt.Errorf("load: read %s: %w", name, err)
 			}
 			files[name] = &loadedFile{data: b}
 			continue
 		}
-		h, _, err := st.PutBlob(tr)
+		h, _, err := st.PutBlob(content)
 		if err != nil {
 			return nil, fmt.Errorf("load: %s: %w", name, err)
 		}
@@ -479,10 +482,11 @@ func Load(ctx context.Context, st *store.Store, r io.Reader, opts ...Opt) ([]*st
 	return imgs, nil
 }
 
-// A gzip-compressed archive may expand to at most
-// max(minLoadExpansion, maxLoadRatio × its compressed size) (the file's size
-// when r is a file, else the bytes read so far): past that Load refuses it as
-// a likely decompression bomb, before it fills the disk.
+// An archive may expand to at most max(minLoadExpansion, maxLoadRatio × its
+// size) (the file's size when r is a file, else the bytes read so far), both
+// when gunzipped and in what its entries hold (a sparse entry expands): past
+// that Load refuses it as a likely decompression bomb, before it fills the
+// disk.
 const (
 	maxLoadRatio     = 100
 	minLoadExpansion = 1 << 30 // 1 GiB
@@ -506,8 +510,8 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// bombGuard reads the decompressed stream r, failing once it exceeds the
-// bound for the compressed bytes counted by compressed.
+// bombGuard reads the expanded stream r, failing once it exceeds the bound
+// for the archive bytes counted by compressed.
 type bombGuard struct {
 	r          io.Reader
 	compressed *countingReader
@@ -516,22 +520,24 @@ type bombGuard struct {
 	n          int64
 }
 
-func newBombGuard(r io.Reader, compressed *countingReader, src io.Reader) *bombGuard {
-	g := &bombGuard{r: r, compressed: compressed, name: "the archive"}
-	if f, ok := src.(*os.File); ok {
-		g.name = f.Name()
-		if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
-			g.size = fi.Size()
-		}
+// archiveName names the archive r reads and gives its size, when r is a
+// regular file.
+func archiveName(r io.Reader) (name string, size int64) {
+	f, ok := r.(*os.File)
+	if !ok {
+		return "the archive", 0
 	}
-	return g
+	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+		size = fi.Size()
+	}
+	return f.Name(), size
 }
 
 func (g *bombGuard) Read(p []byte) (int, error) {
 	n, err := g.r.Read(p)
 	g.n += int64(n)
 	if limit := max(loadExpansionFloor, maxLoadRatio*max(g.size, g.compressed.n)); g.n > limit {
-		return n, fmt.Errorf("%s decompresses to more than %d bytes (the bound is %d× its compressed size, at least %d bytes): %w",
+		return n, fmt.Errorf("%s expands to more than %d bytes (the bound is %d× its compressed size, at least %d bytes): %w",
 			g.name, limit, maxLoadRatio, loadExpansionFloor, ErrTooLarge)
 	}
 	return n, err
