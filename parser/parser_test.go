@@ -168,7 +168,7 @@ func TestCheckDirectives(t *testing.T) {
 		})
 	}
 	// The same comment inside an image's ONBUILD trigger.
-	if _, err := ParseTrigger("# check=error=true\nCOPY a /a"); err != nil {
+	if _, err := ParseTrigger("# a comment\n# check=error=true\nCOPY a /a"); err != nil {
 		t.Fatal(err)
 	}
 }
