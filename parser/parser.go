@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strings"
 
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
@@ -144,12 +146,16 @@ func Parse(path string, data []byte) (df *Dockerfile, err error) {
 	if len(stages) == 0 {
 		return nil, &Error{File: path, Err: errors.New("no FROM instruction: a Dockerfile must start with FROM")}
 	}
-	if err := lint.Error(); err != nil {
-		line := 0
-		if len(warnings) > 0 {
-			line = warnings[0].Line
+	sort.SliceStable(warnings, func(i, j int) bool { return warnings[i].Line < warnings[j].Line })
+	if lint.Error() != nil && len(warnings) > 0 {
+		var rules []string
+		for _, w := range warnings {
+			if !slices.Contains(rules, w.Rule) {
+				rules = append(rules, w.Rule)
+			}
 		}
-		return nil, &Error{File: path, Line: line, Err: fmt.Errorf("%v (the Dockerfile sets # check=error=true): fix them or skip the rules with # check=skip=RULE", err)}
+		return nil, &Error{File: path, Line: warnings[0].Line, Err: fmt.Errorf("lint violation found for rules: %s (the Dockerfile sets # check=error=true): fix them or skip the rules with # check=skip=RULE",
+			strings.Join(rules, ", "))}
 	}
 	df = &Dockerfile{Path: path, MetaArgs: metaArgs, Escape: res.EscapeToken, Warnings: warnings}
 	seen := map[string]int{}

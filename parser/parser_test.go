@@ -142,6 +142,7 @@ func TestCheckDirectives(t *testing.T) {
 		{"warnings collected", "FROM scratch as base\nMAINTAINER me\n", []string{"FromAsCasing", "MaintainerDeprecated"}, ""},
 		{"top skip", "# check=skip=FromAsCasing\nFROM scratch as base\n", nil, ""},
 		{"error on warning", "# check=error=true\nFROM scratch\nMAINTAINER me\n", nil, "MaintainerDeprecated"},
+		{"error names rules in line order", "# check=error=true\nFROM scratch AS b\nMAINTAINER me\nFROM b as c\n", nil, "Dockerfile:3: lint violation found for rules: MaintainerDeprecated, FromAsCasing ("},
 		{"bad directive", "# check=bogus=1\nFROM scratch\n", nil, "bad # check= directive"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
