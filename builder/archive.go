@@ -103,7 +103,7 @@ func (g *expansionGuard) Read(p []byte) (int, error) {
 	n, err := g.r.Read(p)
 	g.n += int64(n)
 	if g.n > g.limit {
-		return n, fmt.Errorf("archive %s expands to more than %d bytes (the bound is %d× its size, at least %d bytes): %w",
+		return n, fmt.Errorf("archive %s expands to more than %d bytes (the bound is %dx its size, at least %d bytes): %w; if it is genuine, COPY it and unpack it in a RUN step",
 			g.name, g.limit, maxArchiveRatio, archiveExpansionFloor, errArchiveTooLarge)
 	}
 	return n, err

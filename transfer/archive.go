@@ -537,7 +537,7 @@ func (g *bombGuard) Read(p []byte) (int, error) {
 	n, err := g.r.Read(p)
 	g.n += int64(n)
 	if limit := max(loadExpansionFloor, maxLoadRatio*max(g.size, g.compressed.n)); g.n > limit {
-		return n, fmt.Errorf("%s expands to more than %d bytes (the bound is %d× its compressed size, at least %d bytes): %w",
+		return n, fmt.Errorf("%s expands to more than %d bytes (the bound is %dx its compressed size, at least %d bytes): %w; if it is genuine, unpack it and load the plain tar",
 			g.name, limit, maxLoadRatio, loadExpansionFloor, ErrTooLarge)
 	}
 	return n, err
