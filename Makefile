@@ -4,11 +4,11 @@
 GO ?= go
 BIN := bin/lbuild
 
-# Fuzz targets as package:Target. FUZZ_TARGETS run in make test (about 5 s
+# Fuzz targets as package:Target. FUZZ_TARGETS run in make test (about 4 s
 # each with the build); FUZZ_MORE only in make fuzz-more. Inputs a run finds
 # new go to the Go build cache; a crasher is written to
 # PKG/testdata/fuzz/TARGET/: fix it and commit the file.
-FUZZTIME ?= 3s
+FUZZTIME ?= 2s
 FUZZ_TARGETS ?= parser:FuzzParse snapshot:FuzzApplyTar transfer:FuzzLoad cache:FuzzNewKey cache:FuzzChecksum
 FUZZ_MORE ?= parser:FuzzParseTrigger cache:FuzzDecodeIndex cache:FuzzRecordGet
 
