@@ -1,9 +1,18 @@
 # make demo: install what is missing, build lbuild and run the layer-sharing demo.
-# make test: install what is missing and run every test.
+# make test: install what is missing, run every test, then fuzz a little.
+# make fuzz: run each fuzz target for FUZZTIME (make fuzz FUZZTIME=5m to hunt).
 GO ?= go
 BIN := bin/lbuild
 
-.PHONY: deps build demo test bench
+# Fuzz targets as package:Target. FUZZ_TARGETS run in make test (about 4 s
+# each with the build); FUZZ_MORE only in make fuzz-more. Inputs a run finds
+# new go to the Go build cache; a crasher is written to
+# PKG/testdata/fuzz/TARGET/: fix it and commit the file.
+FUZZTIME ?= 2s
+FUZZ_TARGETS ?= parser:FuzzParse snapshot:FuzzApplyTar transfer:FuzzLoad cache:FuzzNewKey cache:FuzzChecksum
+FUZZ_MORE ?= parser:FuzzParseTrigger cache:FuzzDecodeIndex cache:FuzzRecordGet
+
+.PHONY: deps build demo test bench fuzz fuzz-more
 deps:
 	./hack/deps.sh
 
@@ -15,6 +24,17 @@ demo: deps build
 
 test: deps
 	$(GO) test -timeout 14m ./...
+	$(MAKE) fuzz
+
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		echo "fuzz $${t#*:} in ./$${t%%:*} for $(FUZZTIME)"; \
+		grep -q "^func $${t#*:}(" $${t%%:*}/*_test.go || { echo "no fuzz target $$t" >&2; exit 1; }; \
+		$(GO) test -run='^$$' -fuzz="^$${t#*:}\$$" -fuzztime=$(FUZZTIME) -fuzzminimizetime=1s ./$${t%%:*}; \
+	done
+
+fuzz-more:
+	$(MAKE) fuzz FUZZ_TARGETS="$(FUZZ_MORE)"
 
 bench: deps build
 	./bench/run.sh

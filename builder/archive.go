@@ -5,6 +5,7 @@ import (
 	"bufio"
 	"bytes"
 	"compress/bzip2"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -55,6 +56,13 @@ func openArchive(p string) (*tar.Reader, io.Closer, error) {
 		r = zr
 		closer = multiCloser{f, closeFunc(zr.Close)}
 	}
+	if r != io.Reader(br) {
+		limit := int64(minArchiveExpansion)
+		if fi, err := f.Stat(); err == nil {
+			limit = expansionLimit(fi.Size())
+		}
+		r = &expansionGuard{r: r, name: p, limit: limit}
+	}
 	// A tar archive has "ustar" at offset 257 of its first block.
 	bb := bufio.NewReaderSize(r, 64<<10)
 	block, err := bb.Peek(512)
@@ -63,6 +71,49 @@ func openArchive(p string) (*tar.Reader, io.Closer, error) {
 		return nil, nil, nil
 	}
 	return tar.NewReader(bb), closer, nil
+}
+
+// ADD of a local archive extracts at most
+// max(minArchiveExpansion, maxArchiveRatio × the archive's size): past that
+// the build fails, as the archive is likely a decompression bomb. Both the
+// decompressed stream and the file contents written (a sparse entry expands
+// too) are bounded.
+const (
+	maxArchiveRatio     = 100
+	minArchiveExpansion = 1 << 30 // 1 GiB
+)
+
+// archiveExpansionFloor is minArchiveExpansion; tests lower it.
+var archiveExpansionFloor int64 = minArchiveExpansion
+
+func expansionLimit(size int64) int64 {
+	return max(archiveExpansionFloor, maxArchiveRatio*size)
+}
+
+// errArchiveTooLarge is wrapped by the error of an archive over its bound.
+var errArchiveTooLarge = errors.New("refusing a likely decompression bomb")
+
+// expansionGuard reads r, failing once more than limit bytes came through.
+type expansionGuard struct {
+	r     io.Reader
+	name  string // the archive, for the error
+	limit int64
+	n     int64
+	err   error // set once the bound is passed
+}
+
+func (g *expansionGuard) Read(p []byte) (int, error) {
+	if g.err != nil {
+		return 0, g.err // sticky, whatever buffers above us do
+	}
+	n, err := g.r.Read(p)
+	g.n += int64(n)
+	if g.n > g.limit {
+		g.err = fmt.Errorf("archive %s expands to more than %d bytes (the bound is %dx its size, at least %d bytes): %w; if it is genuine, COPY it and unpack it in a RUN step",
+			g.name, g.limit, maxArchiveRatio, archiveExpansionFloor, errArchiveTooLarge)
+		return 0, g.err
+	}
+	return n, err
 }
 
 type closeFunc func()
@@ -87,6 +138,11 @@ func extractArchive(root, dest, src string, uid, gid uint32, chown bool) (bool, 
 		return false, err
 	}
 	defer closer.Close()
+	limit := int64(minArchiveExpansion)
+	if fi, err := os.Stat(src); err == nil {
+		limit = expansionLimit(fi.Size())
+	}
+	content := &expansionGuard{r: tr, name: src, limit: limit}
 	if err := mkdirAll(root, dest, uid, gid, chown); err != nil {
 		return true, err
 	}
@@ -99,6 +155,9 @@ func extractArchive(root, dest, src string, uid, gid uint32, chown bool) (bool, 
 		h, err := tr.Next()
 		if err == io.EOF {
 			break
+		}
+		if errors.Is(err, errArchiveTooLarge) {
+			return true, err
 		}
 		if err != nil {
 			return true, fmt.Errorf("read archive: %w", err)
@@ -146,7 +205,7 @@ func extractArchive(root, dest, src string, uid, gid uint32, chown bool) (bool, 
 			if err != nil {
 				return true, err
 			}
-			_, err = io.Copy(f, tr)
+			_, err = io.Copy(f, content)
 			f.Close()
 			if err != nil {
 				return true, err

@@ -165,6 +165,9 @@ func newBuild(r *system.Root, opts Options) (*build, error) {
 	if err != nil {
 		return nil, err
 	}
+	for _, w := range df.Warnings {
+		logrus.Warn(w.String())
+	}
 	ig, err := parser.LoadIgnore(ctxDir, opts.Dockerfile)
 	if err != nil {
 		return nil, err

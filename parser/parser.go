@@ -14,9 +14,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
+	"sort"
 	"strings"
 
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
+	"github.com/moby/buildkit/frontend/dockerfile/linter"
 	bkparser "github.com/moby/buildkit/frontend/dockerfile/parser"
 	"github.com/moby/buildkit/frontend/dockerfile/shell"
 )
@@ -45,6 +48,31 @@ type Dockerfile struct {
 	Stages   []*Stage
 	MetaArgs []instructions.ArgCommand
 	Escape   rune // the escape token ('\\' unless a directive says '`')
+	// Warnings are what BuildKit's lint rules found, as docker build reports
+	// them; they do not stop the build (unless "# check=error=true", then
+	// Parse fails instead).
+	Warnings []Warning
+}
+
+// Warning is one lint rule's finding (e.g. FromAsCasing), as BuildKit
+// reports it. It prints as "FILE:LINE: Rule: message (see URL)".
+type Warning struct {
+	File    string // path of the Dockerfile as given
+	Line    int    // 1-based; 0 when unknown
+	Rule    string // BuildKit's rule name, e.g. "FromAsCasing"
+	Message string // one line
+	URL     string // the rule's documentation
+}
+
+func (w Warning) String() string {
+	loc := w.File
+	if w.Line > 0 {
+		loc = fmt.Sprintf("%s:%d", w.File, w.Line)
+	}
+	if w.URL != "" {
+		return fmt.Sprintf("%s: %s: %s (see %s)", loc, w.Rule, w.Message, w.URL)
+	}
+	return fmt.Sprintf("%s: %s: %s", loc, w.Rule, w.Message)
 }
 
 // Stage is one FROM section.
@@ -68,8 +96,35 @@ func ParseFile(path string) (*Dockerfile, error) {
 	return Parse(path, data)
 }
 
-// Parse parses a Dockerfile's bytes; path is only used in error messages.
-func Parse(path string, data []byte) (*Dockerfile, error) {
+// errPanic marks a panic inside BuildKit turned into an error; the fuzz
+// tests fail on it, as it hides a bug.
+var errPanic = errors.New("BuildKit's Dockerfile parser failed")
+
+// Parse parses a Dockerfile's bytes; path is only used in messages.
+//
+// BuildKit's lint rules that live in its parser and instructions packages
+// run as in docker build; their findings are returned in
+// Dockerfile.Warnings. "# check=" directives (at the top of the file, or as
+// a comment before an instruction) configure them as in docker build; with
+// "# check=error=true" a finding fails the parse. A panic inside BuildKit is
+// returned as an *Error, never propagated.
+func Parse(path string, data []byte) (df *Dockerfile, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			df, err = nil, &Error{File: path, Err: fmt.Errorf("%w (%v): please report this Dockerfile as an lbuild bug", errPanic, r)}
+		}
+	}()
+	checks, _, checkLoc, _ := bkparser.ParseDirective("check", data)
+	cfg, err := linter.ParseLintOptions(checks)
+	if err != nil {
+		return nil, &Error{File: path, Line: firstLine(checkLoc), Err: fmt.Errorf("bad # check= directive: %w", err)}
+	}
+	var warnings []Warning
+	cfg.Warn = func(rule, _, url, msg string, loc []bkparser.Range) {
+		warnings = append(warnings, Warning{File: path, Line: firstLine(loc), Rule: rule, Message: oneLine(msg), URL: url})
+	}
+	lint := linter.New(cfg)
+
 	res, err := bkparser.Parse(bytes.NewReader(data))
 	if err != nil {
 		return nil, locate(path, err)
@@ -77,14 +132,32 @@ func Parse(path string, data []byte) (*Dockerfile, error) {
 	if res.AST == nil || len(res.AST.Children) == 0 {
 		return nil, &Error{File: path, Err: errors.New("file with no instructions")}
 	}
-	stages, metaArgs, err := instructions.Parse(res.AST, nil)
+	// As dockerfile2llb does: the parser's own warnings are empty
+	// continuation lines, reported through the linter.
+	for _, w := range res.Warnings {
+		if w.URL == linter.RuleNoEmptyContinuation.URL && w.Location != nil {
+			lint.Run(&linter.RuleNoEmptyContinuation, []bkparser.Range{*w.Location}, linter.RuleNoEmptyContinuation.Format())
+		}
+	}
+	stages, metaArgs, err := instructions.Parse(res.AST, lint)
 	if err != nil {
 		return nil, locate(path, err)
 	}
 	if len(stages) == 0 {
 		return nil, &Error{File: path, Err: errors.New("no FROM instruction: a Dockerfile must start with FROM")}
 	}
-	df := &Dockerfile{Path: path, MetaArgs: metaArgs, Escape: res.EscapeToken}
+	sort.SliceStable(warnings, func(i, j int) bool { return warnings[i].Line < warnings[j].Line })
+	if lint.Error() != nil && len(warnings) > 0 {
+		var rules []string
+		for _, w := range warnings {
+			if !slices.Contains(rules, w.Rule) {
+				rules = append(rules, w.Rule)
+			}
+		}
+		return nil, &Error{File: path, Line: warnings[0].Line, Err: fmt.Errorf("lint violation found for rules: %s (the Dockerfile sets # check=error=true): fix them or skip the rules with # check=skip=RULE",
+			strings.Join(rules, ", "))}
+	}
+	df = &Dockerfile{Path: path, MetaArgs: metaArgs, Escape: res.EscapeToken, Warnings: warnings}
 	seen := map[string]int{}
 	for i := range stages {
 		st := &Stage{Stage: stages[i], Index: i}
@@ -138,16 +211,33 @@ func (d *Dockerfile) Target(target string) (*Stage, error) {
 }
 
 // ParseTrigger parses one ONBUILD trigger expression (e.g. "COPY . /app")
-// into a command, as BuildKit does when a later FROM uses the image.
-func ParseTrigger(expr string) (instructions.Command, error) {
+// into a command, as BuildKit does when a later FROM uses the image. Lint
+// rules do not run on triggers. A panic inside BuildKit is returned as an
+// error.
+func ParseTrigger(expr string) (cmd instructions.Command, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			cmd, err = nil, fmt.Errorf("%w on ONBUILD trigger %q (%v): please report it as an lbuild bug", errPanic, expr, r)
+		}
+	}()
 	res, err := bkparser.Parse(strings.NewReader(expr))
 	if err != nil {
 		return nil, err
 	}
-	if len(res.AST.Children) != 1 {
+	if res.AST == nil || len(res.AST.Children) != 1 {
 		return nil, errors.New("onbuild trigger should be a single expression")
 	}
-	return instructions.ParseCommand(res.AST.Children[0])
+	// A linter without a Warn func reports nothing; BuildKit's nil linter
+	// would panic on a "# check=" comment in the trigger.
+	v, err := instructions.ParseInstructionWithLinter(res.AST.Children[0], linter.New(&linter.Config{}))
+	if err != nil {
+		return nil, err
+	}
+	c, ok := v.(instructions.Command)
+	if !ok {
+		return nil, fmt.Errorf("%T is not a command", v)
+	}
+	return c, nil
 }
 
 // Line returns the first line of a command, 0 if unknown.
@@ -167,6 +257,14 @@ func firstLine(r []bkparser.Range) int {
 		return 0
 	}
 	return r[0].Start.Line
+}
+
+// oneLine keeps the first line of s.
+func oneLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
 }
 
 // locate turns a BuildKit parse error into an *Error with the line it names.

@@ -127,3 +127,49 @@ func TestIgnorePrecedence(t *testing.T) {
 		t.Fatal("bad pattern must fail")
 	}
 }
+
+// "# check=" directives are accepted anywhere, as docker build accepts them;
+// BuildKit's nil linter used to panic on one after the first instruction.
+func TestCheckDirectives(t *testing.T) {
+	for _, tc := range []struct {
+		name, src string
+		rules     []string // warnings expected, by rule
+		wantErr   string   // "" = parses
+	}{
+		{"after first instruction", "FROM scratch\n# check=error=true\nCOPY a /a\n", nil, ""},
+		{"skip comment mid-file", "FROM scratch\n# check=skip=all\nMAINTAINER me\n", nil, ""},
+		{"at top, clean", "# check=error=true\nFROM scratch\nCOPY a /a\n", nil, ""},
+		{"warnings collected", "FROM scratch as base\nMAINTAINER me\n", []string{"FromAsCasing", "MaintainerDeprecated"}, ""},
+		{"top skip", "# check=skip=FromAsCasing\nFROM scratch as base\n", nil, ""},
+		{"error on warning", "# check=error=true\nFROM scratch\nMAINTAINER me\n", nil, "MaintainerDeprecated"},
+		{"error names rules in line order", "# check=error=true\nFROM scratch AS b\nMAINTAINER me\nFROM b as c\n", nil, "Dockerfile:3: lint violation found for rules: MaintainerDeprecated, FromAsCasing ("},
+		{"bad directive", "# check=bogus=1\nFROM scratch\n", nil, "bad # check= directive"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			df, err := Parse("Dockerfile", []byte(tc.src))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.HasPrefix(err.Error(), "Dockerfile") || strings.Contains(err.Error(), "\n") {
+					t.Fatalf("got %v, want one line naming the file and containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var rules []string
+			for _, w := range df.Warnings {
+				rules = append(rules, w.Rule)
+				if w.Line == 0 || !strings.HasPrefix(w.String(), "Dockerfile:") {
+					t.Errorf("warning without a location: %s", w)
+				}
+			}
+			if strings.Join(rules, ",") != strings.Join(tc.rules, ",") {
+				t.Fatalf("warnings %v, want rules %v", df.Warnings, tc.rules)
+			}
+		})
+	}
+	// The same comment inside an image's ONBUILD trigger.
+	if _, err := ParseTrigger("# a comment\n# check=error=true\nCOPY a /a"); err != nil {
+		t.Fatal(err)
+	}
+}

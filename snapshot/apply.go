@@ -51,6 +51,52 @@ type applier struct {
 	dirs    []dirTime       // directory mtimes, set at the end
 	created map[string]bool // merge: paths this layer made
 	buf     []byte
+
+	raw     *countingReader // the tar stream
+	written int64           // file content written so far
+}
+
+// A layer's files may hold at most max(minApplyExpansion, maxApplyRatio ×
+// the tar stream read so far). Only a sparse entry makes content outgrow its
+// tar (Go's tar reader fills its holes): a few bytes could otherwise write
+// terabytes of zeros.
+const (
+	maxApplyRatio     = 100
+	minApplyExpansion = 1 << 30 // 1 GiB
+)
+
+// applyExpansionFloor is minApplyExpansion; tests lower it.
+var applyExpansionFloor int64 = minApplyExpansion
+
+// ErrTooLarge is returned (wrapped) by Apply for a layer whose files expand
+// beyond their bound.
+var ErrTooLarge = errors.New("refusing a likely decompression bomb")
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// contentReader reads one entry's content, counting it against the bound.
+type contentReader struct {
+	a *applier
+	r io.Reader
+}
+
+func (c contentReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.a.written += int64(n)
+	if limit := max(applyExpansionFloor, maxApplyRatio*c.a.raw.n); c.a.written > limit {
+		return 0, fmt.Errorf("layer files expand to more than %d bytes (the bound is %dx the tar, at least %d bytes; a sparse file?): %w",
+			limit, maxApplyRatio, applyExpansionFloor, ErrTooLarge)
+	}
+	return n, err
 }
 
 type dirTime struct {
@@ -69,9 +115,9 @@ func applyTar(ctx context.Context, dir string, r io.Reader, merge bool) error {
 		return err
 	}
 	defer root.Close()
-	a := &applier{root: root, merge: merge, created: map[string]bool{}, buf: make([]byte, 128<<10)}
+	a := &applier{root: root, merge: merge, created: map[string]bool{}, buf: make([]byte, 128<<10), raw: &countingReader{r: r}}
 	defer a.closeParent()
-	tr := tar.NewReader(r)
+	tr := tar.NewReader(a.raw)
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -117,8 +163,18 @@ func (a *applier) parent(dir string) (int, error) {
 	return int(f.Fd()), nil
 }
 
+// removeAll removes name and all below it, forgetting the directory times
+// recorded for them: a later entry may replace a directory with a file
+// (GNU tar and docker keep the last entry), and its times are its own.
 func (a *applier) removeAll(name string) error {
 	a.closeParent()
+	kept := a.dirs[:0]
+	for _, d := range a.dirs {
+		if name != "." && d.name != name && !strings.HasPrefix(d.name, name+"/") {
+			kept = append(kept, d)
+		}
+	}
+	a.dirs = kept
 	return a.root.RemoveAll(name)
 }
 
@@ -190,7 +246,7 @@ func (a *applier) create(name, dir, base string, hdr *tar.Header, r io.Reader) e
 			return fmt.Errorf("create: %w", err)
 		}
 		f := os.NewFile(uintptr(fd), name)
-		_, err = io.CopyBuffer(f, r, a.buf)
+		_, err = io.CopyBuffer(f, contentReader{a: a, r: r}, a.buf)
 		if cerr := f.Close(); err == nil {
 			err = cerr
 		}
@@ -361,11 +417,17 @@ func (a *applier) opaque(dir string) error {
 	return nil
 }
 
-// finishDirs sets directory times, children before parents.
+// finishDirs sets directory times, children before parents; when a
+// directory has several entries, the last one wins.
 func (a *applier) finishDirs() error {
 	a.closeParent()
+	done := map[string]bool{}
 	for i := len(a.dirs) - 1; i >= 0; i-- {
 		d := a.dirs[i]
+		if done[d.name] {
+			continue
+		}
+		done[d.name] = true
 		f, err := a.root.Open(d.name)
 		if err != nil {
 			return fmt.Errorf("set times %s: %w", d.name, err)

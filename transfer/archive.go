@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path"
 	"regexp"
 	"sort"
@@ -326,16 +327,20 @@ func Load(ctx context.Context, st *store.Store, r io.Reader, opts ...Opt) ([]*st
 	if err != nil {
 		return nil, err
 	}
-	br := bufio.NewReaderSize(r, 1<<20)
+	cr := &countingReader{r: r}
+	name, size := archiveName(r)
+	br := bufio.NewReaderSize(cr, 1<<20)
 	if magic, _ := br.Peek(2); len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {
 		zr, err := gzip.NewReader(br)
 		if err != nil {
 			return nil, fmt.Errorf("load: %w", err)
 		}
 		defer zr.Close()
-		br = bufio.NewReaderSize(zr, 1<<20)
+		br = bufio.NewReaderSize(&bombGuard{r: zr, compressed: cr, size: size, name: name}, 1<<20)
 	}
 	tr := tar.NewReader(&ctxReader{ctx: ctx, r: br})
+	// What entries expand to is bounded too: a sparse entry does.
+	content := &bombGuard{r: tr, compressed: cr, size: size, name: name}
 	files := map[string]*loadedFile{}
 	links := map[string]string{}
 	for entries := 0; ; entries++ {
@@ -343,7 +348,7 @@ func Load(ctx context.Context, st *store.Store, r io.Reader, opts ...Opt) ([]*st
 		if err == io.EOF {
 			break
 		}
-		if err != nil && entries == 0 {
+		if err != nil && entries == 0 && !errors.Is(err, ErrTooLarge) {
 			return nil, fmt.Errorf("load: not a tar archive: %w", err)
 		}
 		if err != nil {
@@ -368,7 +373,7 @@ func Load(ctx context.Context, st *store.Store, r io.Reader, opts ...Opt) ([]*st
 			if st.HasBlob(h) {
 				continue // tar.Reader skips the rest of the entry
 			}
-			br, kind := sniffLayer(tr)
+			br, kind := sniffLayer(content)
 			if _, err := ingest(st, br, &v1.Descriptor{Digest: h, Size: hdr.Size}, kind, nil); err != nil {
 				return nil, fmt.Errorf("load: %s: %w", name, err)
 			}
@@ -378,14 +383,14 @@ func Load(ctx context.Context, st *store.Store, r io.Reader, opts ...Opt) ([]*st
 			continue // legacy v1 metadata of old docker save
 		}
 		if hdr.Size <= maxJSONSize && (strings.HasSuffix(base, ".json") || base == "oci-layout" || base == "repositories") {
-			b, err := io.ReadAll(tr)
+			b, err := io.ReadAll(content)
 			if err != nil {
 				return nil, fmt.Errorf("load: read %s: %w", name, err)
 			}
 			files[name] = &loadedFile{data: b}
 			continue
 		}
-		br, kind := sniffLayer(tr)
+		br, kind := sniffLayer(content)
 		res, err := ingest(st, br, nil, kind, nil)
 		if err != nil {
 			return nil, fmt.Errorf("load: %s: %w", name, err)
@@ -541,6 +546,72 @@ func sniffLayer(r io.Reader) (io.Reader, compression.Kind) {
 		return br, k
 	}
 	return br, compression.None
+}
+
+// An archive may expand to at most max(minLoadExpansion, maxLoadRatio × its
+// size) (the file's size when r is a file, else the bytes read so far), both
+// when gunzipped and in what its entries hold (a sparse entry expands): past
+// that Load refuses it as a likely decompression bomb, before it fills the
+// disk.
+const (
+	maxLoadRatio     = 100
+	minLoadExpansion = 1 << 30 // 1 GiB
+)
+
+// loadExpansionFloor is minLoadExpansion; tests lower it.
+var loadExpansionFloor int64 = minLoadExpansion
+
+// ErrTooLarge is returned (wrapped) by Load for an archive that decompresses
+// beyond its bound.
+var ErrTooLarge = errors.New("refusing a likely decompression bomb")
+
+type countingReader struct {
+	r io.Reader
+	n int64
+}
+
+func (c *countingReader) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	c.n += int64(n)
+	return n, err
+}
+
+// bombGuard reads the expanded stream r, failing once it exceeds the bound
+// for the archive bytes counted by compressed.
+type bombGuard struct {
+	r          io.Reader
+	compressed *countingReader
+	size       int64  // compressed size if known, else 0
+	name       string // for the error
+	n          int64
+	err        error // set once the bound is passed
+}
+
+// archiveName names the archive r reads and gives its size, when r is a
+// regular file.
+func archiveName(r io.Reader) (name string, size int64) {
+	f, ok := r.(*os.File)
+	if !ok {
+		return "the archive", 0
+	}
+	if fi, err := f.Stat(); err == nil && fi.Mode().IsRegular() {
+		size = fi.Size()
+	}
+	return f.Name(), size
+}
+
+func (g *bombGuard) Read(p []byte) (int, error) {
+	if g.err != nil {
+		return 0, g.err // sticky: a bufio.Reader above would read on otherwise
+	}
+	n, err := g.r.Read(p)
+	g.n += int64(n)
+	if limit := max(loadExpansionFloor, maxLoadRatio*max(g.size, g.compressed.n)); g.n > limit {
+		g.err = fmt.Errorf("%s expands to more than %d bytes (the bound is %dx its compressed size, at least %d bytes): %w; if it is genuine, unpack it and load the plain tar",
+			g.name, limit, maxLoadRatio, loadExpansionFloor, ErrTooLarge)
+		return 0, g.err
+	}
+	return n, err
 }
 
 func cleanName(n string) string {
