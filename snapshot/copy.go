@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -177,7 +178,8 @@ func (s *snapshotter) diffCopy(ctx context.Context, a *active, w io.Writer) erro
 		}
 		d.children[dir] = append(d.children[dir], filepath.Base(p))
 	}
-	changes, err := d.dir("", filepath.Join(a.dir, "fs"), false)
+	root := filepath.Join(a.dir, "fs")
+	changes, err := d.tree(root)
 	if err != nil {
 		return err
 	}
@@ -190,7 +192,7 @@ func (s *snapshotter) diffCopy(ctx context.Context, a *active, w io.Writer) erro
 		pr.CloseWithError(err)
 		aerr <- err
 	}()
-	err = writeChanges(io.MultiWriter(w, pw), changes)
+	err = writeChanges(io.MultiWriter(w, pw), root, changes)
 	pw.CloseWithError(err)
 	if e := <-aerr; err == nil && e != nil {
 		err = fmt.Errorf("build layer: %w", e)
@@ -215,23 +217,31 @@ type change struct {
 	kind changeKind
 	rel  string // entry, opaque: the path; whiteout: the directory
 	name string // whiteout: the deleted name
-	abs  string
 	st   unix.Statx_t
 }
 
-func writeChanges(out io.Writer, changes []change) error {
-	return writeChangesOpts(out, changes, false)
+// writeChanges writes the changes of the tree at root as a layer tar.
+func writeChanges(out io.Writer, root string, changes []change) error {
+	return writeChangesOpts(out, root, changes, false)
 }
 
-func writeChangesOpts(out io.Writer, changes []change, noData bool) error {
+// writeChangesOpts is writeChanges; with noData regular files are written
+// without content. Each entry is looked up again below root without
+// following symlinks (see node): the tree may be a running container's.
+func writeChangesOpts(out io.Writer, root string, changes []change, noData bool) error {
 	w := newTarWriter(out, false)
 	w.noData = noData
+	rn, err := openTree(root)
+	if err != nil {
+		return err
+	}
+	defer rn.close()
 	for i := range changes {
 		c := &changes[i]
 		var err error
 		switch c.kind {
 		case changeEntry:
-			_, err = w.entry(c.rel, c.abs, &c.st)
+			err = w.changeEntry(rn, c.rel)
 		case changeWhiteout:
 			err = w.whiteout(c.rel, c.name)
 		case changeOpaque:
@@ -247,75 +257,108 @@ func writeChangesOpts(out io.Writer, changes []change, noData bool) error {
 	return nil
 }
 
+// changeEntry writes the entry of rel below root, as it is now.
+func (w *tarWriter) changeEntry(root *node, rel string) error {
+	n, err := root.open(rel)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // removed since the changes were listed
+	}
+	if err != nil {
+		return err
+	}
+	_, err = w.entry(rel, n)
+	n.close()
+	return err
+}
+
 type copyDiffer struct {
 	ctx      context.Context
 	m        manifest
 	children map[string][]string // manifest: directory -> names in it
 }
 
-// dir returns the changes below directory rel (at abs), in tar order. With
-// fresh, the directory is new or opaque: everything in it is a change.
-func (d *copyDiffer) dir(rel, abs string, fresh bool) ([]change, error) {
-	names, err := readDirNames(abs)
+// tree returns the changes of the tree at root, in tar order.
+func (d *copyDiffer) tree(root string) ([]change, error) {
+	rn, err := openTree(root)
+	if err != nil {
+		return nil, err
+	}
+	defer rn.close()
+	return d.dir(rn, false)
+}
+
+// dir returns the changes below directory dir, in tar order. With fresh,
+// the directory is new or opaque: everything in it is a change.
+func (d *copyDiffer) dir(dir *node, fresh bool) ([]change, error) {
+	names, err := dir.names()
 	if err != nil {
 		return nil, err
 	}
 	if !fresh {
-		names = mergeNames(names, d.children[rel])
+		names = mergeNames(names, d.children[dir.rel])
 	}
 	var out []change
 	for _, name := range names {
 		if err := d.ctx.Err(); err != nil {
 			return nil, err
 		}
-		c := change{kind: changeEntry, rel: joinRel(rel, name), abs: filepath.Join(abs, name)}
-		if err := lstatx(c.abs, &c.st); err != nil {
-			if errors.Is(err, unix.ENOENT) && !fresh {
-				out = append(out, change{kind: changeWhiteout, rel: rel, name: name})
-				continue
+		n, err := dir.open(name)
+		if errors.Is(err, fs.ErrNotExist) {
+			if !fresh {
+				out = append(out, change{kind: changeWhiteout, rel: dir.rel, name: name})
 			}
+			continue // a fresh directory's entry removed since it was read
+		}
+		if err != nil {
 			return nil, err
 		}
-		isDir := c.st.Mode&unix.S_IFMT == unix.S_IFDIR
-		old, had := d.m[c.rel]
-		if fresh || !had || old.Mode&unix.S_IFMT != uint32(c.st.Mode)&unix.S_IFMT {
-			// New, or a different type: the entry replaces whatever was below.
-			out = append(out, c)
-			if isDir {
-				sub, err := d.dir(c.rel, c.abs, true)
-				if err != nil {
-					return nil, err
-				}
-				out = append(out, sub...)
-			}
-			continue
+		sub, err := d.entry(n, fresh)
+		n.close()
+		if err != nil {
+			return nil, err
 		}
-		if isDir {
-			if old.Ino != c.st.Ino || (old.Btime != 0 && c.st.Mask&unix.STATX_BTIME != 0 && old.Btime != statxNs(c.st.Btime)) {
-				// Deleted and made anew: hide the lower contents.
-				sub, err := d.dir(c.rel, c.abs, true)
-				if err != nil {
-					return nil, err
-				}
-				out = append(out, c, change{kind: changeOpaque, rel: c.rel})
-				out = append(out, sub...)
-				continue
-			}
-			sub, err := d.dir(c.rel, c.abs, false)
-			if err != nil {
-				return nil, err
-			}
-			if len(sub) > 0 || changed(&old, &c.st) {
-				out = append(out, c)
-				out = append(out, sub...)
-			}
-			continue
-		}
-		if changed(&old, &c.st) {
-			out = append(out, c)
-		}
+		out = append(out, sub...)
 	}
 	return out, nil
+}
+
+// entry returns the changes of n and below it.
+func (d *copyDiffer) entry(n *node, fresh bool) ([]change, error) {
+	c := change{kind: changeEntry, rel: n.rel, st: n.st}
+	old, had := d.m[n.rel]
+	if fresh || !had || old.Mode&unix.S_IFMT != uint32(c.st.Mode)&unix.S_IFMT {
+		// New, or a different type: the entry replaces whatever was below.
+		if !n.isDir() {
+			return []change{c}, nil
+		}
+		sub, err := d.dir(n, true)
+		if err != nil {
+			return nil, err
+		}
+		return append([]change{c}, sub...), nil
+	}
+	if !n.isDir() {
+		if changed(&old, &c.st) {
+			return []change{c}, nil
+		}
+		return nil, nil
+	}
+	if old.Ino != c.st.Ino || (old.Btime != 0 && c.st.Mask&unix.STATX_BTIME != 0 && old.Btime != statxNs(c.st.Btime)) {
+		// Deleted and made anew: hide the lower contents.
+		sub, err := d.dir(n, true)
+		if err != nil {
+			return nil, err
+		}
+		return append([]change{c, {kind: changeOpaque, rel: c.rel}}, sub...), nil
+	}
+	sub, err := d.dir(n, false)
+	if err != nil {
+		return nil, err
+	}
+	if len(sub) > 0 || changed(&old, &c.st) {
+		return append([]change{c}, sub...), nil
+	}
+	return nil, nil
 }
 
 // changed reports whether a path differs from how Prepare left it. For a
