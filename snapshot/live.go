@@ -124,27 +124,28 @@ func (s *snapshotter) Changes(ctx context.Context, key string) ([]Change, error)
 	if err != nil {
 		return nil, err
 	}
-	var existed func(rel string) bool
-	if la.Driver == DriverOverlay {
-		var lowers []string
-		if la.Parent != "" {
-			if lowers, err = s.LowerDirs(la.Parent); err != nil {
-				return nil, err
-			}
-		}
-		lt, err := openTrees(lowers)
+	if la.Driver != DriverOverlay {
+		// The copy driver's changes are the list; reading the entries
+		// again for a tar would only add a chance to race a running
+		// container.
+		changes, m, err := copyChanges(ctx, la)
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("changes %s: %w", key, err)
 		}
-		defer lt.close()
-		existed = func(rel string) bool { return inLowers(lt, rel) }
-	} else {
-		m, err := loadManifest(filepath.Join(la.dir, "manifest"))
-		if err != nil {
-			return nil, err
-		}
-		existed = func(rel string) bool { _, ok := m[rel]; return ok }
+		return copyChangeList(changes, m), nil
 	}
+	var lowers []string
+	if la.Parent != "" {
+		if lowers, err = s.LowerDirs(la.Parent); err != nil {
+			return nil, err
+		}
+	}
+	lt, err := openTrees(lowers)
+	if err != nil {
+		return nil, err
+	}
+	defer lt.close()
+	existed := func(rel string) bool { return inLowers(lt, rel) }
 
 	pr, pw := io.Pipe()
 	werr := make(chan error, 1)
@@ -186,6 +187,28 @@ func (s *snapshotter) Changes(ctx context.Context, key string) ([]Change, error)
 		return nil, fmt.Errorf("changes %s: %w", key, rerr)
 	}
 	return out, nil
+}
+
+// copyChangeList turns copy-driver changes against manifest m into Changes,
+// as Changes reads them from a tar.
+func copyChangeList(changes []change, m manifest) []Change {
+	var out []Change
+	for _, c := range changes {
+		switch c.kind {
+		case changeWhiteout:
+			out = append(out, Change{ChangeDelete, "/" + joinRel(c.rel, c.name)})
+		case changeEntry:
+			if c.st.Mode&unix.S_IFMT == unix.S_IFSOCK {
+				continue // not archived
+			}
+			kind := ChangeAdd
+			if _, ok := m[c.rel]; ok {
+				kind = ChangeModify
+			}
+			out = append(out, Change{kind, "/" + c.rel})
+		}
+	}
+	return out
 }
 
 // inLowers reports whether rel exists in the view made of the overlay-form
