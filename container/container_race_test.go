@@ -52,8 +52,9 @@ func swapperImage(t *testing.T, r *testRoot, tag string) {
 // TestCommitDiffSymlinkSwapRace races commit and diff against a container
 // that keeps replacing a directory of its layer with a symlink to a host
 // directory (docker's CVE-2018-15664): no committed layer and no diff may
-// ever hold the host directory's content or names, and each commit and diff
-// either succeeds or fails with one error line.
+// ever hold the host directory's content or names, each commit and diff of
+// the running container either succeeds or fails with one error line, and a
+// commit that pauses the container succeeds and leaves it running.
 func TestCommitDiffSymlinkSwapRace(t *testing.T) {
 	for _, d := range []string{snapshot.DriverOverlay, snapshot.DriverCopy} {
 		t.Run(d, func(t *testing.T) { testSymlinkSwapRace(t, d) })
@@ -95,10 +96,17 @@ func testSymlinkSwapRace(t *testing.T, driver string) {
 		}
 	}
 
+	// Each round: a commit of the running container (the reader races the
+	// swap), a commit that pauses it (the default: nothing races, so it
+	// must succeed, and the container must run on), and a diff.
+	rt, err := r.runtime(c)
+	if err != nil {
+		t.Fatal(err)
+	}
 	const rounds = 50
 	var commitOK, commitFail, diffOK, diffFail int
 	for i := range rounds {
-		img, err := r.Commit(ctx, c.ID, "", CommitOptions{})
+		img, err := r.Commit(ctx, c.ID, "", CommitOptions{NoPause: true})
 		if err != nil {
 			commitFail++
 			if strings.Contains(err.Error(), "\n") {
@@ -111,6 +119,19 @@ func testSymlinkSwapRace(t *testing.T, driver string) {
 			if leak := layerLeak(t, r, ids[len(ids)-1], marker); leak != "" {
 				t.Errorf("commit %d: the committed layer holds host content: %s", i, leak)
 			}
+		}
+
+		img, err = r.Commit(ctx, c.ID, "", CommitOptions{})
+		if err != nil {
+			t.Errorf("paused commit %d: %v", i, err)
+		} else {
+			ids := img.Config.RootFS.DiffIDs
+			if leak := layerLeak(t, r, ids[len(ids)-1], marker); leak != "" {
+				t.Errorf("paused commit %d: the committed layer holds host content: %s", i, leak)
+			}
+		}
+		if st, err := rt.State(ctx, c.ID); err != nil || st.Status != "running" {
+			t.Fatalf("after paused commit %d: container state %+v, %v", i, st, err)
 		}
 
 		changes, err := r.Changes(ctx, c.ID)
@@ -129,7 +150,7 @@ func testSymlinkSwapRace(t *testing.T, driver string) {
 			}
 		}
 	}
-	t.Logf("%s: commits %d ok, %d failed; diffs %d ok, %d failed", driver, commitOK, commitFail, diffOK, diffFail)
+	t.Logf("%s: running commits %d ok, %d failed; diffs %d ok, %d failed", driver, commitOK, commitFail, diffOK, diffFail)
 	if commitOK == 0 || diffOK == 0 {
 		t.Errorf("no commit or no diff succeeded: nothing was checked")
 	}
