@@ -170,20 +170,6 @@ func (s *snapshotter) diffCopy(ctx context.Context, a *active, w io.Writer) erro
 	if err := os.Mkdir(layer, 0o755); err != nil {
 		return err
 	}
-	d := &copyDiffer{ctx: ctx, m: a.manifest, children: map[string][]string{}}
-	for p := range a.manifest {
-		dir := filepath.Dir(p)
-		if dir == "." {
-			dir = ""
-		}
-		d.children[dir] = append(d.children[dir], filepath.Base(p))
-	}
-	root := filepath.Join(a.dir, "fs")
-	changes, err := d.tree(root)
-	if err != nil {
-		return err
-	}
-
 	pr, pw := io.Pipe()
 	aerr := make(chan error, 1)
 	go func() {
@@ -192,7 +178,7 @@ func (s *snapshotter) diffCopy(ctx context.Context, a *active, w io.Writer) erro
 		pr.CloseWithError(err)
 		aerr <- err
 	}()
-	err = writeChanges(io.MultiWriter(w, pw), root, changes)
+	err := writeCopyTar(ctx, a.manifest, filepath.Join(a.dir, "fs"), io.MultiWriter(w, pw), false)
 	pw.CloseWithError(err)
 	if e := <-aerr; err == nil && e != nil {
 		err = fmt.Errorf("build layer: %w", e)
@@ -220,36 +206,25 @@ type change struct {
 	st   unix.Statx_t
 }
 
-// writeChanges writes the changes of the tree at root as a layer tar.
-func writeChanges(out io.Writer, root string, changes []change) error {
-	return writeChangesOpts(out, root, changes, false)
-}
-
-// writeChangesOpts is writeChanges; with noData regular files are written
-// without content. Each entry is looked up again below root without
-// following symlinks (see node): the tree may be a running container's.
-func writeChangesOpts(out io.Writer, root string, changes []change, noData bool) error {
+// writeCopyTar writes the changes of the copy-driver tree at root against
+// manifest m as a layer tar; with noData regular files are written without
+// content. Each entry is written from the descriptor it was compared
+// through (see node): the tree may be a running container's.
+func writeCopyTar(ctx context.Context, m manifest, root string, out io.Writer, noData bool) error {
 	w := newTarWriter(out, false)
 	w.noData = noData
-	rn, err := openTree(root)
+	err := walkCopy(ctx, m, root, func(c *change, n *node) error {
+		switch c.kind {
+		case changeWhiteout:
+			return w.whiteout(c.rel, c.name)
+		case changeOpaque:
+			return w.opaque(c.rel)
+		}
+		_, err := w.entry(c.rel, n)
+		return err
+	})
 	if err != nil {
 		return err
-	}
-	defer rn.close()
-	for i := range changes {
-		c := &changes[i]
-		var err error
-		switch c.kind {
-		case changeEntry:
-			err = w.changeEntry(rn, c.rel)
-		case changeWhiteout:
-			err = w.whiteout(c.rel, c.name)
-		case changeOpaque:
-			err = w.opaque(c.rel)
-		}
-		if err != nil {
-			return err
-		}
 	}
 	if err := w.tw.Close(); err != nil {
 		return fmt.Errorf("close tar: %w", err)
@@ -257,108 +232,139 @@ func writeChangesOpts(out io.Writer, root string, changes []change, noData bool)
 	return nil
 }
 
-// changeEntry writes the entry of rel below root, as it is now.
-func (w *tarWriter) changeEntry(root *node, rel string) error {
-	n, err := root.open(rel)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil // removed since the changes were listed
+// listCopy returns the changes of the copy-driver tree at root against
+// manifest m, in tar order.
+func listCopy(ctx context.Context, m manifest, root string) ([]change, error) {
+	var out []change
+	err := walkCopy(ctx, m, root, func(c *change, _ *node) error {
+		out = append(out, *c)
+		return nil
+	})
+	return out, err
+}
+
+// walkCopy compares the copy-driver tree at root to manifest m and gives
+// emit each change in tar order, with the open node of an entry (nil for a
+// whiteout or opaque marker), valid during the call.
+func walkCopy(ctx context.Context, m manifest, root string, emit func(*change, *node) error) error {
+	d := &copyDiffer{ctx: ctx, m: m, children: map[string][]string{}, emit: emit}
+	for p := range m {
+		dir := filepath.Dir(p)
+		if dir == "." {
+			dir = ""
+		}
+		d.children[dir] = append(d.children[dir], filepath.Base(p))
 	}
+	rn, err := openTree(root)
 	if err != nil {
 		return err
 	}
-	_, err = w.entry(rel, n)
-	n.close()
-	return err
+	defer rn.close()
+	return d.dir(rn, false)
 }
 
 type copyDiffer struct {
 	ctx      context.Context
 	m        manifest
 	children map[string][]string // manifest: directory -> names in it
+	emit     func(*change, *node) error
+	// pending are the directories on the way down that are unchanged
+	// themselves: each goes out just before the first change below it.
+	pending []pendingDir
 }
 
-// tree returns the changes of the tree at root, in tar order.
-func (d *copyDiffer) tree(root string) ([]change, error) {
-	rn, err := openTree(root)
-	if err != nil {
-		return nil, err
+type pendingDir struct {
+	c change
+	n *node
+}
+
+// out emits c (of node n, nil for a marker) after the pending directories.
+func (d *copyDiffer) out(c change, n *node) error {
+	for i := range d.pending {
+		if err := d.emit(&d.pending[i].c, d.pending[i].n); err != nil {
+			return err
+		}
 	}
-	defer rn.close()
-	return d.dir(rn, false)
+	d.pending = d.pending[:0]
+	return d.emit(&c, n)
 }
 
-// dir returns the changes below directory dir, in tar order. With fresh,
-// the directory is new or opaque: everything in it is a change.
-func (d *copyDiffer) dir(dir *node, fresh bool) ([]change, error) {
+// dir emits the changes below directory dir. With fresh, the directory is
+// new or opaque: everything in it is a change.
+func (d *copyDiffer) dir(dir *node, fresh bool) error {
 	names, err := dir.names()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if !fresh {
 		names = mergeNames(names, d.children[dir.rel])
 	}
-	var out []change
 	for _, name := range names {
 		if err := d.ctx.Err(); err != nil {
-			return nil, err
+			return err
 		}
 		n, err := dir.open(name)
 		if errors.Is(err, fs.ErrNotExist) {
-			if !fresh {
-				out = append(out, change{kind: changeWhiteout, rel: dir.rel, name: name})
+			if fresh {
+				continue // removed since the directory was read
 			}
-			continue // a fresh directory's entry removed since it was read
+			if err := d.out(change{kind: changeWhiteout, rel: dir.rel, name: name}, nil); err != nil {
+				return err
+			}
+			continue
 		}
 		if err != nil {
-			return nil, err
+			return err
 		}
-		sub, err := d.entry(n, fresh)
+		err = d.entry(n, fresh)
 		n.close()
 		if err != nil {
-			return nil, err
+			return err
 		}
-		out = append(out, sub...)
 	}
-	return out, nil
+	return nil
 }
 
-// entry returns the changes of n and below it.
-func (d *copyDiffer) entry(n *node, fresh bool) ([]change, error) {
+// entry emits the changes of n and below it.
+func (d *copyDiffer) entry(n *node, fresh bool) error {
 	c := change{kind: changeEntry, rel: n.rel, st: n.st}
 	old, had := d.m[n.rel]
 	if fresh || !had || old.Mode&unix.S_IFMT != uint32(c.st.Mode)&unix.S_IFMT {
 		// New, or a different type: the entry replaces whatever was below.
-		if !n.isDir() {
-			return []change{c}, nil
+		if err := d.out(c, n); err != nil || !n.isDir() {
+			return err
 		}
-		sub, err := d.dir(n, true)
-		if err != nil {
-			return nil, err
-		}
-		return append([]change{c}, sub...), nil
+		return d.dir(n, true)
 	}
 	if !n.isDir() {
 		if changed(&old, &c.st) {
-			return []change{c}, nil
+			return d.out(c, n)
 		}
-		return nil, nil
+		return nil
 	}
 	if old.Ino != c.st.Ino || (old.Btime != 0 && c.st.Mask&unix.STATX_BTIME != 0 && old.Btime != statxNs(c.st.Btime)) {
 		// Deleted and made anew: hide the lower contents.
-		sub, err := d.dir(n, true)
-		if err != nil {
-			return nil, err
+		if err := d.out(c, n); err != nil {
+			return err
 		}
-		return append([]change{c, {kind: changeOpaque, rel: c.rel}}, sub...), nil
+		if err := d.out(change{kind: changeOpaque, rel: c.rel}, nil); err != nil {
+			return err
+		}
+		return d.dir(n, true)
 	}
-	sub, err := d.dir(n, false)
-	if err != nil {
-		return nil, err
+	if changed(&old, &c.st) {
+		if err := d.out(c, n); err != nil {
+			return err
+		}
+		return d.dir(n, false)
 	}
-	if len(sub) > 0 || changed(&old, &c.st) {
-		return append([]change{c}, sub...), nil
+	// Unchanged itself: it goes out only if something below changed.
+	d.pending = append(d.pending, pendingDir{c, n})
+	err := d.dir(n, false)
+	if len(d.pending) > 0 { // not flushed: it is the last one
+		d.pending = d.pending[:len(d.pending)-1]
 	}
-	return nil, nil
+	return err
 }
 
 // changed reports whether a path differs from how Prepare left it. For a

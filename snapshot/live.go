@@ -78,15 +78,7 @@ func copyChanges(ctx context.Context, la *liveActive) ([]change, manifest, error
 	if err != nil {
 		return nil, nil, err
 	}
-	d := &copyDiffer{ctx: ctx, m: m, children: map[string][]string{}}
-	for p := range m {
-		dir := filepath.Dir(p)
-		if dir == "." {
-			dir = ""
-		}
-		d.children[dir] = append(d.children[dir], filepath.Base(p))
-	}
-	changes, err := d.tree(filepath.Join(la.dir, "fs"))
+	changes, err := listCopy(ctx, m, filepath.Join(la.dir, "fs"))
 	return changes, m, err
 }
 
@@ -101,11 +93,11 @@ func (s *snapshotter) writeLive(ctx context.Context, la *liveActive, w io.Writer
 		}
 		return writeUpperTarOpts(ctx, filepath.Join(la.dir, "upper"), w, false, noData, lowers...)
 	}
-	changes, _, err := copyChanges(ctx, la)
+	m, err := loadManifest(filepath.Join(la.dir, "manifest"))
 	if err != nil {
 		return err
 	}
-	return writeChangesOpts(w, filepath.Join(la.dir, "fs"), changes, noData)
+	return writeCopyTar(ctx, m, filepath.Join(la.dir, "fs"), w, noData)
 }
 
 func (s *snapshotter) DiffLive(ctx context.Context, key string, w io.Writer) error {
