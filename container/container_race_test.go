@@ -98,7 +98,8 @@ func testSymlinkSwapRace(t *testing.T, driver string) {
 
 	// Each round: a commit of the running container (the reader races the
 	// swap), a commit that pauses it (the default: nothing races, so it
-	// must succeed, and the container must run on), and a diff.
+	// must succeed with one state of the container, which must run on),
+	// and a diff.
 	rt, err := r.runtime(c)
 	if err != nil {
 		t.Fatal(err)
@@ -128,6 +129,9 @@ func testSymlinkSwapRace(t *testing.T, driver string) {
 			ids := img.Config.RootFS.DiffIDs
 			if leak := layerLeak(t, r, ids[len(ids)-1], marker); leak != "" {
 				t.Errorf("paused commit %d: the committed layer holds host content: %s", i, leak)
+			}
+			if bad := swapState(t, r, ids[len(ids)-1]); bad != "" {
+				t.Errorf("paused commit %d: the layer is no one state of the container: %s", i, bad)
 			}
 		}
 		if st, err := rt.State(ctx, c.ID); err != nil || st.Status != "running" {
@@ -172,29 +176,65 @@ func ready(ctx context.Context, r *testRoot, c *Container) bool {
 // nothing.
 func layerLeak(t *testing.T, r *testRoot, diffID v1.Hash, marker string) string {
 	t.Helper()
+	leak, _ := readSwapLayer(t, r, diffID, marker)
+	return leak
+}
+
+// swapState describes the swapper's two names in a committed layer: one
+// must be the directory with all its files and the other the symlink,
+// as at any one moment in the container; "" if so.
+func swapState(t *testing.T, r *testRoot, diffID v1.Hash) string {
+	t.Helper()
+	_, types := readSwapLayer(t, r, diffID, "")
+	files := map[string]int{}
+	for name, typ := range types {
+		if dir, base, ok := strings.Cut(name, "/"); ok && typ == tar.TypeReg && !strings.HasPrefix(base, ".wh.") {
+			files[dir]++
+		}
+	}
+	for _, pair := range [][2]string{{"d", "d.lnk"}, {"d.lnk", "d"}} {
+		dir, link := pair[0], pair[1]
+		if types[dir+"/"] == tar.TypeDir && files[dir] == swapFiles && types[link] == tar.TypeSymlink && files[link] == 0 {
+			return ""
+		}
+	}
+	return fmt.Sprintf("d: %q (%d files), d.lnk: %q (%d files)",
+		string(types["d"])+string(types["d/"]), files["d"], string(types["d.lnk"])+string(types["d.lnk/"]), files["d.lnk"])
+}
+
+// readSwapLayer reads the layer diffID: what of the host it holds (see
+// layerLeak; marker "" checks nothing) and the type of each entry.
+func readSwapLayer(t *testing.T, r *testRoot, diffID v1.Hash, marker string) (leak string, types map[string]byte) {
+	t.Helper()
 	rc, err := r.Store.OpenBlob(diffID)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer rc.Close()
+	types = map[string]byte{}
 	tr := tar.NewReader(rc)
 	for {
 		hdr, err := tr.Next()
 		if err == io.EOF {
-			return ""
+			return leak, types
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
+		types[hdr.Name] = hdr.Typeflag
+		if marker == "" || leak != "" {
+			continue
+		}
 		if strings.Contains(hdr.Name, "hostonly") {
-			return "entry " + hdr.Name
+			leak = "entry " + hdr.Name
+			continue
 		}
 		b, err := io.ReadAll(tr)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if bytes.Contains(b, []byte(marker)) {
-			return "the content of " + hdr.Name
+			leak = "the content of " + hdr.Name
 		}
 	}
 }
