@@ -3,6 +3,7 @@ package container
 import (
 	"context"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -29,12 +30,20 @@ func (r *Manager) Changes(ctx context.Context, nameOrID string) ([]snapshot.Chan
 type CommitOptions struct {
 	// Author and Message go into the config and the history entry.
 	Author, Message string
+	// NoPause reads the layer of a running container while it runs. By
+	// default, as docker commit does, the container is paused (frozen)
+	// meanwhile, so that the layer is one state of it. Either way the
+	// layer is read without following symlinks, so a container that
+	// changes it meanwhile can make the commit fail but not put anything
+	// of the host in the image.
+	NoPause bool
 }
 
 // Commit turns a container's layer into a new image: the
 // container's image plus one layer holding exactly the container's changes
 // (streamed into the store, which hashes it as it writes), with a history
-// entry. ref, if not "", names the image. The container keeps running.
+// entry. ref, if not "", names the image. A running container is paused
+// while its layer is read (see CommitOptions.NoPause) and keeps running.
 func (r *Manager) Commit(ctx context.Context, nameOrID, ref string, opts CommitOptions) (*store.Image, error) {
 	c, err := r.Get(ctx, nameOrID)
 	if err != nil {
@@ -49,7 +58,7 @@ func (r *Manager) Commit(ctx context.Context, nameOrID, ref string, opts CommitO
 		return nil, err
 	}
 	defer w.Close()
-	if err := r.root.Snaps.DiffLive(ctx, c.Snapshot, w); err != nil {
+	if err := r.diffLive(ctx, c, w, !opts.NoPause); err != nil {
 		return nil, err
 	}
 	diffID, size, err := w.Commit()
@@ -84,4 +93,45 @@ func (r *Manager) Commit(ctx context.Context, nameOrID, ref string, opts CommitO
 		img.Refs = append(img.Refs, store.NormalizeRef(ref))
 	}
 	return img, nil
+}
+
+// diffLive writes c's layer to w, pausing c meanwhile if pause and c runs.
+func (r *Manager) diffLive(ctx context.Context, c *Container, w io.Writer, pause bool) error {
+	resume := func() error { return nil }
+	if pause && c.Running() {
+		var err error
+		if resume, err = r.pause(ctx, c); err != nil {
+			return err
+		}
+	}
+	err := r.root.Snaps.DiffLive(ctx, c.Snapshot, w)
+	if rerr := resume(); err == nil {
+		err = rerr
+	}
+	return err
+}
+
+// pause pauses the running container c and returns the function that
+// resumes it. A container paused already (or exited) is left alone.
+func (r *Manager) pause(ctx context.Context, c *Container) (resume func() error, err error) {
+	rt, err := r.runtime(c)
+	if err != nil {
+		return nil, err
+	}
+	st, err := rt.State(ctx, c.ID)
+	if err != nil {
+		return nil, fmt.Errorf("pause container %s: %w", c.Name, err)
+	}
+	if st.Status != "running" {
+		return func() error { return nil }, nil
+	}
+	if err := rt.Pause(ctx, c.ID); err != nil {
+		return nil, fmt.Errorf("pause container %s: %w (commit without pausing to read it running)", c.Name, err)
+	}
+	return func() error {
+		if err := rt.Resume(context.WithoutCancel(ctx), c.ID); err != nil {
+			return fmt.Errorf("resume container %s: %w", c.Name, err)
+		}
+		return nil
+	}, nil
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
@@ -169,19 +170,6 @@ func (s *snapshotter) diffCopy(ctx context.Context, a *active, w io.Writer) erro
 	if err := os.Mkdir(layer, 0o755); err != nil {
 		return err
 	}
-	d := &copyDiffer{ctx: ctx, m: a.manifest, children: map[string][]string{}}
-	for p := range a.manifest {
-		dir := filepath.Dir(p)
-		if dir == "." {
-			dir = ""
-		}
-		d.children[dir] = append(d.children[dir], filepath.Base(p))
-	}
-	changes, err := d.dir("", filepath.Join(a.dir, "fs"), false)
-	if err != nil {
-		return err
-	}
-
 	pr, pw := io.Pipe()
 	aerr := make(chan error, 1)
 	go func() {
@@ -190,7 +178,7 @@ func (s *snapshotter) diffCopy(ctx context.Context, a *active, w io.Writer) erro
 		pr.CloseWithError(err)
 		aerr <- err
 	}()
-	err = writeChanges(io.MultiWriter(w, pw), changes)
+	err := writeCopyTar(ctx, a.manifest, filepath.Join(a.dir, "fs"), io.MultiWriter(w, pw), false)
 	pw.CloseWithError(err)
 	if e := <-aerr; err == nil && e != nil {
 		err = fmt.Errorf("build layer: %w", e)
@@ -215,31 +203,28 @@ type change struct {
 	kind changeKind
 	rel  string // entry, opaque: the path; whiteout: the directory
 	name string // whiteout: the deleted name
-	abs  string
 	st   unix.Statx_t
 }
 
-func writeChanges(out io.Writer, changes []change) error {
-	return writeChangesOpts(out, changes, false)
-}
-
-func writeChangesOpts(out io.Writer, changes []change, noData bool) error {
+// writeCopyTar writes the changes of the copy-driver tree at root against
+// manifest m as a layer tar; with noData regular files are written without
+// content. Each entry is written from the descriptor it was compared
+// through (see node): the tree may be a running container's.
+func writeCopyTar(ctx context.Context, m manifest, root string, out io.Writer, noData bool) error {
 	w := newTarWriter(out, false)
 	w.noData = noData
-	for i := range changes {
-		c := &changes[i]
-		var err error
+	err := walkCopy(ctx, m, root, func(c *change, n *node) error {
 		switch c.kind {
-		case changeEntry:
-			_, err = w.entry(c.rel, c.abs, &c.st)
 		case changeWhiteout:
-			err = w.whiteout(c.rel, c.name)
+			return w.whiteout(c.rel, c.name)
 		case changeOpaque:
-			err = w.opaque(c.rel)
+			return w.opaque(c.rel)
 		}
-		if err != nil {
-			return err
-		}
+		_, err := w.entry(c.rel, n)
+		return err
+	})
+	if err != nil {
+		return err
 	}
 	if err := w.tw.Close(); err != nil {
 		return fmt.Errorf("close tar: %w", err)
@@ -247,75 +232,139 @@ func writeChangesOpts(out io.Writer, changes []change, noData bool) error {
 	return nil
 }
 
+// listCopy returns the changes of the copy-driver tree at root against
+// manifest m, in tar order.
+func listCopy(ctx context.Context, m manifest, root string) ([]change, error) {
+	var out []change
+	err := walkCopy(ctx, m, root, func(c *change, _ *node) error {
+		out = append(out, *c)
+		return nil
+	})
+	return out, err
+}
+
+// walkCopy compares the copy-driver tree at root to manifest m and gives
+// emit each change in tar order, with the open node of an entry (nil for a
+// whiteout or opaque marker), valid during the call.
+func walkCopy(ctx context.Context, m manifest, root string, emit func(*change, *node) error) error {
+	d := &copyDiffer{ctx: ctx, m: m, children: map[string][]string{}, emit: emit}
+	for p := range m {
+		dir := filepath.Dir(p)
+		if dir == "." {
+			dir = ""
+		}
+		d.children[dir] = append(d.children[dir], filepath.Base(p))
+	}
+	rn, err := openTree(root)
+	if err != nil {
+		return err
+	}
+	defer rn.close()
+	return d.dir(rn, false)
+}
+
 type copyDiffer struct {
 	ctx      context.Context
 	m        manifest
 	children map[string][]string // manifest: directory -> names in it
+	emit     func(*change, *node) error
+	// pending are the directories on the way down that are unchanged
+	// themselves: each goes out just before the first change below it.
+	pending []pendingDir
 }
 
-// dir returns the changes below directory rel (at abs), in tar order. With
-// fresh, the directory is new or opaque: everything in it is a change.
-func (d *copyDiffer) dir(rel, abs string, fresh bool) ([]change, error) {
-	names, err := readDirNames(abs)
+type pendingDir struct {
+	c change
+	n *node
+}
+
+// out emits c (of node n, nil for a marker) after the pending directories.
+func (d *copyDiffer) out(c change, n *node) error {
+	for i := range d.pending {
+		if err := d.emit(&d.pending[i].c, d.pending[i].n); err != nil {
+			return err
+		}
+	}
+	d.pending = d.pending[:0]
+	return d.emit(&c, n)
+}
+
+// dir emits the changes below directory dir. With fresh, the directory is
+// new or opaque: everything in it is a change.
+func (d *copyDiffer) dir(dir *node, fresh bool) error {
+	names, err := dir.names()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	if !fresh {
-		names = mergeNames(names, d.children[rel])
+		names = mergeNames(names, d.children[dir.rel])
 	}
-	var out []change
 	for _, name := range names {
 		if err := d.ctx.Err(); err != nil {
-			return nil, err
+			return err
 		}
-		c := change{kind: changeEntry, rel: joinRel(rel, name), abs: filepath.Join(abs, name)}
-		if err := lstatx(c.abs, &c.st); err != nil {
-			if errors.Is(err, unix.ENOENT) && !fresh {
-				out = append(out, change{kind: changeWhiteout, rel: rel, name: name})
-				continue
+		n, err := dir.open(name)
+		if errors.Is(err, fs.ErrNotExist) {
+			if fresh {
+				continue // removed since the directory was read
 			}
-			return nil, err
-		}
-		isDir := c.st.Mode&unix.S_IFMT == unix.S_IFDIR
-		old, had := d.m[c.rel]
-		if fresh || !had || old.Mode&unix.S_IFMT != uint32(c.st.Mode)&unix.S_IFMT {
-			// New, or a different type: the entry replaces whatever was below.
-			out = append(out, c)
-			if isDir {
-				sub, err := d.dir(c.rel, c.abs, true)
-				if err != nil {
-					return nil, err
-				}
-				out = append(out, sub...)
+			if err := d.out(change{kind: changeWhiteout, rel: dir.rel, name: name}, nil); err != nil {
+				return err
 			}
 			continue
 		}
-		if isDir {
-			if old.Ino != c.st.Ino || (old.Btime != 0 && c.st.Mask&unix.STATX_BTIME != 0 && old.Btime != statxNs(c.st.Btime)) {
-				// Deleted and made anew: hide the lower contents.
-				sub, err := d.dir(c.rel, c.abs, true)
-				if err != nil {
-					return nil, err
-				}
-				out = append(out, c, change{kind: changeOpaque, rel: c.rel})
-				out = append(out, sub...)
-				continue
-			}
-			sub, err := d.dir(c.rel, c.abs, false)
-			if err != nil {
-				return nil, err
-			}
-			if len(sub) > 0 || changed(&old, &c.st) {
-				out = append(out, c)
-				out = append(out, sub...)
-			}
-			continue
+		if err != nil {
+			return err
 		}
-		if changed(&old, &c.st) {
-			out = append(out, c)
+		err = d.entry(n, fresh)
+		n.close()
+		if err != nil {
+			return err
 		}
 	}
-	return out, nil
+	return nil
+}
+
+// entry emits the changes of n and below it.
+func (d *copyDiffer) entry(n *node, fresh bool) error {
+	c := change{kind: changeEntry, rel: n.rel, st: n.st}
+	old, had := d.m[n.rel]
+	if fresh || !had || old.Mode&unix.S_IFMT != uint32(c.st.Mode)&unix.S_IFMT {
+		// New, or a different type: the entry replaces whatever was below.
+		if err := d.out(c, n); err != nil || !n.isDir() {
+			return err
+		}
+		return d.dir(n, true)
+	}
+	if !n.isDir() {
+		if changed(&old, &c.st) {
+			return d.out(c, n)
+		}
+		return nil
+	}
+	if old.Ino != c.st.Ino || (old.Btime != 0 && c.st.Mask&unix.STATX_BTIME != 0 && old.Btime != statxNs(c.st.Btime)) {
+		// Deleted and made anew: hide the lower contents.
+		if err := d.out(c, n); err != nil {
+			return err
+		}
+		if err := d.out(change{kind: changeOpaque, rel: c.rel}, nil); err != nil {
+			return err
+		}
+		return d.dir(n, true)
+	}
+	if changed(&old, &c.st) {
+		if err := d.out(c, n); err != nil {
+			return err
+		}
+		return d.dir(n, false)
+	}
+	// Unchanged itself: it goes out only if something below changed.
+	d.pending = append(d.pending, pendingDir{c, n})
+	err := d.dir(n, false)
+	if len(d.pending) > 0 { // not flushed: it is the last one
+		d.pending = d.pending[:len(d.pending)-1]
+	}
+	return err
 }
 
 // changed reports whether a path differs from how Prepare left it. For a

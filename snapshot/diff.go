@@ -58,11 +58,25 @@ func readDirNames(dir string) ([]string, error) {
 
 // readXattrs returns the extended attributes of p (not following symlinks).
 func readXattrs(p string) (map[string][]byte, error) {
+	a, err := listXattrs(p, false)
+	if err != nil {
+		return nil, fmt.Errorf("xattrs of %s: %w", p, err)
+	}
+	return a, nil
+}
+
+// listXattrs returns the extended attributes of p, following a final
+// symlink if follow.
+func listXattrs(p string, follow bool) (map[string][]byte, error) {
+	list := unix.Llistxattr
+	if follow {
+		list = unix.Listxattr
+	}
 	buf := make([]byte, 256)
 	var n int
 	var err error
 	for {
-		n, err = unix.Llistxattr(p, buf)
+		n, err = list(p, buf)
 		if errors.Is(err, unix.ERANGE) {
 			buf = make([]byte, len(buf)*4)
 			continue
@@ -73,7 +87,7 @@ func readXattrs(p string) (map[string][]byte, error) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("list xattrs %s: %w", p, err)
+		return nil, fmt.Errorf("list: %w", err)
 	}
 	if n == 0 {
 		return nil, nil
@@ -83,12 +97,12 @@ func readXattrs(p string) (map[string][]byte, error) {
 		if name == "" {
 			continue
 		}
-		v, err := getXattr(p, name)
+		v, err := xattrValue(p, name, follow)
 		if errors.Is(err, unix.ENODATA) {
 			continue // removed meanwhile
 		}
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("get %s: %w", name, err)
 		}
 		attrs[name] = v
 	}
@@ -96,15 +110,29 @@ func readXattrs(p string) (map[string][]byte, error) {
 }
 
 func getXattr(p, name string) ([]byte, error) {
+	v, err := xattrValue(p, name, false)
+	if err != nil {
+		return nil, fmt.Errorf("get xattr %s %s: %w", p, name, err)
+	}
+	return v, nil
+}
+
+// xattrValue returns the extended attribute name of p, following a final
+// symlink if follow.
+func xattrValue(p, name string, follow bool) ([]byte, error) {
+	get := unix.Lgetxattr
+	if follow {
+		get = unix.Getxattr
+	}
 	buf := make([]byte, 128)
 	for {
-		n, err := unix.Lgetxattr(p, name, buf)
+		n, err := get(p, name, buf)
 		if errors.Is(err, unix.ERANGE) {
 			buf = make([]byte, len(buf)*4)
 			continue
 		}
 		if err != nil {
-			return nil, fmt.Errorf("get xattr %s %s: %w", p, name, err)
+			return nil, err
 		}
 		return buf[:n], nil
 	}
@@ -118,7 +146,7 @@ type tarWriter struct {
 	strip bool // remove trusted.overlay.* other than opaque from the files read
 	// lowers are the layer dirs below an upperdir (top first), to leave out
 	// directories that were copied up but not changed.
-	lowers []string
+	lowers nodeTree
 	// noData writes regular files with size 0 and no content (Changes
 	// only needs the names).
 	noData bool
@@ -135,9 +163,10 @@ func joinRel(dir, name string) string {
 	return dir + "/" + name
 }
 
-// entry writes the file at abs (stat st) under the name rel. It reports
-// whether a directory carries the overlay opaque xattr.
-func (w *tarWriter) entry(rel, abs string, st *unix.Statx_t) (opaque bool, err error) {
+// entry writes the file n under the name rel. It reports whether a
+// directory carries the overlay opaque xattr.
+func (w *tarWriter) entry(rel string, n *node) (opaque bool, err error) {
+	st := &n.st
 	hdr := &tar.Header{
 		Name:    rel,
 		Mode:    int64(st.Mode & 0o7777),
@@ -166,7 +195,7 @@ func (w *tarWriter) entry(rel, abs string, st *unix.Statx_t) (opaque bool, err e
 		}
 	case unix.S_IFLNK:
 		hdr.Typeflag = tar.TypeSymlink
-		if hdr.Linkname, err = os.Readlink(abs); err != nil {
+		if hdr.Linkname, err = n.readlink(); err != nil {
 			return false, err
 		}
 	case unix.S_IFCHR:
@@ -180,7 +209,7 @@ func (w *tarWriter) entry(rel, abs string, st *unix.Statx_t) (opaque bool, err e
 	default:
 		return false, nil // sockets cannot be archived
 	}
-	attrs, err := readXattrs(abs)
+	attrs, err := n.xattrs()
 	if err != nil {
 		return false, err
 	}
@@ -189,8 +218,8 @@ func (w *tarWriter) entry(rel, abs string, st *unix.Statx_t) (opaque bool, err e
 			if k == opaqueXattr {
 				opaque = hdr.Typeflag == tar.TypeDir && string(v) == "y"
 			} else if w.strip {
-				if err := unix.Lremovexattr(abs, k); err != nil && !errors.Is(err, unix.ENODATA) {
-					return false, fmt.Errorf("remove xattr %s %s: %w", abs, k, err)
+				if err := n.removeXattr(k); err != nil {
+					return false, err
 				}
 			}
 			continue
@@ -207,16 +236,16 @@ func (w *tarWriter) entry(rel, abs string, st *unix.Statx_t) (opaque bool, err e
 		return false, fmt.Errorf("write tar header %s: %w", rel, err)
 	}
 	if hdr.Typeflag == tar.TypeReg && hdr.Size > 0 {
-		f, err := os.OpenFile(abs, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+		f, err := n.openFile()
 		if err != nil {
 			return false, err
 		}
-		n, err := io.CopyBuffer(w.tw, io.LimitReader(f, hdr.Size), w.buf)
+		k, err := io.CopyBuffer(w.tw, io.LimitReader(f, hdr.Size), w.buf)
 		f.Close()
 		if err != nil {
 			return false, fmt.Errorf("write %s: %w", rel, err)
 		}
-		if n != hdr.Size {
+		if k != hdr.Size {
 			return false, fmt.Errorf("write %s: file shrank during diff", rel)
 		}
 	}
@@ -256,11 +285,22 @@ func writeUpperTar(ctx context.Context, root string, out io.Writer, strip bool, 
 
 // writeUpperTarOpts is writeUpperTar; with noData regular files are written
 // without content.
+//
+// root is read without following any symlink in it (see node): it may be the
+// upperdir of a running container.
 func writeUpperTarOpts(ctx context.Context, root string, out io.Writer, strip, noData bool, lowers ...string) error {
 	w := newTarWriter(out, strip)
-	w.lowers = lowers
 	w.noData = noData
-	if err := w.walkUpper(ctx, "", root); err != nil {
+	rn, err := openTree(root)
+	if err != nil {
+		return err
+	}
+	defer rn.close()
+	if w.lowers, err = openTrees(lowers); err != nil {
+		return err
+	}
+	defer w.lowers.close()
+	if err := w.walkUpper(ctx, rn); err != nil {
 		return err
 	}
 	if err := w.tw.Close(); err != nil {
@@ -269,105 +309,121 @@ func writeUpperTarOpts(ctx context.Context, root string, out io.Writer, strip, n
 	return nil
 }
 
-func (w *tarWriter) walkUpper(ctx context.Context, rel, abs string) error {
-	names, err := readDirNames(abs)
+// walkUpper writes what is below directory dir.
+func (w *tarWriter) walkUpper(ctx context.Context, dir *node) error {
+	names, err := dir.names()
 	if err != nil {
 		return err
 	}
-	var st unix.Statx_t
 	for _, name := range names {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		crel, cabs := joinRel(rel, name), filepath.Join(abs, name)
-		if err := lstatx(cabs, &st); err != nil {
-			return err
-		}
-		if isWhiteout(&st) {
-			if err := w.whiteout(rel, name); err != nil {
-				return err
-			}
-			continue
-		}
-		if st.Mode&unix.S_IFMT == unix.S_IFDIR && len(w.lowers) > 0 {
-			unchanged, err := w.unchangedDir(crel, cabs, &st)
-			if err != nil {
-				return err
-			}
-			if unchanged {
-				continue
-			}
-		}
-		opaque, err := w.entry(crel, cabs, &st)
-		if err != nil {
-			return err
-		}
-		if st.Mode&unix.S_IFMT != unix.S_IFDIR {
-			continue
-		}
-		if opaque {
-			if err := w.opaque(crel); err != nil {
-				return err
-			}
-		}
-		if err := w.walkUpper(ctx, crel, cabs); err != nil {
+		if err := w.walkUpperEntry(ctx, dir, name); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// unchangedDir reports whether the upper directory abs holds nothing but
-// unchanged directories and equals the directory rel of the topmost lower
+// walkUpperEntry writes the entry name of directory dir and, for a
+// directory, what is below it.
+func (w *tarWriter) walkUpperEntry(ctx context.Context, dir *node, name string) error {
+	n, err := dir.open(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil // removed since the directory was read
+	}
+	if err != nil {
+		return err
+	}
+	defer n.close()
+	if isWhiteout(&n.st) {
+		return w.whiteout(dir.rel, name)
+	}
+	if n.isDir() && len(w.lowers) > 0 {
+		unchanged, err := w.unchangedDir(n)
+		if err != nil || unchanged {
+			return err
+		}
+	}
+	opaque, err := w.entry(n.rel, n)
+	if err != nil || !n.isDir() {
+		return err
+	}
+	if opaque {
+		if err := w.opaque(n.rel); err != nil {
+			return err
+		}
+	}
+	return w.walkUpper(ctx, n)
+}
+
+// unchangedDir reports whether the upper directory n holds nothing but
+// unchanged directories and equals the same directory of the topmost lower
 // layer that has it.
-func (w *tarWriter) unchangedDir(rel, abs string, st *unix.Statx_t) (bool, error) {
-	names, err := readDirNames(abs)
+func (w *tarWriter) unchangedDir(n *node) (bool, error) {
+	names, err := n.names()
 	if err != nil {
 		return false, err
 	}
-	for _, n := range names {
-		var cst unix.Statx_t
-		cabs := filepath.Join(abs, n)
-		if err := lstatx(cabs, &cst); err != nil {
+	for _, name := range names {
+		c, err := n.open(name)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed since the directory was read
+		}
+		if err != nil {
 			return false, err
 		}
-		if cst.Mode&unix.S_IFMT != unix.S_IFDIR {
-			return false, nil
+		same := false
+		if c.isDir() {
+			same, err = w.unchangedDir(c)
 		}
-		if same, err := w.unchangedDir(joinRel(rel, n), cabs, &cst); err != nil || !same {
+		c.close()
+		if err != nil || !same {
 			return false, err
 		}
 	}
-	if o, err := getXattr(abs, "trusted.overlay.opaque"); err == nil && string(o) == "y" {
+	if o, err := n.xattr(opaqueXattr); err == nil && string(o) == "y" {
 		return false, nil
 	}
 	for _, l := range w.lowers {
-		lp := filepath.Join(l, rel)
-		var ls unix.Statx_t
-		if err := lstatx(lp, &ls); err != nil {
-			if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
-				continue
-			}
-			return false, err
+		ln, err := l.open(n.rel)
+		if errors.Is(err, fs.ErrNotExist) || errors.Is(err, unix.ENOTDIR) {
+			continue
 		}
-		if ls.Mode&unix.S_IFMT != unix.S_IFDIR {
-			return false, nil // a whiteout or a file: the dir is new here
+		if errors.Is(err, unix.ELOOP) {
+			return false, nil // a symlink on the way: not this directory
 		}
-		if ls.Mode != st.Mode || ls.Uid != st.Uid || ls.Gid != st.Gid ||
-			ls.Mtime.Sec != st.Mtime.Sec || ls.Mtime.Nsec != st.Mtime.Nsec {
-			return false, nil
-		}
-		ua, err := readXattrs(abs)
 		if err != nil {
 			return false, err
 		}
-		la, err := readXattrs(lp)
-		if err != nil {
-			return false, err
-		}
-		return sameXattrs(ua, la), nil
+		same, err := sameDir(n, ln)
+		ln.close()
+		return same, err
 	}
 	return false, nil
+}
+
+// sameDir reports whether the upper directory u has the mode, owner, mtime
+// and xattrs of l.
+func sameDir(u, l *node) (bool, error) {
+	us, ls := &u.st, &l.st
+	if ls.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return false, nil // a whiteout or a file: the dir is new here
+	}
+	if ls.Mode != us.Mode || ls.Uid != us.Uid || ls.Gid != us.Gid ||
+		ls.Mtime.Sec != us.Mtime.Sec || ls.Mtime.Nsec != us.Mtime.Nsec {
+		return false, nil
+	}
+	ua, err := u.xattrs()
+	if err != nil {
+		return false, err
+	}
+	la, err := l.xattrs()
+	if err != nil {
+		return false, err
+	}
+	return sameXattrs(ua, la), nil
 }
 
 // sameXattrs compares xattrs leaving out overlay's bookkeeping.

@@ -78,15 +78,7 @@ func copyChanges(ctx context.Context, la *liveActive) ([]change, manifest, error
 	if err != nil {
 		return nil, nil, err
 	}
-	d := &copyDiffer{ctx: ctx, m: m, children: map[string][]string{}}
-	for p := range m {
-		dir := filepath.Dir(p)
-		if dir == "." {
-			dir = ""
-		}
-		d.children[dir] = append(d.children[dir], filepath.Base(p))
-	}
-	changes, err := d.dir("", filepath.Join(la.dir, "fs"), false)
+	changes, err := listCopy(ctx, m, filepath.Join(la.dir, "fs"))
 	return changes, m, err
 }
 
@@ -101,11 +93,11 @@ func (s *snapshotter) writeLive(ctx context.Context, la *liveActive, w io.Writer
 		}
 		return writeUpperTarOpts(ctx, filepath.Join(la.dir, "upper"), w, false, noData, lowers...)
 	}
-	changes, _, err := copyChanges(ctx, la)
+	m, err := loadManifest(filepath.Join(la.dir, "manifest"))
 	if err != nil {
 		return err
 	}
-	return writeChangesOpts(w, changes, noData)
+	return writeCopyTar(ctx, m, filepath.Join(la.dir, "fs"), w, noData)
 }
 
 func (s *snapshotter) DiffLive(ctx context.Context, key string, w io.Writer) error {
@@ -124,22 +116,28 @@ func (s *snapshotter) Changes(ctx context.Context, key string) ([]Change, error)
 	if err != nil {
 		return nil, err
 	}
-	var existed func(rel string) bool
-	if la.Driver == DriverOverlay {
-		var lowers []string
-		if la.Parent != "" {
-			if lowers, err = s.LowerDirs(la.Parent); err != nil {
-				return nil, err
-			}
-		}
-		existed = func(rel string) bool { return inLowers(lowers, rel) }
-	} else {
-		m, err := loadManifest(filepath.Join(la.dir, "manifest"))
+	if la.Driver != DriverOverlay {
+		// The copy driver's changes are the list; reading the entries
+		// again for a tar would only add a chance to race a running
+		// container.
+		changes, m, err := copyChanges(ctx, la)
 		if err != nil {
+			return nil, fmt.Errorf("changes %s: %w", key, err)
+		}
+		return copyChangeList(changes, m), nil
+	}
+	var lowers []string
+	if la.Parent != "" {
+		if lowers, err = s.LowerDirs(la.Parent); err != nil {
 			return nil, err
 		}
-		existed = func(rel string) bool { _, ok := m[rel]; return ok }
 	}
+	lt, err := openTrees(lowers)
+	if err != nil {
+		return nil, err
+	}
+	defer lt.close()
+	existed := func(rel string) bool { return inLowers(lt, rel) }
 
 	pr, pw := io.Pipe()
 	werr := make(chan error, 1)
@@ -183,25 +181,52 @@ func (s *snapshotter) Changes(ctx context.Context, key string) ([]Change, error)
 	return out, nil
 }
 
+// copyChangeList turns copy-driver changes against manifest m into Changes,
+// as Changes reads them from a tar.
+func copyChangeList(changes []change, m manifest) []Change {
+	var out []Change
+	for _, c := range changes {
+		switch c.kind {
+		case changeWhiteout:
+			out = append(out, Change{ChangeDelete, "/" + joinRel(c.rel, c.name)})
+		case changeEntry:
+			if c.st.Mode&unix.S_IFMT == unix.S_IFSOCK {
+				continue // not archived
+			}
+			kind := ChangeAdd
+			if _, ok := m[c.rel]; ok {
+				kind = ChangeModify
+			}
+			out = append(out, Change{kind, "/" + c.rel})
+		}
+	}
+	return out
+}
+
 // inLowers reports whether rel exists in the view made of the overlay-form
-// layer dirs lowers (top first).
-func inLowers(lowers []string, rel string) bool {
+// layer dirs lowers (top first). Like overlay, it follows no symlink in them.
+func inLowers(lowers nodeTree, rel string) bool {
 	parts := strings.Split(rel, "/")
 	for _, l := range lowers {
-		var st unix.Statx_t
-		if err := lstatx(filepath.Join(l, rel), &st); err == nil {
-			return !isWhiteout(&st)
+		if n, err := l.open(rel); err == nil {
+			wh := isWhiteout(&n.st)
+			n.close()
+			return !wh
 		}
-		// Absent here: a whiteout or opaque dir on the way hides the lower layers.
+		// Absent here: a whiteout, a non-directory or an opaque dir on the
+		// way hides the lower layers.
 		for i := len(parts) - 1; i >= 1; i-- {
-			p := filepath.Join(l, filepath.Join(parts[:i]...))
-			if err := lstatx(p, &st); err != nil {
+			n, err := l.open(strings.Join(parts[:i], "/"))
+			if err != nil {
 				continue
 			}
-			if isWhiteout(&st) || st.Mode&unix.S_IFMT != unix.S_IFDIR {
-				return false
+			hides := isWhiteout(&n.st) || !n.isDir()
+			if !hides {
+				o, err := n.xattr(opaqueXattr)
+				hides = err == nil && string(o) == "y"
 			}
-			if o, err := getXattr(p, opaqueXattr); err == nil && string(o) == "y" {
+			n.close()
+			if hides {
 				return false
 			}
 			break
@@ -232,32 +257,57 @@ func (s *snapshotter) Usage(ctx context.Context, key string) (int64, error) {
 }
 
 // dirUsage sums the sizes of the regular files below root, each hard-linked
-// file once.
+// file once. It follows no symlink (see node): root may be the upperdir of a
+// running container.
 func dirUsage(ctx context.Context, root string) (int64, error) {
-	var n int64
-	seen := map[uint64]bool{}
-	err := filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
+	rn, err := openTree(root)
+	if err != nil {
+		return 0, err
+	}
+	defer rn.close()
+	u := &usage{ctx: ctx, seen: map[uint64]bool{}}
+	err = u.dir(rn)
+	return u.n, err
+}
+
+type usage struct {
+	ctx  context.Context
+	n    int64
+	seen map[uint64]bool // inodes of hard-linked files counted
+}
+
+func (u *usage) dir(dir *node) error {
+	names, err := dir.names()
+	if err != nil {
+		return err
+	}
+	for _, name := range names {
+		if err := u.ctx.Err(); err != nil {
+			return err
+		}
+		n, err := dir.open(name)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed since the directory was read
+		}
 		if err != nil {
 			return err
 		}
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		if !d.Type().IsRegular() {
-			return nil
-		}
-		var st unix.Statx_t
-		if err := lstatx(p, &st); err != nil {
-			return err
-		}
-		if st.Nlink > 1 {
-			if seen[st.Ino] {
-				return nil
+		switch {
+		case n.isDir():
+			err = u.dir(n)
+		case n.st.Mode&unix.S_IFMT == unix.S_IFREG:
+			if n.st.Nlink > 1 {
+				if u.seen[n.st.Ino] {
+					break
+				}
+				u.seen[n.st.Ino] = true
 			}
-			seen[st.Ino] = true
+			u.n += int64(n.st.Size)
 		}
-		n += int64(st.Size)
-		return nil
-	})
-	return n, err
+		n.close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
 }

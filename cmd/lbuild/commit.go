@@ -10,6 +10,7 @@ import (
 
 func newCommitCmd(g *globals) *cobra.Command {
 	var opts container.CommitOptions
+	var pause bool
 	cmd := &cobra.Command{
 		Use:   "commit [flags] CONTAINER [IMAGE]",
 		Short: "Make an image of a container: its image plus the container's layer",
@@ -19,6 +20,7 @@ func newCommitCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			opts.NoPause = !pause
 			ref := ""
 			if len(args) == 2 {
 				ref = args[1]
@@ -33,5 +35,6 @@ func newCommitCmd(g *globals) *cobra.Command {
 	}
 	cmd.Flags().StringVarP(&opts.Author, "author", "a", "", "author of the new layer")
 	cmd.Flags().StringVarP(&opts.Message, "message", "m", "", "commit message (the history entry's comment)")
+	cmd.Flags().BoolVarP(&pause, "pause", "p", true, "pause a running container while its layer is read")
 	return cmd
 }

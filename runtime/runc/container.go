@@ -45,6 +45,12 @@ type ContainerRuntime interface {
 	// Signal sends sig to the container's init process (all processes
 	// with all).
 	Signal(ctx context.Context, id string, sig syscall.Signal, all bool) error
+	// Pause freezes all processes of the running container id (its
+	// cgroup's freezer); Resume thaws them. A container is paused while
+	// its layer is committed, so that it cannot change the layer, or
+	// race the reader, meanwhile.
+	Pause(ctx context.Context, id string) error
+	Resume(ctx context.Context, id string) error
 	// Exec runs meta.Args in the running container id and waits for it:
 	// nil for exit 0, *ExitError otherwise. meta.Mounts, Network,
 	// Hostname and ReadonlyRootfs are ignored (the container's apply).
@@ -233,6 +239,21 @@ func (r *Runc) Signal(ctx context.Context, id string, sig syscall.Signal, all bo
 			return fmt.Errorf("container %s: %w", id, ErrNoContainer)
 		}
 		return fmt.Errorf("%s kill: %w: %s", filepath.Base(r.runtime), err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+func (r *Runc) Pause(ctx context.Context, id string) error { return r.freeze(ctx, "pause", id) }
+
+func (r *Runc) Resume(ctx context.Context, id string) error { return r.freeze(ctx, "resume", id) }
+
+func (r *Runc) freeze(ctx context.Context, verb, id string) error {
+	out, err := r.runtimeCmd(ctx, verb, ContainerID(id))
+	if err != nil {
+		if notExist(out) {
+			return fmt.Errorf("container %s: %w", id, ErrNoContainer)
+		}
+		return fmt.Errorf("%s %s: %w: %s", filepath.Base(r.runtime), verb, err, bytes.TrimSpace(out))
 	}
 	return nil
 }
