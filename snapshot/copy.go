@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -154,7 +155,9 @@ func loadManifest(p string) (manifest, error) {
 }
 
 // diffCopy writes a's changes to w and builds a.dir/layer from them.
-func (s *snapshotter) diffCopy(ctx context.Context, a *active, w io.Writer) error {
+// Times later than clamp (unless zero) are written as clamp, and the layer
+// built from the tar gets them too.
+func (s *snapshotter) diffCopy(ctx context.Context, a *active, w io.Writer, clamp time.Time) error {
 	if a.manifest == nil {
 		m, err := loadManifest(filepath.Join(a.dir, "manifest"))
 		if err != nil {
@@ -190,7 +193,9 @@ func (s *snapshotter) diffCopy(ctx context.Context, a *active, w io.Writer) erro
 		pr.CloseWithError(err)
 		aerr <- err
 	}()
-	err = writeChanges(io.MultiWriter(w, pw), changes)
+	tw := newTarWriter(io.MultiWriter(w, pw), false)
+	tw.clamp = clamp
+	err = tw.writeChanges(changes)
 	pw.CloseWithError(err)
 	if e := <-aerr; err == nil && e != nil {
 		err = fmt.Errorf("build layer: %w", e)
@@ -226,6 +231,11 @@ func writeChanges(out io.Writer, changes []change) error {
 func writeChangesOpts(out io.Writer, changes []change, noData bool) error {
 	w := newTarWriter(out, false)
 	w.noData = noData
+	return w.writeChanges(changes)
+}
+
+// writeChanges writes changes as the entries of a layer tar and closes it.
+func (w *tarWriter) writeChanges(changes []change) error {
 	for i := range changes {
 		c := &changes[i]
 		var err error

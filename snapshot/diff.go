@@ -122,6 +122,9 @@ type tarWriter struct {
 	// noData writes regular files with size 0 and no content (Changes
 	// only needs the names).
 	noData bool
+	// clamp, unless zero, is the latest mtime an entry is written with
+	// (WithSourceDateEpoch); with strip, the file on disk gets it too.
+	clamp time.Time
 }
 
 func newTarWriter(w io.Writer, strip bool) *tarWriter {
@@ -138,12 +141,19 @@ func joinRel(dir, name string) string {
 // entry writes the file at abs (stat st) under the name rel. It reports
 // whether a directory carries the overlay opaque xattr.
 func (w *tarWriter) entry(rel, abs string, st *unix.Statx_t) (opaque bool, err error) {
+	mtime, err := w.mtime(abs, st)
+	if err != nil {
+		return false, err
+	}
+	// No Uname/Gname, AccessTime or ChangeTime: the header says what the
+	// layer holds, nothing of the host it was made on. Go's writer picks
+	// USTAR unless a field needs PAX (long names, xattrs).
 	hdr := &tar.Header{
 		Name:    rel,
 		Mode:    int64(st.Mode & 0o7777),
 		Uid:     int(st.Uid),
 		Gid:     int(st.Gid),
-		ModTime: time.Unix(st.Mtime.Sec, int64(st.Mtime.Nsec)),
+		ModTime: mtime,
 	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFDIR:
@@ -223,6 +233,23 @@ func (w *tarWriter) entry(rel, abs string, st *unix.Statx_t) (opaque bool, err e
 	return opaque, nil
 }
 
+// mtime is the time the entry for abs is written with: its mtime, or the
+// clamp time if that is earlier. With strip (the writer owns the upperdir
+// that becomes the layer) a clamped file gets the clamp time on disk too.
+func (w *tarWriter) mtime(abs string, st *unix.Statx_t) (time.Time, error) {
+	t := time.Unix(st.Mtime.Sec, int64(st.Mtime.Nsec))
+	if w.clamp.IsZero() || !t.After(w.clamp) {
+		return t, nil
+	}
+	if w.strip && st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		ts := []unix.Timespec{{Sec: 0, Nsec: unix.UTIME_OMIT}, unix.NsecToTimespec(w.clamp.UnixNano())}
+		if err := unix.UtimesNanoAt(unix.AT_FDCWD, abs, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return t, fmt.Errorf("clamp mtime of %s: %w", abs, err)
+		}
+	}
+	return w.clamp, nil
+}
+
 // whiteout writes the entry deleting name in directory dir.
 func (w *tarWriter) whiteout(dir, name string) error {
 	return w.marker(joinRel(dir, whiteoutPrefix+name))
@@ -260,6 +287,12 @@ func writeUpperTarOpts(ctx context.Context, root string, out io.Writer, strip, n
 	w := newTarWriter(out, strip)
 	w.lowers = lowers
 	w.noData = noData
+	return w.writeUpper(ctx, root)
+}
+
+// writeUpper writes the overlay-form directory root as a layer tar and
+// closes the tar.
+func (w *tarWriter) writeUpper(ctx context.Context, root string) error {
 	if err := w.walkUpper(ctx, "", root); err != nil {
 		return err
 	}
