@@ -44,7 +44,16 @@ type Options struct {
 	// http (localhost and 127.0.0.1 always are).
 	Platform string
 	Insecure []string
-	// Now returns the time recorded for steps built now; nil = time.Now.
+	// SourceDateEpoch is the build time (ParseSourceDateEpoch): seconds
+	// since 1970 as a decimal string, or "now" for the wall clock. ""
+	// takes HEAD's commit time when the context is inside a git work tree,
+	// else 0 (1970-01-01). A fixed time is the config's and every new
+	// history entry's created, and the latest mtime in the layers the
+	// build writes, so the same Dockerfile and context give the same image
+	// anywhere. With "now", steps carry the time they were first built and
+	// layers keep the times their files have.
+	SourceDateEpoch string
+	// Now returns the wall-clock time (with SourceDateEpoch "now"); nil = time.Now.
 	Now func() time.Time
 }
 
@@ -66,7 +75,7 @@ type StepResult struct {
 
 // Build runs the build described by opts against root.
 func Build(ctx context.Context, r *system.Root, opts Options) (*Result, error) {
-	b, err := newBuild(r, opts)
+	b, err := newBuild(ctx, r, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -115,13 +124,14 @@ type build struct {
 	usedArgs map[string]bool
 	stepNo   int
 	steps    []StepResult
+	time     buildTime
 
 	exec executorFactory
 }
 
 type kv struct{ k, v string }
 
-func newBuild(r *system.Root, opts Options) (*build, error) {
+func newBuild(ctx context.Context, r *system.Root, opts Options) (*build, error) {
 	if opts.ContextDir == "" {
 		opts.ContextDir = "."
 	}
@@ -156,7 +166,12 @@ func newBuild(r *system.Root, opts Options) (*build, error) {
 	if opts.Network == "" {
 		opts.Network = "host"
 	}
-	b := &build{
+	bt, err := resolveBuildTime(ctx, opts.SourceDateEpoch, ctxDir, opts.Now)
+	if err != nil {
+		return nil, err
+	}
+	logrus.Debugf("build time %s (from %s)", bt.t.Format(time.RFC3339), bt.from)
+	b := &build{time: bt,
 		root: r, opts: opts, df: df, lex: df.Lex(), ignore: ig, ctxDir: ctxDir, files: files,
 		prog: opts.Progress, stages: map[int]*stageState{}, building: map[int]bool{}, usedArgs: map[string]bool{},
 	}
@@ -408,7 +423,10 @@ func (b *build) baseImage(ctx context.Context, ref string, s *parser.Stage) (*st
 // writeImage stores the final state of a stage as an image.
 func (b *build) writeImage(st *stageState) (*store.Image, error) {
 	cfg := imagecfg.Clone(st.cfg)
-	if n := len(cfg.History); n > 0 {
+	switch n := len(cfg.History); {
+	case b.time.fixed:
+		cfg.Created = v1.Time{Time: b.time.t}
+	case n > 0:
 		cfg.Created = cfg.History[n-1].Created
 	}
 	return b.root.Store.WriteImage(cfg, st.layers)

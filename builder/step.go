@@ -33,7 +33,7 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 		rec, err := b.root.Records.Get(key)
 		switch {
 		case err == nil && b.usable(rec, fn != nil):
-			st.apply(rec, text, key)
+			b.apply(st, rec, text, key)
 			b.prog.Cached(id)
 			res.Cached, res.DiffID, res.ChainID = true, rec.DiffID, st.chainID
 			b.steps = append(b.steps, res)
@@ -43,7 +43,11 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 		}
 	}
 
-	rec := &cache.Record{Key: key, Created: b.opts.Now().UTC(), CreatedBy: text, EmptyLayer: fn == nil}
+	created := b.time.t
+	if !b.time.fixed {
+		created = b.opts.Now().UTC()
+	}
+	rec := &cache.Record{Key: key, Created: created, CreatedBy: text, EmptyLayer: fn == nil}
 	if fn != nil {
 		diffID, size, err := b.commitLayer(ctx, st, fn)
 		if err != nil {
@@ -56,7 +60,7 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 		b.prog.Done(id, err)
 		return fmt.Errorf("record cache: %w", err)
 	}
-	st.apply(rec, text, key)
+	b.apply(st, rec, text, key)
 	b.prog.Done(id, nil)
 	res.DiffID, res.ChainID = rec.DiffID, st.chainID
 	b.steps = append(b.steps, res)
@@ -76,9 +80,15 @@ func (b *build) usable(rec *cache.Record, layer bool) bool {
 	return err == nil && b.root.Store.HasBlob(h)
 }
 
-// apply advances the stage by a step's record.
-func (s *stageState) apply(rec *cache.Record, text string, key cache.Key) {
+// apply advances the stage by a step's record. Its history entry is created
+// at the build time if that is fixed, so a step taken from the cache (built
+// at another time) reads the same as one built now; with "now", at the time
+// the record was built, so a fully cached rebuild gives the same image.
+func (b *build) apply(s *stageState, rec *cache.Record, text string, key cache.Key) {
 	created := v1.Time{Time: rec.Created}
+	if b.time.fixed {
+		created = v1.Time{Time: b.time.t}
+	}
 	s.cfg.History = append(s.cfg.History, v1.History{Created: created, CreatedBy: text, Comment: historyComment, EmptyLayer: rec.DiffID == ""})
 	s.cfg.Created = created
 	s.key = key

@@ -6,8 +6,9 @@
 #   busybox-static  the offline base image for tests and examples
 #   docker-registry a real registry for the transfer tests
 #   curl            the demo fetches pages from containers
+#   git             a build in a git work tree takes HEAD's commit time as its build time
 set -euo pipefail
-pkgs=(runc skopeo umoci busybox-static docker-registry curl iproute2)
+pkgs=(runc skopeo umoci busybox-static docker-registry curl iproute2 git)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
