@@ -30,6 +30,8 @@ type buildFlags struct {
 	outputs   []string
 	platform  string
 	insecure  []string
+	epoch     string
+	check     bool
 }
 
 func (f *buildFlags) register(cmd *cobra.Command) {
@@ -48,6 +50,8 @@ func (f *buildFlags) register(cmd *cobra.Command) {
 	fl.StringArrayVarP(&f.outputs, "output", "o", nil, "also export the result: type=oci,dest=DIR | type=docker,dest=FILE | type=registry")
 	fl.StringVar(&f.platform, "platform", "", "platform for FROM images pulled from a registry (default linux/"+goruntime.GOARCH+")")
 	fl.StringArrayVar(&f.insecure, "insecure-registry", nil, "registry HOST[:PORT] spoken to over plain http (repeatable)")
+	fl.StringVar(&f.epoch, "source-date-epoch", "", "build time in seconds since 1970, or \"now\" for the wall clock (default: $SOURCE_DATE_EPOCH, else the git commit time of the context, else 0)")
+	fl.BoolVar(&f.check, "check-reproducible", false, "build a second time without the cache and fail, naming the first difference, if the images differ")
 }
 
 func newBuildCmd(g *globals) *cobra.Command {
@@ -78,6 +82,21 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 		Secrets:    map[string]string{},
 		Platform:   f.platform,
 		Insecure:   f.insecure,
+	}
+	switch env, ok := os.LookupEnv("SOURCE_DATE_EPOCH"); {
+	case cmd.Flags().Changed("source-date-epoch"):
+		if _, _, err := builder.ParseSourceDateEpoch(f.epoch); err != nil {
+			return fmt.Errorf("--source-date-epoch: %w", err)
+		}
+		opts.SourceDateEpoch = f.epoch
+	case ok && env != "":
+		if _, _, err := builder.ParseSourceDateEpoch(env); err != nil {
+			return fmt.Errorf("SOURCE_DATE_EPOCH: %w", err)
+		}
+		opts.SourceDateEpoch = env
+	}
+	if f.check && opts.SourceDateEpoch == builder.EpochNow {
+		return fmt.Errorf("--check-reproducible needs a fixed build time: drop --source-date-epoch %s", builder.EpochNow)
 	}
 	outs, err := parseOutputs(f.outputs, f.push)
 	if err != nil {
@@ -141,6 +160,20 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 	res, err := builder.Build(cmd.Context(), r, opts)
 	if err != nil {
 		return err
+	}
+	if f.check {
+		if !f.quiet {
+			fmt.Fprintln(out, "checking that the build is reproducible: building again without the cache")
+			if opts.Progress, err = progress.New(f.progress, out); err != nil {
+				return err
+			}
+		}
+		if err := builder.CheckReproducible(cmd.Context(), r, opts, res); err != nil {
+			return err
+		}
+		if !f.quiet {
+			fmt.Fprintln(out, "the build is reproducible: both builds gave image", res.Image.ID)
+		}
 	}
 	if f.quiet {
 		fmt.Fprintln(cmd.OutOrStdout(), res.Image.ID)
