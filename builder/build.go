@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -46,8 +47,10 @@ type Options struct {
 	Insecure []string
 	// SourceDateEpoch is the build time (ParseSourceDateEpoch): seconds
 	// since 1970 as a decimal string, or "now" for the wall clock. ""
-	// takes HEAD's commit time when the context is inside a git work tree,
-	// else 0 (1970-01-01). A fixed time is the config's and every new
+	// takes BuildArgs["SOURCE_DATE_EPOCH"] if set, else HEAD's commit time
+	// when the context is inside a git work tree, else 0 (1970-01-01). A
+	// Dockerfile that declares ARG SOURCE_DATE_EPOCH gets a fixed time as
+	// its value. A fixed time is the config's and every new
 	// history entry's created, and the latest mtime in the layers the
 	// build writes, so the same Dockerfile and context give the same image
 	// anywhere. With "now", steps carry the time they were first built and
@@ -166,7 +169,7 @@ func newBuild(ctx context.Context, r *system.Root, opts Options) (*build, error)
 	if opts.Network == "" {
 		opts.Network = "host"
 	}
-	bt, err := resolveBuildTime(ctx, opts.SourceDateEpoch, ctxDir, opts.Now)
+	bt, err := resolveBuildTime(ctx, opts.epochSpec(), ctxDir, opts.Now)
 	if err != nil {
 		return nil, err
 	}
@@ -187,6 +190,13 @@ func newBuild(ctx context.Context, r *system.Root, opts Options) (*build, error)
 		b.metaArgs = append(b.metaArgs, kv{p.prefix + "PLATFORM", p.platform}, kv{p.prefix + "OS", parts[0]},
 			kv{p.prefix + "ARCH", parts[1]}, kv{p.prefix + "VARIANT", parts[2]})
 	}
+	// As in BuildKit, a Dockerfile that declares ARG SOURCE_DATE_EPOCH gets
+	// the build time, for tools a RUN calls that honour it.
+	if _, ok := opts.BuildArgs["SOURCE_DATE_EPOCH"]; ok {
+		b.usedArgs["SOURCE_DATE_EPOCH"] = true
+	} else if bt.fixed {
+		b.metaArgs = append(b.metaArgs, kv{"SOURCE_DATE_EPOCH", strconv.FormatInt(bt.t.Unix(), 10)})
+	}
 	// Global ARGs: defaults expanded against the ones before, overridden by --build-arg.
 	for _, a := range df.MetaArgs {
 		for _, arg := range a.Args {
@@ -203,6 +213,15 @@ func newBuild(ctx context.Context, r *system.Root, opts Options) (*build, error)
 		}
 	}
 	return b, nil
+}
+
+// epochSpec is the build time as the options give it: SourceDateEpoch, or
+// docker buildx's spelling --build-arg SOURCE_DATE_EPOCH=N.
+func (o Options) epochSpec() string {
+	if o.SourceDateEpoch == "" {
+		return o.BuildArgs["SOURCE_DATE_EPOCH"]
+	}
+	return o.SourceDateEpoch
 }
 
 type discard struct{}

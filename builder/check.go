@@ -40,7 +40,7 @@ var ErrNotReproducible = errors.New("build is not reproducible")
 // differs, and what to fix. opts.SourceDateEpoch "now" is an error before
 // anything is built: wall-clock times cannot repeat.
 func CheckReproducible(ctx context.Context, r *system.Root, opts Options, first *Result) error {
-	if opts.SourceDateEpoch == EpochNow {
+	if strings.TrimSpace(opts.epochSpec()) == EpochNow {
 		return fmt.Errorf("--check-reproducible needs a fixed build time: drop --source-date-epoch %s", EpochNow)
 	}
 	// The second build takes the first's time, whatever git says meanwhile.

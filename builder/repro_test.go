@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -234,5 +235,23 @@ func TestGitCommitTime(t *testing.T) {
 	}
 	if latest, where := latestLayerTime(t, r, cfg.RootFS.DiffIDs); latest.After(commit) {
 		t.Errorf("%s has mtime %s, later than the commit time", where, latest.UTC())
+	}
+}
+
+// TestSourceDateEpochArg: ARG SOURCE_DATE_EPOCH gets the build time, and
+// --build-arg SOURCE_DATE_EPOCH (docker buildx's spelling) sets it.
+func TestSourceDateEpochArg(t *testing.T) {
+	r := openRoot(t)
+	df := "FROM scratch\nARG SOURCE_DATE_EPOCH\nENV BUILT=${SOURCE_DATE_EPOCH}\n"
+	res, _ := mustBuild(t, r, t.TempDir(), df, func(o *Options) { o.SourceDateEpoch = "1700000000" })
+	if env := res.Image.Config.Config.Env; !slices.Contains(env, "BUILT=1700000000") {
+		t.Errorf("env %q, want BUILT=1700000000", env)
+	}
+	res, _ = mustBuild(t, r, t.TempDir(), df, func(o *Options) { o.BuildArgs = map[string]string{"SOURCE_DATE_EPOCH": "1600000000"} })
+	if c := res.Image.Config.Created.Time; !c.Equal(time.Unix(1600000000, 0)) {
+		t.Errorf("--build-arg SOURCE_DATE_EPOCH=1600000000: created %s", c.UTC())
+	}
+	if env := res.Image.Config.Config.Env; !slices.Contains(env, "BUILT=1600000000") {
+		t.Errorf("env %q, want BUILT=1600000000", env)
 	}
 }

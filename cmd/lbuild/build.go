@@ -50,7 +50,7 @@ func (f *buildFlags) register(cmd *cobra.Command) {
 	fl.StringArrayVarP(&f.outputs, "output", "o", nil, "also export the result: type=oci,dest=DIR | type=docker,dest=FILE | type=registry")
 	fl.StringVar(&f.platform, "platform", "", "platform for FROM images pulled from a registry (default linux/"+goruntime.GOARCH+")")
 	fl.StringArrayVar(&f.insecure, "insecure-registry", nil, "registry HOST[:PORT] spoken to over plain http (repeatable)")
-	fl.StringVar(&f.epoch, "source-date-epoch", "", "build time in seconds since 1970, or \"now\" for the wall clock (default: $SOURCE_DATE_EPOCH, else the git commit time of the context, else 0)")
+	fl.StringVar(&f.epoch, "source-date-epoch", "", "build time in seconds since 1970, or \"now\" for the wall clock (default: --build-arg SOURCE_DATE_EPOCH, else $SOURCE_DATE_EPOCH, else the git commit time of the context, else 0)")
 	fl.BoolVar(&f.check, "check-reproducible", false, "build a second time without the cache and fail, naming the first difference, if the images differ")
 }
 
@@ -83,21 +83,6 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 		Platform:   f.platform,
 		Insecure:   f.insecure,
 	}
-	switch env, ok := os.LookupEnv("SOURCE_DATE_EPOCH"); {
-	case cmd.Flags().Changed("source-date-epoch"):
-		if _, _, err := builder.ParseSourceDateEpoch(f.epoch); err != nil {
-			return fmt.Errorf("--source-date-epoch: %w", err)
-		}
-		opts.SourceDateEpoch = f.epoch
-	case ok && env != "":
-		if _, _, err := builder.ParseSourceDateEpoch(env); err != nil {
-			return fmt.Errorf("SOURCE_DATE_EPOCH: %w", err)
-		}
-		opts.SourceDateEpoch = env
-	}
-	if f.check && opts.SourceDateEpoch == builder.EpochNow {
-		return fmt.Errorf("--check-reproducible needs a fixed build time: drop --source-date-epoch %s", builder.EpochNow)
-	}
 	outs, err := parseOutputs(f.outputs, f.push)
 	if err != nil {
 		return err
@@ -121,6 +106,29 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 			}
 		}
 		opts.BuildArgs[k] = v
+	}
+	switch env, ok := os.LookupEnv("SOURCE_DATE_EPOCH"); {
+	case cmd.Flags().Changed("source-date-epoch"):
+		if _, _, err := builder.ParseSourceDateEpoch(f.epoch); err != nil {
+			return fmt.Errorf("--source-date-epoch: %w", err)
+		}
+		opts.SourceDateEpoch = f.epoch
+	case opts.BuildArgs["SOURCE_DATE_EPOCH"] != "":
+		if _, _, err := builder.ParseSourceDateEpoch(opts.BuildArgs["SOURCE_DATE_EPOCH"]); err != nil {
+			return fmt.Errorf("--build-arg SOURCE_DATE_EPOCH: %w", err)
+		}
+	case ok && env != "":
+		if _, _, err := builder.ParseSourceDateEpoch(env); err != nil {
+			return fmt.Errorf("SOURCE_DATE_EPOCH: %w", err)
+		}
+		opts.SourceDateEpoch = env
+	}
+	spec := opts.SourceDateEpoch
+	if spec == "" {
+		spec = opts.BuildArgs["SOURCE_DATE_EPOCH"]
+	}
+	if f.check && strings.TrimSpace(spec) == builder.EpochNow {
+		return fmt.Errorf("--check-reproducible needs a fixed build time: drop --source-date-epoch %s", builder.EpochNow)
 	}
 	for _, s := range f.secrets {
 		id, src := "", ""
