@@ -255,3 +255,30 @@ func TestSourceDateEpochArg(t *testing.T) {
 		t.Errorf("env %q, want BUILT=1600000000", env)
 	}
 }
+
+// TestReproducibleAcrossDrivers: the overlay and the copy snapshot drivers
+// build the same image.
+func TestReproducibleAcrossDrivers(t *testing.T) {
+	var ids []string
+	var roots []*system.Root
+	for _, driver := range []string{"overlay", "copy"} {
+		r, err := system.Open(t.TempDir(), system.WithSnapshotter(driver))
+		if err != nil {
+			t.Skipf("%s driver: %v", driver, err)
+		}
+		withBusybox(t, r)
+		res, _ := mustBuild(t, r, reproContext(t, time.Now()), "")
+		ids, roots = append(ids, res.Image.ID.String()), append(roots, r)
+		if driver == "copy" && ids[0] != ids[1] {
+			a, _ := roots[0].Store.Resolve(ids[0])
+			da, db := a.Config.RootFS.DiffIDs, res.Image.Config.RootFS.DiffIDs
+			for i := range min(len(da), len(db)) {
+				if da[i] != db[i] {
+					path, what, err := crossTarDifference(t, roots, da[i], db[i])
+					t.Errorf("layer %d differs between the drivers: /%s: %s %v", i, path, what, err)
+				}
+			}
+			t.Fatalf("overlay built %s, copy %s", ids[0], ids[1])
+		}
+	}
+}
