@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -61,12 +62,23 @@ func resolveBuildTime(ctx context.Context, spec, ctxDir string, now func() time.
 	if err == nil {
 		return buildTime{t: t, fixed: true, from: "the git commit time"}, nil
 	}
-	logrus.Debugf("build time: no git commit time for %s (%v): using 1970-01-01", ctxDir, err)
+	if errors.Is(err, errNoGit) || errors.Is(err, errNotInGit) {
+		logrus.Debugf("build time: no git commit time for %s (%v): using 1970-01-01", ctxDir, err)
+	} else {
+		// A work tree whose commit time cannot be read (e.g. git's "dubious
+		// ownership"): say so, the user expected the commit time.
+		logrus.Warnf("build time: %v: using 1970-01-01 (set SOURCE_DATE_EPOCH or --source-date-epoch)", err)
+	}
 	return buildTime{t: time.Unix(0, 0).UTC(), fixed: true, from: "the default"}, nil
 }
 
-// errNoGit is returned by gitCommitTime when git is not installed.
-var errNoGit = errors.New("git is not installed")
+// errNoGit is returned by gitCommitTime when git is not installed,
+// errNotInGit when the directory is in no git work tree or its branch has no
+// commits yet.
+var (
+	errNoGit    = errors.New("git is not installed")
+	errNotInGit = errors.New("not in a git work tree with commits")
+)
 
 // gitCommitTime returns the committer time of HEAD of the git work tree
 // holding dir.
@@ -76,10 +88,15 @@ func gitCommitTime(ctx context.Context, dir string) (time.Time, error) {
 		return time.Time{}, errNoGit
 	}
 	cmd := exec.CommandContext(ctx, gitPath, "-C", dir, "log", "-1", "--format=%ct")
+	cmd.Env = append(os.Environ(), "LC_ALL=C", "LANGUAGE=") // messages in English, to tell "no work tree" from failures
 	var out, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &stderr
 	if err := cmd.Run(); err != nil {
-		return time.Time{}, fmt.Errorf("git log: %w: %s", err, strings.TrimSpace(stderr.String()))
+		msg := strings.TrimSpace(stderr.String())
+		if strings.Contains(msg, "not a git repository") || strings.Contains(msg, "does not have any commits") {
+			return time.Time{}, errNotInGit
+		}
+		return time.Time{}, fmt.Errorf("git log in %s: %w: %s", dir, err, msg)
 	}
 	n, err := strconv.ParseInt(strings.TrimSpace(out.String()), 10, 64)
 	if err != nil || n < 0 {

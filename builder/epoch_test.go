@@ -1,6 +1,9 @@
 package builder
 
 import (
+	"context"
+	"errors"
+	"os/exec"
 	"testing"
 	"time"
 )
@@ -30,5 +33,25 @@ func TestParseSourceDateEpoch(t *testing.T) {
 		if !tc.bad && (fixed != tc.fixed || !got.Equal(tc.want)) {
 			t.Errorf("%q: %s fixed=%v, want %s fixed=%v", tc.in, got, fixed, tc.want, tc.fixed)
 		}
+	}
+}
+
+func TestGitCommitTimeOutsideGit(t *testing.T) {
+	if _, err := exec.LookPath("git"); err != nil {
+		t.Skip("git not installed")
+	}
+	dir := t.TempDir()
+	if _, err := gitCommitTime(context.Background(), dir); !errors.Is(err, errNotInGit) {
+		t.Errorf("outside a work tree: %v, want errNotInGit", err)
+	}
+	if out, err := exec.Command("git", "-C", dir, "init", "-q").CombinedOutput(); err != nil {
+		t.Fatalf("git init: %v %s", err, out)
+	}
+	if _, err := gitCommitTime(context.Background(), dir); !errors.Is(err, errNotInGit) {
+		t.Errorf("no commits yet: %v, want errNotInGit", err)
+	}
+	bt, err := resolveBuildTime(context.Background(), "", dir, time.Now)
+	if err != nil || !bt.fixed || bt.t.Unix() != 0 {
+		t.Errorf("default build time: %+v %v, want 1970-01-01", bt, err)
 	}
 }
