@@ -174,8 +174,8 @@ func newBuild(ctx context.Context, r *system.Root, opts Options) (*build, error)
 		return nil, err
 	}
 	logrus.Debugf("build time %s (from %s)", bt.t.Format(time.RFC3339), bt.from)
-	b := &build{time: bt,
-		root: r, opts: opts, df: df, lex: df.Lex(), ignore: ig, ctxDir: ctxDir, files: files,
+	b := &build{
+		time: bt, root: r, opts: opts, df: df, lex: df.Lex(), ignore: ig, ctxDir: ctxDir, files: files,
 		prog: opts.Progress, stages: map[int]*stageState{}, building: map[int]bool{}, usedArgs: map[string]bool{},
 	}
 	// BuildKit's automatic platform ARGs: in scope for FROM lines, and in a
