@@ -282,3 +282,37 @@ func TestReproducibleAcrossDrivers(t *testing.T) {
 		}
 	}
 }
+
+// TestCacheBuiltLater: a layer cached by a build at a later time (or with
+// wall-clock times) is rebuilt, so no file in the image is later than the
+// build time; one cached at the same or an earlier time is reused.
+func TestCacheBuiltLater(t *testing.T) {
+	r := openRoot(t)
+	withBusybox(t, r)
+	dir := reproContext(t, time.Now())
+	build := func(epoch string) *Result {
+		res, _ := mustBuild(t, r, dir, "", func(o *Options) { o.SourceDateEpoch = epoch })
+		return res
+	}
+	allCached := func(res *Result) bool {
+		return !slices.Contains(cachedFlags(res), false)
+	}
+	build(EpochNow)
+	res := build("1700000000")
+	if allCached(res) {
+		t.Errorf("layers built with wall-clock times were reused: %v", cachedFlags(res))
+	}
+	if latest, where := latestLayerTime(t, r, res.Image.Config.RootFS.DiffIDs); latest.After(time.Unix(1700000000, 0)) {
+		t.Errorf("%s has mtime %s, later than the build time", where, latest.UTC())
+	}
+	if res := build("1800000000"); !allCached(res) {
+		t.Errorf("a later build time missed the cache: %v", cachedFlags(res))
+	}
+	if res := build("1700000000"); !allCached(res) {
+		t.Errorf("the same build time missed the cache: %v", cachedFlags(res))
+	}
+	res = build("1600000000")
+	if latest, where := latestLayerTime(t, r, res.Image.Config.RootFS.DiffIDs); latest.After(time.Unix(1600000000, 0)) {
+		t.Errorf("an earlier build time reused a later layer: %s has mtime %s", where, latest.UTC())
+	}
+}

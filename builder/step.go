@@ -68,12 +68,19 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 }
 
 // usable reports whether a cached record can stand in for running the step:
-// a layer step needs its layer blob in the store.
+// a layer step needs its layer blob in the store and, with a fixed build
+// time, to have been built at that time or earlier (its layer's times are
+// clamped to when it was built: a layer built with wall-clock times, or for
+// a later commit, would put files later than the build time in the image).
 func (b *build) usable(rec *cache.Record, layer bool) bool {
 	if !layer {
 		return rec.DiffID == ""
 	}
 	if rec.DiffID == "" {
+		return false
+	}
+	if b.time.fixed && rec.Created.After(b.time.t) {
+		logrus.Debugf("cache record %s was built at %s, after the build time: rebuilding", rec.Key, rec.Created)
 		return false
 	}
 	h, err := v1.NewHash(rec.DiffID)
