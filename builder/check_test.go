@@ -3,6 +3,7 @@ package builder
 import (
 	"context"
 	"errors"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -45,5 +46,8 @@ func TestCheckReproducible(t *testing.T) {
 	}
 	if m, _ := filepath.Glob(filepath.Join(r.Dir, "check-*")); len(m) > 0 {
 		t.Errorf("scratch areas left: %v", m)
+	}
+	if mi, err := os.ReadFile("/proc/self/mountinfo"); err == nil && strings.Contains(string(mi), filepath.Join(r.Dir, "check-")) {
+		t.Errorf("mounts left in the scratch area:\n%s", mi)
 	}
 }
