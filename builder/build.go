@@ -64,6 +64,8 @@ type Options struct {
 type Result struct {
 	Image *store.Image
 	Steps []StepResult
+
+	finished time.Time // when Build ended (CheckReproducible spaces its second build from it)
 }
 
 // StepResult tells what happened to one step.
@@ -108,7 +110,7 @@ func Build(ctx context.Context, r *system.Root, opts Options) (*Result, error) {
 		logrus.Warnf("save file-hash index: %v", err)
 	}
 	b.warnUnusedArgs()
-	return &Result{Image: img, Steps: b.steps}, nil
+	return &Result{Image: img, Steps: b.steps, finished: time.Now()}, nil
 }
 
 // build is the state of one Build call.

@@ -33,7 +33,9 @@ var ErrNotReproducible = errors.New("build is not reproducible")
 // cache records and RUN state, which it removes when done; it shares r's
 // image store, so base images need no pull, and if it gives another image
 // that image is removed from the store's index again (its blobs stay until
-// GC). opts.Tags are not applied.
+// GC). opts.Tags are not applied. The second build starts at least a
+// second after the first ended, so that a step writing the time in seconds
+// writes another one.
 //
 // A difference is an error wrapping ErrNotReproducible naming the first
 // layer that differs, the step that made it and the first path in it that
@@ -61,6 +63,16 @@ func CheckReproducible(ctx context.Context, r *system.Root, opts Options, first 
 		return err
 	}
 	scratch := &system.Root{Dir: dir, Store: r.Store, Records: recs, Snaps: snaps}
+	// Every step of the second build runs at least a second after the
+	// first build ended, so a RUN that writes the time in seconds (date)
+	// writes another one.
+	if d := time.Until(first.finished.Add(time.Second)); !first.finished.IsZero() && d > 0 {
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
 	second, err := Build(ctx, scratch, opts)
 	if err != nil {
 		return fmt.Errorf("second build: %w", err)
@@ -101,7 +113,7 @@ func explainDifference(st *store.Store, a, b *Result) string {
 			fix = "make the step set the same metadata every time"
 		}
 		if step != nil && step.Cached {
-			fix = "the first build took this step from the cache, built at another build time or by another version of lbuild: rebuild it with --no-cache, or " + fix
+			fix += " (the first build took this step from the cache: if it was built by an older lbuild, --no-cache rebuilds it)"
 		}
 		return fmt.Sprintf("%s, differs at /%s (%s): %s", where, path, what, fix)
 	}
