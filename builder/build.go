@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -45,7 +46,18 @@ type Options struct {
 	// http (localhost and 127.0.0.1 always are).
 	Platform string
 	Insecure []string
-	// Now returns the time recorded for steps built now; nil = time.Now.
+	// SourceDateEpoch is the build time (ParseSourceDateEpoch): seconds
+	// since 1970 as a decimal string, or "now" for the wall clock. ""
+	// takes BuildArgs["SOURCE_DATE_EPOCH"] if set, else HEAD's commit time
+	// when the context is inside a git work tree, else 0 (1970-01-01). A
+	// Dockerfile that declares ARG SOURCE_DATE_EPOCH gets a fixed time as
+	// its value. A fixed time is the config's and every new
+	// history entry's created, and the latest mtime in the layers the
+	// build writes, so the same Dockerfile and context give the same image
+	// anywhere. With "now", steps carry the time they were first built and
+	// layers keep the times their files have.
+	SourceDateEpoch string
+	// Now returns the wall-clock time (with SourceDateEpoch "now"); nil = time.Now.
 	Now func() time.Time
 	// Explain tells, for each step that misses the cache, why (in the
 	// progress, if it is a progress.Explainer, and in StepResult.Explain).
@@ -56,6 +68,8 @@ type Options struct {
 type Result struct {
 	Image *store.Image
 	Steps []StepResult
+
+	finished time.Time // when Build ended (CheckReproducible spaces its second build from it)
 }
 
 // StepResult tells what happened to one step.
@@ -83,7 +97,7 @@ func Build(ctx context.Context, r *system.Root, opts Options) (*Result, error) {
 		return nil, err
 	}
 	defer release()
-	b, err := newBuild(r, opts)
+	b, err := newBuild(ctx, r, opts)
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +135,7 @@ func Build(ctx context.Context, r *system.Root, opts Options) (*Result, error) {
 	}
 	b.warnUnusedArgs()
 	b.saveLast()
-	return &Result{Image: img, Steps: b.steps}, nil
+	return &Result{Image: img, Steps: b.steps, finished: time.Now()}, nil
 }
 
 // build is the state of one Build call.
@@ -141,13 +155,14 @@ type build struct {
 	stepNo   int
 	steps    []StepResult
 	xp       explainState
+	time     buildTime
 
 	exec executorFactory
 }
 
 type kv struct{ k, v string }
 
-func newBuild(r *system.Root, opts Options) (*build, error) {
+func newBuild(ctx context.Context, r *system.Root, opts Options) (*build, error) {
 	if opts.ContextDir == "" {
 		opts.ContextDir = "."
 	}
@@ -185,8 +200,13 @@ func newBuild(r *system.Root, opts Options) (*build, error) {
 	if opts.Network, err = executor.ParseNetwork(opts.Network); err != nil {
 		return nil, fmt.Errorf("--network: %w", err)
 	}
+	bt, err := resolveBuildTime(ctx, opts.epochSpec(), ctxDir, opts.Now)
+	if err != nil {
+		return nil, err
+	}
+	logrus.Debugf("build time %s (from %s)", bt.t.Format(time.RFC3339), bt.from)
 	b := &build{
-		root: r, opts: opts, df: df, lex: df.Lex(), ignore: ig, ctxDir: ctxDir, files: files,
+		time: bt, root: r, opts: opts, df: df, lex: df.Lex(), ignore: ig, ctxDir: ctxDir, files: files,
 		prog: opts.Progress, stages: map[int]*stageState{}, building: map[int]bool{}, usedArgs: map[string]bool{},
 	}
 	b.openExplain()
@@ -201,6 +221,13 @@ func newBuild(r *system.Root, opts Options) (*build, error) {
 		parts = append(parts, "", "")
 		b.metaArgs = append(b.metaArgs, kv{p.prefix + "PLATFORM", p.platform}, kv{p.prefix + "OS", parts[0]},
 			kv{p.prefix + "ARCH", parts[1]}, kv{p.prefix + "VARIANT", parts[2]})
+	}
+	// As in BuildKit, a Dockerfile that declares ARG SOURCE_DATE_EPOCH gets
+	// the build time, for tools a RUN calls that honour it.
+	if _, ok := opts.BuildArgs["SOURCE_DATE_EPOCH"]; ok {
+		b.usedArgs["SOURCE_DATE_EPOCH"] = true
+	} else if bt.fixed {
+		b.metaArgs = append(b.metaArgs, kv{"SOURCE_DATE_EPOCH", strconv.FormatInt(bt.t.Unix(), 10)})
 	}
 	// Global ARGs: defaults expanded against the ones before, overridden by --build-arg.
 	for _, a := range df.MetaArgs {
@@ -218,6 +245,15 @@ func newBuild(r *system.Root, opts Options) (*build, error) {
 		}
 	}
 	return b, nil
+}
+
+// epochSpec is the build time as the options give it: SourceDateEpoch, or
+// docker buildx's spelling --build-arg SOURCE_DATE_EPOCH=N.
+func (o Options) epochSpec() string {
+	if o.SourceDateEpoch == "" {
+		return o.BuildArgs["SOURCE_DATE_EPOCH"]
+	}
+	return o.SourceDateEpoch
 }
 
 type discard struct{}
@@ -442,7 +478,10 @@ func (b *build) baseImage(ctx context.Context, ref string, s *parser.Stage) (*st
 // writeImage stores the final state of a stage as an image.
 func (b *build) writeImage(st *stageState) (*store.Image, error) {
 	cfg := imagecfg.Clone(st.cfg)
-	if n := len(cfg.History); n > 0 {
+	switch n := len(cfg.History); {
+	case b.time.fixed:
+		cfg.Created = v1.Time{Time: b.time.t}
+	case n > 0:
 		cfg.Created = cfg.History[n-1].Created
 	}
 	return b.root.Store.WriteImage(cfg, st.layers)

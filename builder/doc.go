@@ -10,8 +10,17 @@
 // step.go is the one path every step takes (key, lookup, execute, record);
 // layer.go runs a step on a snapshot and stores its diff; build.go walks
 // the stages; explain.go records each run step's inputs as a manifest and,
-// with Options.Explain, tells why a step missed the cache. RUN goes through builder/executor, a one-method seam over the
-// OCI runtime driver.
+// with Options.Explain, tells why a step missed the cache; epoch.go picks
+// the build time; check.go builds a second time to check that a build is
+// reproducible. RUN goes through builder/executor, a one-method seam over
+// the OCI runtime driver.
+//
+// Reproducible by default: one build time (Options.SourceDateEpoch; else
+// HEAD's commit time in a git work tree; else 1970-01-01) is the config's
+// and every new history entry's created and the latest mtime in every layer
+// the build writes, and cache keys hold no host path, host name, user or
+// time, so the same Dockerfile and context give the same image on any
+// machine.
 //
 // Contract: Build never leaves a half-written blob, record or image under
 // its final name; a failed or cancelled build leaves the store as it was,

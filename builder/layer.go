@@ -40,7 +40,11 @@ func (b *build) commitLayer(ctx context.Context, st *stageState, fn layerFunc) (
 		return v1.Hash{}, 0, err
 	}
 	defer w.Close()
-	if err := b.root.Snaps.Diff(ctx, key, w); err != nil {
+	var dopts []snapshot.DiffOpt
+	if b.time.fixed {
+		dopts = append(dopts, snapshot.WithSourceDateEpoch(b.time.t))
+	}
+	if err := b.root.Snaps.Diff(ctx, key, w, dopts...); err != nil {
 		return v1.Hash{}, 0, fmt.Errorf("diff snapshot: %w", err)
 	}
 	diffID, size, err := w.Commit()

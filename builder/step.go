@@ -34,7 +34,7 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 		rec, err := b.root.Records.Get(key)
 		switch {
 		case err == nil && b.usable(rec, fn != nil):
-			st.apply(rec, text, key)
+			b.apply(st, rec, text, key)
 			b.prog.Cached(id)
 			res.Cached, res.DiffID, res.ChainID = true, rec.DiffID, st.chainID
 			b.steps = append(b.steps, res)
@@ -47,7 +47,11 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 	if b.opts.Explain {
 		res.Explain = b.explainMiss(st, id, in, key)
 	}
-	rec := &cache.Record{Key: key, Created: b.opts.Now().UTC(), CreatedBy: text, EmptyLayer: fn == nil}
+	created := b.time.t
+	if !b.time.fixed {
+		created = b.opts.Now().UTC()
+	}
+	rec := &cache.Record{Key: key, Created: created, CreatedBy: text, EmptyLayer: fn == nil}
 	if fn != nil {
 		diffID, size, err := b.commitLayer(ctx, st, fn)
 		if err != nil {
@@ -62,7 +66,7 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 		return fmt.Errorf("record cache: %w", err)
 	}
 	b.indexManifest(st, in, key)
-	st.apply(rec, text, key)
+	b.apply(st, rec, text, key)
 	b.prog.Done(id, nil)
 	res.DiffID, res.ChainID = rec.DiffID, st.chainID
 	b.steps = append(b.steps, res)
@@ -70,7 +74,10 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 }
 
 // usable reports whether a cached record can stand in for running the step:
-// a layer step needs its layer blob in the store.
+// a layer step needs its layer blob in the store and, with a fixed build
+// time, to have been built at that time or earlier (its layer's times are
+// clamped to when it was built: a layer built with wall-clock times, or for
+// a later commit, would put files later than the build time in the image).
 func (b *build) usable(rec *cache.Record, layer bool) bool {
 	if !layer {
 		return rec.DiffID == ""
@@ -78,13 +85,23 @@ func (b *build) usable(rec *cache.Record, layer bool) bool {
 	if rec.DiffID == "" {
 		return false
 	}
+	if b.time.fixed && rec.Created.After(b.time.t) {
+		logrus.Debugf("cache record %s was built at %s, after the build time: rebuilding", rec.Key, rec.Created)
+		return false
+	}
 	h, err := v1.NewHash(rec.DiffID)
 	return err == nil && b.root.Store.HasBlob(h)
 }
 
-// apply advances the stage by a step's record.
-func (s *stageState) apply(rec *cache.Record, text string, key cache.Key) {
+// apply advances the stage by a step's record. Its history entry is created
+// at the build time if that is fixed, so a step taken from the cache (built
+// at another time) reads the same as one built now; with "now", at the time
+// the record was built, so a fully cached rebuild gives the same image.
+func (b *build) apply(s *stageState, rec *cache.Record, text string, key cache.Key) {
 	created := v1.Time{Time: rec.Created}
+	if b.time.fixed {
+		created = v1.Time{Time: b.time.t}
+	}
 	s.cfg.History = append(s.cfg.History, v1.History{Created: created, CreatedBy: text, Comment: historyComment, EmptyLayer: rec.DiffID == ""})
 	s.cfg.Created = created
 	s.key = key

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -155,7 +156,9 @@ func loadManifest(p string) (manifest, error) {
 }
 
 // diffCopy writes a's changes to w and builds a.dir/layer from them.
-func (s *snapshotter) diffCopy(ctx context.Context, a *active, w io.Writer) error {
+// Times later than clamp (unless zero) are written as clamp, and the layer
+// built from the tar gets them too.
+func (s *snapshotter) diffCopy(ctx context.Context, a *active, w io.Writer, clamp time.Time) error {
 	if a.manifest == nil {
 		m, err := loadManifest(filepath.Join(a.dir, "manifest"))
 		if err != nil {
@@ -178,7 +181,7 @@ func (s *snapshotter) diffCopy(ctx context.Context, a *active, w io.Writer) erro
 		pr.CloseWithError(err)
 		aerr <- err
 	}()
-	err := writeCopyTar(ctx, a.manifest, filepath.Join(a.dir, "fs"), io.MultiWriter(w, pw), false)
+	err := writeCopyTar(ctx, a.manifest, filepath.Join(a.dir, "fs"), io.MultiWriter(w, pw), false, clamp)
 	pw.CloseWithError(err)
 	if e := <-aerr; err == nil && e != nil {
 		err = fmt.Errorf("build layer: %w", e)
@@ -210,9 +213,9 @@ type change struct {
 // manifest m as a layer tar; with noData regular files are written without
 // content. Each entry is written from the descriptor it was compared
 // through (see node): the tree may be a running container's.
-func writeCopyTar(ctx context.Context, m manifest, root string, out io.Writer, noData bool) error {
+func writeCopyTar(ctx context.Context, m manifest, root string, out io.Writer, noData bool, clamp time.Time) error {
 	w := newTarWriter(out, false)
-	w.noData = noData
+	w.noData, w.clamp = noData, clamp
 	err := walkCopy(ctx, m, root, func(c *change, n *node) error {
 		switch c.kind {
 		case changeWhiteout:

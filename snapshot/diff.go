@@ -150,6 +150,12 @@ type tarWriter struct {
 	// noData writes regular files with size 0 and no content (Changes
 	// only needs the names).
 	noData bool
+	// clamp, unless zero, is the latest mtime an entry is written with
+	// (WithSourceDateEpoch); with strip, the file on disk gets it too.
+	clamp time.Time
+	// root is the directory the tree is read from (for strip's clamping,
+	// which writes to lbuild's own upperdir only).
+	root string
 }
 
 func newTarWriter(w io.Writer, strip bool) *tarWriter {
@@ -167,12 +173,19 @@ func joinRel(dir, name string) string {
 // directory carries the overlay opaque xattr.
 func (w *tarWriter) entry(rel string, n *node) (opaque bool, err error) {
 	st := &n.st
+	mtime, err := w.mtime(rel, st)
+	if err != nil {
+		return false, err
+	}
+	// No Uname/Gname, AccessTime or ChangeTime: the header says what the
+	// layer holds, nothing of the host it was made on. Go's writer picks
+	// USTAR unless a field needs PAX (long names, xattrs).
 	hdr := &tar.Header{
 		Name:    rel,
 		Mode:    int64(st.Mode & 0o7777),
 		Uid:     int(st.Uid),
 		Gid:     int(st.Gid),
-		ModTime: time.Unix(st.Mtime.Sec, int64(st.Mtime.Nsec)),
+		ModTime: mtime,
 	}
 	switch st.Mode & unix.S_IFMT {
 	case unix.S_IFDIR:
@@ -252,6 +265,25 @@ func (w *tarWriter) entry(rel string, n *node) (opaque bool, err error) {
 	return opaque, nil
 }
 
+// mtime is the time the entry rel is written with: its mtime, or the clamp
+// time if that is earlier. With strip (the writer owns the upperdir that
+// becomes the layer: no container runs on it) a clamped file gets the clamp
+// time on disk too.
+func (w *tarWriter) mtime(rel string, st *unix.Statx_t) (time.Time, error) {
+	t := time.Unix(st.Mtime.Sec, int64(st.Mtime.Nsec))
+	if w.clamp.IsZero() || !t.After(w.clamp) {
+		return t, nil
+	}
+	if w.strip && st.Mode&unix.S_IFMT != unix.S_IFSOCK {
+		abs := filepath.Join(w.root, filepath.FromSlash(rel))
+		ts := []unix.Timespec{{Sec: 0, Nsec: unix.UTIME_OMIT}, unix.NsecToTimespec(w.clamp.UnixNano())}
+		if err := unix.UtimesNanoAt(unix.AT_FDCWD, abs, ts, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return t, fmt.Errorf("clamp mtime of %s: %w", rel, err)
+		}
+	}
+	return w.clamp, nil
+}
+
 // whiteout writes the entry deleting name in directory dir.
 func (w *tarWriter) whiteout(dir, name string) error {
 	return w.marker(joinRel(dir, whiteoutPrefix+name))
@@ -291,6 +323,13 @@ func writeUpperTar(ctx context.Context, root string, out io.Writer, strip bool, 
 func writeUpperTarOpts(ctx context.Context, root string, out io.Writer, strip, noData bool, lowers ...string) error {
 	w := newTarWriter(out, strip)
 	w.noData = noData
+	return w.writeUpper(ctx, root, lowers...)
+}
+
+// writeUpper writes the overlay-form directory root (over lowers) as a
+// layer tar and closes the tar.
+func (w *tarWriter) writeUpper(ctx context.Context, root string, lowers ...string) error {
+	w.root = root
 	rn, err := openTree(root)
 	if err != nil {
 		return err

@@ -12,6 +12,7 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -97,7 +98,7 @@ func (s *snapshotter) writeLive(ctx context.Context, la *liveActive, w io.Writer
 	if err != nil {
 		return err
 	}
-	return writeCopyTar(ctx, m, filepath.Join(la.dir, "fs"), w, noData)
+	return writeCopyTar(ctx, m, filepath.Join(la.dir, "fs"), w, noData, time.Time{})
 }
 
 func (s *snapshotter) DiffLive(ctx context.Context, key string, w io.Writer) error {

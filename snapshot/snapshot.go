@@ -53,6 +53,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/sirupsen/logrus"
 )
@@ -92,7 +93,9 @@ type Snapshotter interface {
 	// at second precision, whiteouts as ".wh.<name>", opaque directories as
 	// "<dir>/.wh..wh..opq", xattrs as PAX records without trusted.overlay.*.
 	// It unmounts the view first; after Diff only Commit or Remove are valid.
-	Diff(ctx context.Context, key string, w io.Writer) error
+	// WithSourceDateEpoch clamps the layer's times, in the tar and in the
+	// layer Commit then stores.
+	Diff(ctx context.Context, key string, w io.Writer, opts ...DiffOpt) error
 	// Commit turns active key into committed snapshot name (whose parent is
 	// the active snapshot's parent); containerd's argument order, name first. If name exists already (another build made it),
 	// the active one is discarded and Commit returns nil. Atomic: the layer is
@@ -165,6 +168,23 @@ type prepareConfig struct {
 // while the preparing process still runs.
 func WithPersistent() Opt {
 	return func(c *prepareConfig) { c.persistent = true }
+}
+
+// DiffOpt configures Diff.
+type DiffOpt func(*diffConfig)
+
+type diffConfig struct {
+	clamp time.Time // zero: file times as they are
+}
+
+// WithSourceDateEpoch clamps the file times of the layer Diff writes to t
+// (SOURCE_DATE_EPOCH, as reproducible-builds.org defines it): an entry whose
+// mtime is later than t is written with t, and the committed layer gets t on
+// disk too, so that a view of it reads as the layer tar does wherever it is
+// unpacked; earlier times stay as they are. The zero time clamps nothing.
+// Both drivers write the same bytes for the same changes.
+func WithSourceDateEpoch(t time.Time) DiffOpt {
+	return func(c *diffConfig) { c.clamp = t }
 }
 
 // Driver names.

@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/lbuild/lbuild/internal/fsx"
 
@@ -275,7 +276,11 @@ func (s *snapshotter) acquire(key string, writable bool) (*active, error) {
 	return a, nil
 }
 
-func (s *snapshotter) Diff(ctx context.Context, key string, w io.Writer) error {
+func (s *snapshotter) Diff(ctx context.Context, key string, w io.Writer, opts ...DiffOpt) error {
+	var cfg diffConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
 	a, err := s.acquire(key, true)
 	if err != nil {
 		return err
@@ -291,13 +296,15 @@ func (s *snapshotter) Diff(ctx context.Context, key string, w io.Writer) error {
 				return err
 			}
 		}
-		if err := writeUpperTar(ctx, filepath.Join(a.dir, "upper"), w, true, lowers...); err != nil {
+		tw := newTarWriter(w, true)
+		tw.clamp = cfg.clamp
+		if err := tw.writeUpper(ctx, filepath.Join(a.dir, "upper"), lowers...); err != nil {
 			return fmt.Errorf("diff %s: %w", key, err)
 		}
 		a.diffed = true
 		return nil
 	}
-	if err := s.diffCopy(ctx, a, w); err != nil {
+	if err := s.diffCopy(ctx, a, w, cfg.clamp); err != nil {
 		return fmt.Errorf("diff %s: %w", key, err)
 	}
 	return nil
@@ -332,7 +339,7 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string) error {
 		}
 	} else {
 		if !a.diffed {
-			if err := s.diffCopy(ctx, a, io.Discard); err != nil {
+			if err := s.diffCopy(ctx, a, io.Discard, time.Time{}); err != nil {
 				return fmt.Errorf("commit %s: %w", key, err)
 			}
 		}

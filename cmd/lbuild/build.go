@@ -34,6 +34,8 @@ type buildFlags struct {
 	platform  string
 	insecure  []string
 	explain   string
+	epoch     string
+	check     bool
 }
 
 func (f *buildFlags) register(cmd *cobra.Command) {
@@ -53,6 +55,8 @@ func (f *buildFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.platform, "platform", "", "platform for FROM images pulled from a registry (default linux/"+goruntime.GOARCH+")")
 	fl.StringArrayVar(&f.insecure, "insecure-registry", nil, "registry HOST[:PORT] spoken to over plain http (repeatable)")
 	registerExplain(fl, &f.explain)
+	fl.StringVar(&f.epoch, "source-date-epoch", "", "build time in seconds since 1970, or \"now\" for the wall clock (default: --build-arg SOURCE_DATE_EPOCH, else $SOURCE_DATE_EPOCH, else the git commit time of the context, else 0)")
+	fl.BoolVar(&f.check, "check-reproducible", false, "build a second time without the cache and fail, naming the first difference, if the images differ")
 }
 
 func newBuildCmd(g *globals) *cobra.Command {
@@ -112,6 +116,29 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 		}
 		opts.BuildArgs[k] = v
 	}
+	switch env, ok := os.LookupEnv("SOURCE_DATE_EPOCH"); {
+	case cmd.Flags().Changed("source-date-epoch"):
+		if _, _, err := builder.ParseSourceDateEpoch(f.epoch); err != nil {
+			return fmt.Errorf("--source-date-epoch: %w", err)
+		}
+		opts.SourceDateEpoch = f.epoch
+	case opts.BuildArgs["SOURCE_DATE_EPOCH"] != "":
+		if _, _, err := builder.ParseSourceDateEpoch(opts.BuildArgs["SOURCE_DATE_EPOCH"]); err != nil {
+			return fmt.Errorf("--build-arg SOURCE_DATE_EPOCH: %w", err)
+		}
+	case ok && env != "":
+		if _, _, err := builder.ParseSourceDateEpoch(env); err != nil {
+			return fmt.Errorf("SOURCE_DATE_EPOCH: %w", err)
+		}
+		opts.SourceDateEpoch = env
+	}
+	spec := opts.SourceDateEpoch
+	if spec == "" {
+		spec = opts.BuildArgs["SOURCE_DATE_EPOCH"]
+	}
+	if f.check && strings.TrimSpace(spec) == builder.EpochNow {
+		return fmt.Errorf("--check-reproducible needs a fixed build time: drop --source-date-epoch %s", builder.EpochNow)
+	}
 	for _, s := range f.secrets {
 		id, src := "", ""
 		for _, part := range strings.Split(s, ",") {
@@ -153,6 +180,20 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 	}
 	if err := printExplain(cmd.OutOrStdout(), f.explain, res.Steps); err != nil {
 		return err
+	}
+	if f.check {
+		if !f.quiet {
+			fmt.Fprintln(out, "checking that the build is reproducible: building again without the cache")
+			if opts.Progress, err = progress.New(f.progress, out); err != nil {
+				return err
+			}
+		}
+		if err := builder.CheckReproducible(cmd.Context(), r, opts, res); err != nil {
+			return err
+		}
+		if !f.quiet {
+			fmt.Fprintln(out, "the build is reproducible: both builds gave image", res.Image.ID)
+		}
 	}
 	if f.quiet {
 		fmt.Fprintln(cmd.OutOrStdout(), res.Image.ID)
