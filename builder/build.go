@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -46,12 +47,20 @@ type Options struct {
 	Insecure []string
 	// Now returns the time recorded for steps built now; nil = time.Now.
 	Now func() time.Time
+	// CacheFrom, when not nil, is asked for the steps the root's cache
+	// misses (--cache-from).
+	CacheFrom CacheSource
 }
 
 // Result is what a build made.
 type Result struct {
 	Image *store.Image
 	Steps []StepResult
+	// Records are the records of every step the build ran or reused, in
+	// build order (what --cache-to exports); CacheMounts maps the id of each
+	// RUN cache mount the build used to its directory.
+	Records     []*cache.Record
+	CacheMounts map[string]string
 }
 
 // StepResult tells what happened to one step.
@@ -96,7 +105,7 @@ func Build(ctx context.Context, r *system.Root, opts Options) (*Result, error) {
 		logrus.Warnf("save file-hash index: %v", err)
 	}
 	b.warnUnusedArgs()
-	return &Result{Image: img, Steps: b.steps}, nil
+	return &Result{Image: img, Steps: b.steps, Records: b.records, CacheMounts: b.mounts}, nil
 }
 
 // build is the state of one Build call.
@@ -117,6 +126,10 @@ type build struct {
 	steps    []StepResult
 
 	exec executorFactory
+
+	records  []*cache.Record   // see Result.Records
+	mountsMu sync.Mutex        // guards mounts
+	mounts   map[string]string // see Result.CacheMounts
 }
 
 type kv struct{ k, v string }
@@ -407,6 +420,9 @@ func (b *build) baseImage(ctx context.Context, ref string, s *parser.Stage) (*st
 
 // writeImage stores the final state of a stage as an image.
 func (b *build) writeImage(st *stageState) (*store.Image, error) {
+	if err := b.needLayers(context.Background(), st.layers); err != nil {
+		return nil, err
+	}
 	cfg := imagecfg.Clone(st.cfg)
 	if n := len(cfg.History); n > 0 {
 		cfg.Created = cfg.History[n-1].Created

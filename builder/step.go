@@ -30,10 +30,11 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 	res := StepResult{Stage: st.name, Text: text, Key: key}
 
 	if !b.opts.NoCache {
-		rec, err := b.root.Records.Get(key)
+		rec, err := b.record(key, fn != nil)
 		switch {
 		case err == nil && b.usable(rec, fn != nil):
 			st.apply(rec, text, key)
+			b.noteRecord(rec)
 			b.prog.Cached(id)
 			res.Cached, res.DiffID, res.ChainID = true, rec.DiffID, st.chainID
 			b.steps = append(b.steps, res)
@@ -57,6 +58,7 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 		return fmt.Errorf("record cache: %w", err)
 	}
 	st.apply(rec, text, key)
+	b.noteRecord(rec)
 	b.prog.Done(id, nil)
 	res.DiffID, res.ChainID = rec.DiffID, st.chainID
 	b.steps = append(b.steps, res)
@@ -64,7 +66,7 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 }
 
 // usable reports whether a cached record can stand in for running the step:
-// a layer step needs its layer blob in the store.
+// a layer step needs its layer blob in the store (or in --cache-from).
 func (b *build) usable(rec *cache.Record, layer bool) bool {
 	if !layer {
 		return rec.DiffID == ""
@@ -73,7 +75,7 @@ func (b *build) usable(rec *cache.Record, layer bool) bool {
 		return false
 	}
 	h, err := v1.NewHash(rec.DiffID)
-	return err == nil && b.root.Store.HasBlob(h)
+	return err == nil && b.hasLayer(h)
 }
 
 // apply advances the stage by a step's record.

@@ -30,6 +30,7 @@ type buildFlags struct {
 	outputs   []string
 	platform  string
 	insecure  []string
+	cache     cacheFlags
 }
 
 func (f *buildFlags) register(cmd *cobra.Command) {
@@ -48,6 +49,7 @@ func (f *buildFlags) register(cmd *cobra.Command) {
 	fl.StringArrayVarP(&f.outputs, "output", "o", nil, "also export the result: type=oci,dest=DIR | type=docker,dest=FILE | type=registry")
 	fl.StringVar(&f.platform, "platform", "", "platform for FROM images pulled from a registry (default linux/"+goruntime.GOARCH+")")
 	fl.StringArrayVar(&f.insecure, "insecure-registry", nil, "registry HOST[:PORT] spoken to over plain http (repeatable)")
+	f.cache.register(fl)
 }
 
 func newBuildCmd(g *globals) *cobra.Command {
@@ -134,6 +136,10 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 	if f.quiet {
 		opts.Progress = progress.NewPlain(discard{})
 	}
+	bc, err := importCache(cmd, &f.cache, f.insecure, &opts)
+	if err != nil {
+		return err
+	}
 	r, err := g.openRecovered(cmd.Context())
 	if err != nil {
 		return err
@@ -149,6 +155,9 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 		for _, t := range f.tags {
 			fmt.Fprintf(out, "naming to %s\n", t)
 		}
+	}
+	if err := bc.export(cmd, r.Store, res, out); err != nil {
+		return err
 	}
 	return export(cmd, r.Store, res.Image, f, outs)
 }

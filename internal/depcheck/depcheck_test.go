@@ -30,12 +30,13 @@ var allowed = map[string][]string{
 	"runtime/runc":        {},
 	"system":              {"store", "cache", "snapshot"},
 	"transfer":            {"store"},
+	"remotecache":         {"store", "cache", "transfer"},
 	"builder/progress":    {},
 	"builder/executor":    {"runtime/runc"},
 	"builder/buildertest": {},
 	"builder":             {"parser", "cache", "store", "snapshot", "system", "transfer", "builder/executor", "builder/progress"},
 	"container":           {"system", "store", "snapshot", "runtime/runc"},
-	"cmd/lbuild":          {"builder", "builder/progress", "container", "system", "store", "transfer", "parser", "cache", "snapshot"},
+	"cmd/lbuild":          {"builder", "builder/progress", "container", "system", "store", "transfer", "parser", "cache", "snapshot", "remotecache"},
 	"examples":            {},
 }
 
