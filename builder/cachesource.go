@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/sirupsen/logrus"
 
 	"github.com/lbuild/lbuild/cache"
 	"github.com/lbuild/lbuild/store"
@@ -50,6 +51,11 @@ func (b *build) record(key cache.Key, layer bool) (*cache.Record, error) {
 	}
 	if b.opts.CacheFrom != nil {
 		if r := b.opts.CacheFrom.Record(key); r != nil && b.usable(r, layer) {
+			// Kept in the root's cache too, so a later build without
+			// --cache-from finds it (once the layer is in the store).
+			if err := b.root.Records.Put(r); err != nil {
+				logrus.Debugf("keep imported record %s: %v", key, err)
+			}
 			return r, nil
 		}
 	}

@@ -156,7 +156,11 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 			fmt.Fprintf(out, "naming to %s\n", t)
 		}
 	}
-	if err := bc.export(cmd, r.Store, res, out); err != nil {
+	cacheOut := out
+	if f.quiet {
+		cacheOut = discard{}
+	}
+	if err := bc.export(cmd, r.Store, res, cacheOut); err != nil {
 		return err
 	}
 	return export(cmd, r.Store, res.Image, f, outs)

@@ -126,6 +126,11 @@ func TestCacheDirFreshStore(t *testing.T) {
 		t.Errorf("du: %s, want no layer unpacked", u)
 	}
 
+	// The imported records stay in the store's own cache.
+	if log := buildLog(t, fresh, ctx); ranAny(log) {
+		t.Errorf("a build without --cache-from after an imported one ran a step:\n%s", log)
+	}
+
 	os.WriteFile(filepath.Join(ctx, "a.txt"), []byte("B"), 0o644)
 	log = buildLog(t, t.TempDir(), "--cache-from", "type=local,src="+restored, ctx)
 	if strings.Contains(log, "ran-1") || !strings.Contains(log, "ran-2") || !strings.Contains(log, "ran-3") {
