@@ -90,11 +90,23 @@ func exportLocal(ctx context.Context, st *store.Store, src *Source, b Build, spe
 	if err := os.MkdirAll(bdir, 0o755); err != nil {
 		return Stats{}, err
 	}
-	unlock, err := fsx.LockFunc(filepath.Join(dir, ".lock"))
+	// The lock file is world-readable: a CI runner's cache step (tar, as
+	// a user other than the one running lbuild) must be able to save it.
+	lockPath := filepath.Join(dir, ".lock")
+	if f, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDONLY, 0o644); err == nil {
+		f.Close()
+	}
+	unlock, err := fsx.LockFunc(lockPath)
 	if err != nil {
 		return Stats{}, err
 	}
 	defer unlock()
+	// Holding the lock, every temp file is a killed export's leftover.
+	if stale, _ := filepath.Glob(filepath.Join(dir, ".tmp-*")); len(stale) > 0 {
+		for _, p := range stale {
+			os.Remove(p)
+		}
+	}
 	var stats Stats
 	prev, err := readLocal(dir)
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -80,6 +80,13 @@ func TestExportImportLocal(t *testing.T) {
 	if stats.Entries != 4 || stats.Uploaded != 3 {
 		t.Errorf("stats %+v, want 4 entries and 3 new blobs", stats)
 	}
+	// A CI cache step saving the dir as another user can read every file.
+	filepath.Walk(dir, func(p string, fi os.FileInfo, err error) error {
+		if err == nil && fi.Mode().Perm()&0o004 == 0 {
+			t.Errorf("%s is not world-readable (%v)", p, fi.Mode())
+		}
+		return nil
+	})
 	moved := filepath.Join(t.TempDir(), "moved")
 	if err := os.Rename(dir, moved); err != nil {
 		t.Fatal(err)
