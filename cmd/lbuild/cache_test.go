@@ -315,3 +315,29 @@ func TestCacheRegistry(t *testing.T) {
 		t.Errorf("second export of an unchanged build: %v, want no blob upload and one manifest put", n)
 	}
 }
+
+// TestCacheNeverHoldsSecrets: a secret a RUN reads (from a file or into an
+// env var) is in no exported blob, not even with mounts=true.
+func TestCacheNeverHoldsSecrets(t *testing.T) {
+	ctx := cacheCtx(t)
+	os.WriteFile(filepath.Join(ctx, "Dockerfile"), []byte(`FROM scratch AS base
+COPY rootfs/ /
+FROM base
+RUN --mount=type=secret,id=tok --mount=type=secret,id=tok,env=TOK --mount=type=cache,id=c,target=/c sh -c 'cat /run/secrets/tok > /dev/null; echo "$TOK" | wc -c > /c/n'
+`), 0o644)
+	secret := "s3cr3t-" + fmt.Sprint(time.Now().UnixNano())
+	sf := filepath.Join(t.TempDir(), "tok")
+	os.WriteFile(sf, []byte(secret), 0o600)
+	cdir := filepath.Join(t.TempDir(), "c")
+	buildLog(t, t.TempDir(), "--secret", "id=tok,src="+sf, "--cache-to", "type=local,dest="+cdir+",mounts=true", ctx)
+	filepath.Walk(cdir, func(p string, fi os.FileInfo, err error) error {
+		if err != nil || !fi.Mode().IsRegular() {
+			return nil
+		}
+		b, _ := os.ReadFile(p)
+		if strings.Contains(string(b), secret) {
+			t.Errorf("the secret is in %s", p)
+		}
+		return nil
+	})
+}

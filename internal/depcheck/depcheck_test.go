@@ -19,6 +19,7 @@ const mod = "github.com/lbuild/lbuild/"
 //	container → system, runtime/runc
 //	system → store, cache, snapshot
 //	transfer → store
+//	remotecache → store, cache, transfer (cmd/lbuild wires it into builder)
 //
 // container and builder never import each other; only builder/executor
 // and container import the runtime driver; nothing imports cmd.
