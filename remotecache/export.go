@@ -108,7 +108,9 @@ func exportLocal(ctx context.Context, st *store.Store, src *Source, b Build, spe
 		}
 	}
 	var stats Stats
-	prev, err := readLocal(dir)
+	prev, err := readLocalChecked(dir, func(n int) {
+		warn(fmt.Sprintf("--cache-to %s: dropping %d entries whose layer blobs are missing or truncated", dir, n))
+	})
 	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		warn(fmt.Sprintf("--cache-to %s: replacing an unreadable cache: %v", dir, err))
 	}

@@ -154,6 +154,16 @@ func TestCorruptCacheIsAMiss(t *testing.T) {
 		t.Errorf("fetch of a corrupted blob: %v, stored %v; want ErrCorrupt and nothing stored", err, fresh.HasBlob(h1))
 	}
 
+	// The next export drops the truncated entry instead of carrying it on.
+	warns = nil
+	if _, err := Export(ctx, st, nil, fakeBuild(t, st, 1, 10, "next"), Spec{Type: "local", Dir: dir}, func(s string) { warns = append(warns, s) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(warns) != 1 || !strings.Contains(warns[0], "dropping 1 entries") {
+		t.Errorf("export over a truncated blob: warnings %q", warns)
+	}
+	Import(ctx, []Spec{{Type: "local", Dir: dir}}, noWarn(t))
+
 	os.WriteFile(filepath.Join(dir, "index.json"), []byte("{garbage"), 0o644)
 	warns = nil
 	src = Import(ctx, []Spec{{Type: "local", Dir: dir}}, func(s string) { warns = append(warns, s) })

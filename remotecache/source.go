@@ -66,7 +66,9 @@ func Import(ctx context.Context, specs []Spec, warn func(string), topts ...trans
 		var cfg *Config
 		var err error
 		if spec.Type == "local" {
-			cfg, err = readLocalChecked(spec.Dir, warn)
+			cfg, err = readLocalChecked(spec.Dir, func(n int) {
+				warn(fmt.Sprintf("--cache-from %s: %d layer blobs are missing or truncated: their steps will rebuild", spec.Dir, n))
+			})
 		} else {
 			cfg, err = readRegistry(ctx, spec.Ref, topts)
 		}
@@ -290,27 +292,27 @@ func readLocal(dir string) (*Config, error) {
 	return parseConfig(cb, true)
 }
 
-// readLocalChecked is readLocal that also drops, with one warning, the
-// entries whose layer blob is missing or truncated.
-func readLocalChecked(dir string, warn func(string)) (*Config, error) {
+// readLocalChecked is readLocal that also drops the entries whose layer
+// blob is missing or truncated, telling bad how many there were.
+func readLocalChecked(dir string, bad func(n int)) (*Config, error) {
 	cfg, err := readLocal(dir)
 	if err != nil {
 		return nil, err
 	}
-	kept, bad := cfg.Entries[:0], 0
+	kept, n := cfg.Entries[:0], 0
 	for _, e := range cfg.Entries {
 		if e.Layer != nil {
 			fi, err := os.Stat(blobPath(dir, e.Layer.Digest))
 			if err != nil || fi.Size() != e.Layer.Size {
-				bad++
+				n++
 				continue
 			}
 		}
 		kept = append(kept, e)
 	}
 	cfg.Entries = kept
-	if bad > 0 {
-		warn(fmt.Sprintf("--cache-from %s: %d layer blobs are missing or truncated: their steps will rebuild", dir, bad))
+	if n > 0 {
+		bad(n)
 	}
 	return cfg, nil
 }
