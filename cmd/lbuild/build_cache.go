@@ -3,11 +3,14 @@ package main
 import (
 	"fmt"
 	"io"
+	"path/filepath"
+	"strings"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 
 	"github.com/lbuild/lbuild/builder"
+	"github.com/lbuild/lbuild/parser"
 	"github.com/lbuild/lbuild/remotecache"
 	"github.com/lbuild/lbuild/store"
 	"github.com/lbuild/lbuild/transfer"
@@ -69,6 +72,7 @@ func importCache(cmd *cobra.Command, f *cacheFlags, insecure []string, opts *bui
 		warn:  func(s string) { fmt.Fprintln(errOut, "warning: "+s) },
 		topts: []transfer.Opt{transfer.WithInsecure(insecure...)},
 	}
+	warnInContext(to, opts, bc.warn)
 	if len(from) > 0 {
 		bc.src = remotecache.Import(cmd.Context(), from, bc.warn, bc.topts...)
 		opts.CacheFrom = bc.src
@@ -88,4 +92,38 @@ func (bc *buildCache) export(cmd *cobra.Command, st *store.Store, res *builder.R
 			spec, stats.Entries, stats.Mounts, size(stats.Size), stats.Uploaded)
 	}
 	return nil
+}
+
+// warnInContext warns about a --cache-to dir inside the build context that
+// .dockerignore does not leave out (as GitLab CI's cache paths must be):
+// COPY . would see it change on every build and never hit the cache.
+func warnInContext(to []remotecache.Spec, opts *builder.Options, warn func(string)) {
+	ctx, err := filepath.Abs(opts.ContextDir)
+	if err != nil {
+		return
+	}
+	for _, s := range to {
+		if s.Type != "local" {
+			continue
+		}
+		dir, err := filepath.Abs(s.Dir)
+		if err != nil {
+			continue
+		}
+		rel, err := filepath.Rel(ctx, dir)
+		if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+			continue
+		}
+		df := opts.Dockerfile
+		if df == "" {
+			df = filepath.Join(opts.ContextDir, "Dockerfile")
+		}
+		ig, err := parser.LoadIgnore(ctx, df)
+		if err != nil {
+			continue
+		}
+		if ex, err := ig.Excluded(rel); err == nil && !ex {
+			warn(fmt.Sprintf("--cache-to %s is inside the build context: add %s to .dockerignore, or COPY of the context misses the cache every build", s.Dir, filepath.ToSlash(rel)))
+		}
+	}
 }

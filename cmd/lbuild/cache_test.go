@@ -341,3 +341,26 @@ RUN --mount=type=secret,id=tok --mount=type=secret,id=tok,env=TOK --mount=type=c
 		return nil
 	})
 }
+
+// TestCacheDirInsideContext: a cache dir inside the context draws a
+// warning until .dockerignore leaves it out; then a fresh store builds
+// fully cached from it.
+func TestCacheDirInsideContext(t *testing.T) {
+	ctx := ctxDir(t, "FROM scratch\nCOPY . /\n", map[string]string{"a.txt": "A"})
+	cdir := filepath.Join(ctx, ".lbuild-cache")
+	_, stderr, code := run(t, t.TempDir(), "build", "-q", "--cache-dir", cdir, ctx)
+	if code != 0 || !strings.Contains(stderr, "add .lbuild-cache to .dockerignore") {
+		t.Errorf("want a warning about the cache dir in the context: %d\n%s", code, stderr)
+	}
+	os.WriteFile(filepath.Join(ctx, ".dockerignore"), []byte(".lbuild-cache\n"), 0o644)
+	id := buildID(t, t.TempDir(), "--cache-dir", cdir, ctx)
+	_, stderr, _ = run(t, t.TempDir(), "build", "-q", "--cache-dir", cdir, ctx)
+	if strings.Contains(stderr, "dockerignore") {
+		t.Errorf("warning despite .dockerignore:\n%s", stderr)
+	}
+	fresh := t.TempDir()
+	log := buildLog(t, fresh, "-t", "x", "--cache-dir", cdir, ctx)
+	if got := imageID(t, fresh, "x"); got != id || !strings.Contains(log, "CACHED") {
+		t.Errorf("fresh store: id %s, want %s; log:\n%s", got, id, log)
+	}
+}
