@@ -364,3 +364,52 @@ func TestCacheDirInsideContext(t *testing.T) {
 		t.Errorf("fresh store: id %s, want %s; log:\n%s", got, id, log)
 	}
 }
+
+// TestCacheExportKilled: a build killed while it exports (here: while it
+// writes a big cache mount's tar into the dir) leaves the previous cache
+// readable: a fresh store still builds the earlier build fully cached, and
+// the next export succeeds and clears the leftovers.
+func TestCacheExportKilled(t *testing.T) {
+	ctx := cacheCtx(t)
+	cdir := filepath.Join(t.TempDir(), "c")
+	want := buildID(t, t.TempDir(), "--cache-to", "type=local,dest="+cdir, ctx)
+
+	before, _ := os.ReadFile(filepath.Join(cdir, "index.json"))
+	big := cacheCtx(t)
+	os.WriteFile(filepath.Join(big, "Dockerfile"), []byte("FROM scratch\nCOPY rootfs/ /\nRUN --mount=type=cache,id=big,target=/c dd if=/dev/zero of=/c/big bs=1M count=300\n"), 0o644)
+	cmd := exec.Command(lbuildBin, "--root", t.TempDir(), "build", "-q", "--cache-to", "type=local,dest="+cdir+",mounts=true", big)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	killed := false
+	for !killed {
+		select {
+		case err := <-done:
+			t.Fatalf("the export finished (%v) before it could be killed", err)
+		default:
+		}
+		if tmp, _ := filepath.Glob(filepath.Join(cdir, "blobs", "sha256", ".tmp-*")); len(tmp) > 0 {
+			cmd.Process.Kill()
+			<-done
+			killed = true
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if after, _ := os.ReadFile(filepath.Join(cdir, "index.json")); string(after) != string(before) {
+		t.Errorf("a killed export changed index.json")
+	}
+	fresh := t.TempDir()
+	log := buildLog(t, fresh, "-t", "app", "--cache-from", "type=local,src="+cdir, ctx)
+	if ranAny(log) || strings.Contains(log, "warning") {
+		t.Errorf("the cache left by a killed export is not the previous one:\n%s", log)
+	}
+	if got := imageID(t, fresh, "app"); got != want {
+		t.Errorf("image ID %s, want %s", got, want)
+	}
+	buildID(t, fresh, "--cache-to", "type=local,dest="+cdir, ctx)
+	if tmp, _ := filepath.Glob(filepath.Join(cdir, "blobs", "sha256", ".tmp-*")); len(tmp) > 0 {
+		t.Errorf("leftovers of the killed export remain: %v", tmp)
+	}
+}
