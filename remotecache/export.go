@@ -118,16 +118,24 @@ func exportLocal(ctx context.Context, st *store.Store, src *Source, b Build, spe
 	for _, rec := range b.Records {
 		e := Entry{Record: *rec}
 		if rec.DiffID != "" {
-			d, err := ensureStored(ctx, st, src, rec)
+			h, err := v1.NewHash(rec.DiffID)
 			if err != nil {
 				return Stats{}, err
 			}
-			dst := blobPath(dir, d.Digest)
-			if fi, err := os.Stat(dst); err != nil || fi.Size() != d.Size {
-				if err := linkOrCopy(st.BlobPath(d.Digest), dst); err != nil {
+			// A layer the dir holds already (--cache-dir: every hit) is
+			// kept as it is, without bringing it into the store.
+			d := v1.Descriptor{MediaType: layerMediaType, Digest: h, Size: rec.Size}
+			if fi, err := os.Stat(blobPath(dir, h)); err != nil || fi.Size() != rec.Size || rec.Size == 0 {
+				if d, err = ensureStored(ctx, st, src, rec); err != nil {
 					return Stats{}, err
 				}
-				stats.Uploaded++
+				dst := blobPath(dir, d.Digest)
+				if fi, err := os.Stat(dst); err != nil || fi.Size() != d.Size {
+					if err := linkOrCopy(st.BlobPath(d.Digest), dst); err != nil {
+						return Stats{}, err
+					}
+					stats.Uploaded++
+				}
 			}
 			e.Layer = &d
 		}

@@ -413,3 +413,26 @@ func TestCacheExportKilled(t *testing.T) {
 		t.Errorf("leftovers of the killed export remain: %v", tmp)
 	}
 }
+
+// TestCacheImportIsLazy: on a fresh store, a fully cached multi-stage build
+// brings into its store only the layers of the result image, not those of
+// a stage it copied from (--cache-dir, which also exports, included).
+func TestCacheImportIsLazy(t *testing.T) {
+	big := make([]byte, 1<<20)
+	rand.Read(big)
+	ctx := ctxDir(t, "FROM scratch AS build\nCOPY big.bin small.txt /\nFROM scratch\nCOPY --from=build /small.txt /\n",
+		map[string]string{"big.bin": string(big), "small.txt": "small"})
+	cdir := filepath.Join(t.TempDir(), "c")
+	want := buildID(t, t.TempDir(), "--cache-dir", cdir, ctx)
+	fresh := t.TempDir()
+	log := buildLog(t, fresh, "-t", "x", "--cache-dir", cdir, ctx)
+	if got := imageID(t, fresh, "x"); got != want || strings.Count(log, "CACHED") != 2 {
+		t.Fatalf("id %s, want %s; log:\n%s", got, want, log)
+	}
+	ents, _ := os.ReadDir(filepath.Join(fresh, "oci", "blobs", "sha256"))
+	for _, e := range ents {
+		if fi, err := e.Info(); err == nil && fi.Size() >= 1<<20 {
+			t.Errorf("the build stage's layer %s was brought into the store", e.Name())
+		}
+	}
+}
