@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -62,12 +63,20 @@ type Options struct {
 	// Explain tells, for each step that misses the cache, why (in the
 	// progress, if it is a progress.Explainer, and in StepResult.Explain).
 	Explain bool
+	// CacheFrom, when not nil, is asked for the steps the root's cache
+	// misses (--cache-from).
+	CacheFrom CacheSource
 }
 
 // Result is what a build made.
 type Result struct {
 	Image *store.Image
 	Steps []StepResult
+	// Records are the records of every step the build ran or reused, in
+	// build order (what --cache-to exports); CacheMounts maps the id of each
+	// RUN cache mount the build used to its directory.
+	Records     []*cache.Record
+	CacheMounts map[string]string
 
 	finished time.Time // when Build ended (CheckReproducible spaces its second build from it)
 }
@@ -135,7 +144,7 @@ func Build(ctx context.Context, r *system.Root, opts Options) (*Result, error) {
 	}
 	b.warnUnusedArgs()
 	b.saveLast()
-	return &Result{Image: img, Steps: b.steps, finished: time.Now()}, nil
+	return &Result{Image: img, Steps: b.steps, Records: b.records, CacheMounts: b.mounts, finished: time.Now()}, nil
 }
 
 // build is the state of one Build call.
@@ -158,6 +167,10 @@ type build struct {
 	time     buildTime
 
 	exec executorFactory
+
+	records  []*cache.Record   // see Result.Records
+	mountsMu sync.Mutex        // guards mounts
+	mounts   map[string]string // see Result.CacheMounts
 }
 
 type kv struct{ k, v string }
@@ -477,6 +490,9 @@ func (b *build) baseImage(ctx context.Context, ref string, s *parser.Stage) (*st
 
 // writeImage stores the final state of a stage as an image.
 func (b *build) writeImage(st *stageState) (*store.Image, error) {
+	if err := b.needLayers(context.Background(), st.layers); err != nil {
+		return nil, err
+	}
 	cfg := imagecfg.Clone(st.cfg)
 	switch n := len(cfg.History); {
 	case b.time.fixed:

@@ -160,6 +160,9 @@ func (b *build) dispatchCopy(ctx context.Context, st *stageState, c copySpec) er
 		release = func() {}
 		defer func() { release() }()
 		getRoot := func(ctx context.Context) (string, error) {
+			if err := b.needLayers(ctx, layers); err != nil {
+				return "", err
+			}
 			dir, rel, err := b.root.View(ctx, diffIDs, layers, fmt.Sprintf("view-%d-%d", os.Getpid(), activeSeq.Add(1)))
 			if err != nil {
 				return "", err

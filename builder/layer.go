@@ -18,6 +18,9 @@ import (
 // the blob writer, which hashes it as it writes (the diff ID), so the layer is
 // never read back. The snapshot is then committed under its chain ID.
 func (b *build) commitLayer(ctx context.Context, st *stageState, fn layerFunc) (v1.Hash, int64, error) {
+	if err := b.needLayers(ctx, st.layers); err != nil {
+		return v1.Hash{}, 0, err
+	}
 	if err := b.root.EnsureChain(ctx, st.cfg.RootFS.DiffIDs, st.layers); err != nil {
 		return v1.Hash{}, 0, err
 	}

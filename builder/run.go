@@ -240,9 +240,15 @@ func (b *build) runMount(ctx context.Context, m *instructions.Mount) (*runMount,
 					}
 					os.Chown(dir, int(u), int(g))
 					os.Chmod(dir, mode)
+					if b.opts.CacheFrom != nil {
+						if err := b.opts.CacheFrom.SeedMount(ctx, id, dir); err != nil {
+							return executor.Mount{}, nil, fmt.Errorf("cache mount %s from --cache-from: %w", id, err)
+						}
+					}
 				} else if !os.IsExist(err) {
 					return executor.Mount{}, nil, err
 				}
+				b.noteMount(id, dir)
 				release := func() {}
 				src := dir
 				switch sharing {
@@ -387,6 +393,9 @@ func (b *build) bindMount(ctx context.Context, m *instructions.Mount) (*runMount
 		}
 		key = "from:" + id
 		getPath = func(ctx context.Context) (string, func(), error) {
+			if err := b.needLayers(ctx, layers); err != nil {
+				return "", nil, err
+			}
 			root, release, err := b.root.View(ctx, diffIDs, layers, fmt.Sprintf("view-%d-%d", os.Getpid(), activeSeq.Add(1)))
 			if err != nil {
 				return "", nil, err

@@ -31,10 +31,11 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 	defer b.noteStep(st, id, key)
 
 	if !b.opts.NoCache {
-		rec, err := b.root.Records.Get(key)
+		rec, err := b.record(key, fn != nil)
 		switch {
 		case err == nil && b.usable(rec, fn != nil):
 			b.apply(st, rec, text, key)
+			b.noteRecord(rec)
 			b.prog.Cached(id)
 			res.Cached, res.DiffID, res.ChainID = true, rec.DiffID, st.chainID
 			b.steps = append(b.steps, res)
@@ -67,6 +68,7 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 	}
 	b.indexManifest(st, in, key)
 	b.apply(st, rec, text, key)
+	b.noteRecord(rec)
 	b.prog.Done(id, nil)
 	res.DiffID, res.ChainID = rec.DiffID, st.chainID
 	b.steps = append(b.steps, res)
@@ -74,10 +76,11 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 }
 
 // usable reports whether a cached record can stand in for running the step:
-// a layer step needs its layer blob in the store and, with a fixed build
-// time, to have been built at that time or earlier (its layer's times are
-// clamped to when it was built: a layer built with wall-clock times, or for
-// a later commit, would put files later than the build time in the image).
+// a layer step needs its layer blob in the store (or in --cache-from) and,
+// with a fixed build time, to have been built at that time or earlier (its
+// layer's times are clamped to when it was built: a layer built with
+// wall-clock times, or for a later commit, would put files later than the
+// build time in the image).
 func (b *build) usable(rec *cache.Record, layer bool) bool {
 	if !layer {
 		return rec.DiffID == ""
@@ -90,7 +93,7 @@ func (b *build) usable(rec *cache.Record, layer bool) bool {
 		return false
 	}
 	h, err := v1.NewHash(rec.DiffID)
-	return err == nil && b.root.Store.HasBlob(h)
+	return err == nil && b.hasLayer(h)
 }
 
 // apply advances the stage by a step's record. Its history entry is created

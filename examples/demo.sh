@@ -94,11 +94,11 @@ p1=$(free_port "${DEMO_PORT:-18080}")
 p2=$(free_port $((p1 + 1)))
 p3=$(free_port $((p2 + 1)))
 containers+=(hello-1)
-lb run -d --name hello-1 hello-web httpd -f -p "$p1" -h /www >/dev/null
+lb run -d --network host --name hello-1 hello-web httpd -f -p "$p1" -h /www >/dev/null
 containers+=(hello-2)
-lb run -d --name hello-2 hello-web httpd -f -p "$p2" -h /www >/dev/null
+lb run -d --network host --name hello-2 hello-web httpd -f -p "$p2" -h /www >/dev/null
 containers+=(config-1)
-lb run -d --name config-1 config-web httpd -f -p "$p3" -h /www -c /etc/httpd.conf >/dev/null
+lb run -d --network host --name config-1 config-web httpd -f -p "$p3" -h /www -c /etc/httpd.conf >/dev/null
 lb ps
 echo
 for pair in "hello-1 $p1" "hello-2 $p2" "config-1 $p3"; do

@@ -36,6 +36,7 @@ type buildFlags struct {
 	explain   string
 	epoch     string
 	check     bool
+	cache     cacheFlags
 }
 
 func (f *buildFlags) register(cmd *cobra.Command) {
@@ -57,6 +58,7 @@ func (f *buildFlags) register(cmd *cobra.Command) {
 	registerExplain(fl, &f.explain)
 	fl.StringVar(&f.epoch, "source-date-epoch", "", "build time in seconds since 1970, or \"now\" for the wall clock (default: --build-arg SOURCE_DATE_EPOCH, else $SOURCE_DATE_EPOCH, else the git commit time of the context, else 0)")
 	fl.BoolVar(&f.check, "check-reproducible", false, "build a second time without the cache and fail, naming the first difference, if the images differ")
+	f.cache.register(fl)
 }
 
 func newBuildCmd(g *globals) *cobra.Command {
@@ -170,6 +172,10 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 	if f.quiet {
 		opts.Progress = progress.NewPlain(discard{})
 	}
+	bc, err := importCache(cmd, &f.cache, f.insecure, &opts)
+	if err != nil {
+		return err
+	}
 	r, err := g.openRecovered(cmd.Context())
 	if err != nil {
 		return err
@@ -202,6 +208,13 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 		for _, t := range f.tags {
 			fmt.Fprintf(out, "naming to %s\n", t)
 		}
+	}
+	cacheOut := out
+	if f.quiet {
+		cacheOut = discard{}
+	}
+	if err := bc.export(cmd, r.Store, res, cacheOut); err != nil {
+		return err
 	}
 	if err := export(cmd, r.Store, res.Image, f, outs); err != nil {
 		return err

@@ -19,6 +19,7 @@ const mod = "github.com/lbuild/lbuild/"
 //	container → system, runtime/runc
 //	system → store, cache, snapshot
 //	transfer → store
+//	remotecache → store, cache, transfer (cmd/lbuild wires it into builder)
 //
 // container and builder never import each other; only builder/executor
 // and container import the runtime driver; nothing imports cmd.
@@ -30,12 +31,13 @@ var allowed = map[string][]string{
 	"runtime/runc":        {},
 	"system":              {"store", "cache", "snapshot"},
 	"transfer":            {"store"},
+	"remotecache":         {"store", "cache", "transfer"},
 	"builder/progress":    {},
 	"builder/executor":    {"runtime/runc"},
 	"builder/buildertest": {},
 	"builder":             {"parser", "cache", "store", "snapshot", "system", "transfer", "builder/executor", "builder/progress"},
 	"container":           {"system", "store", "snapshot", "runtime/runc"},
-	"cmd/lbuild":          {"builder", "builder/progress", "container", "system", "store", "transfer", "parser", "cache", "snapshot"},
+	"cmd/lbuild":          {"builder", "builder/progress", "container", "system", "store", "transfer", "parser", "cache", "snapshot", "remotecache"},
 	"examples":            {},
 }
 
