@@ -1,62 +1,40 @@
 package builder
 
 import (
-	"archive/tar"
 	"bufio"
 	"bytes"
-	"compress/bzip2"
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
-	"path"
+	"path/filepath"
 	"syscall"
 
 	securejoin "github.com/cyphar/filepath-securejoin"
-	"github.com/klauspost/compress/gzip"
-	"github.com/klauspost/compress/zstd"
-	"github.com/ulikunitz/xz"
+
+	"github.com/lbuild/lbuild/internal/compression"
+	"github.com/lbuild/lbuild/snapshot"
 )
 
-// openArchive returns a tar reader if the file at p is a tar archive, plain
-// or compressed with gzip, bzip2, xz or zstd; nil if it is not an archive.
-// p is a source selectSources checked, so a symlink there is not followed.
-func openArchive(p string) (*tar.Reader, io.Closer, error) {
+// openArchive returns the tar stream of the file at p if it is a tar
+// archive, plain or compressed with gzip, bzip2, xz or zstd (decompressed,
+// and bounded as a likely bomb past expansionLimit); nil if it is not an
+// archive. p is a source selectSources checked, so a symlink there is not
+// followed.
+func openArchive(p string) (io.Reader, io.Closer, error) {
 	f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 	if err != nil {
 		return nil, nil, err
 	}
-	br := bufio.NewReaderSize(f, 64<<10)
-	head, _ := br.Peek(6)
-	var r io.Reader = br
-	closer := io.Closer(f)
-	switch {
-	case bytes.HasPrefix(head, []byte{0x1f, 0x8b}):
-		zr, err := gzip.NewReader(br)
-		if err != nil {
-			f.Close()
-			return nil, nil, nil
-		}
-		r = zr
-	case bytes.HasPrefix(head, []byte("BZh")):
-		r = bzip2.NewReader(br)
-	case bytes.HasPrefix(head, []byte{0xfd, '7', 'z', 'X', 'Z', 0x00}):
-		xr, err := xz.NewReader(br)
-		if err != nil {
-			f.Close()
-			return nil, nil, nil
-		}
-		r = xr
-	case bytes.HasPrefix(head, []byte{0x28, 0xb5, 0x2f, 0xfd}):
-		zr, err := zstd.NewReader(br)
-		if err != nil {
-			f.Close()
-			return nil, nil, nil
-		}
-		r = zr
-		closer = multiCloser{f, closeFunc(zr.Close)}
+	zr, kind, err := compression.Sniff(f)
+	if err != nil {
+		f.Close()
+		return nil, nil, nil // looked compressed but is not: copied as a file
 	}
-	if r != io.Reader(br) {
+	closer := multiCloser{zr, f}
+	var r io.Reader = zr
+	if kind != compression.None {
 		limit := int64(minArchiveExpansion)
 		if fi, err := f.Stat(); err == nil {
 			limit = expansionLimit(fi.Size())
@@ -70,7 +48,7 @@ func openArchive(p string) (*tar.Reader, io.Closer, error) {
 		closer.Close()
 		return nil, nil, nil
 	}
-	return tar.NewReader(bb), closer, nil
+	return bb, closer, nil
 }
 
 // ADD of a local archive extracts at most
@@ -130,11 +108,12 @@ func (m multiCloser) Close() error {
 }
 
 // extractArchive unpacks the archive at src into dest inside root, as ADD
-// does. It reports false (and changes nothing) when src is not an archive.
-// Entries cannot leave root: names and link targets resolve inside it.
+// does, with snapshot.Untar (the applier that unpacks layers). It reports
+// false (and changes nothing) when src is not an archive. Entries cannot
+// leave dest: names and link targets resolve inside it.
 func extractArchive(root, dest, src string, uid, gid uint32, chown bool) (bool, error) {
-	tr, closer, err := openArchive(src)
-	if err != nil || tr == nil {
+	r, closer, err := openArchive(src)
+	if err != nil || r == nil {
 		return false, err
 	}
 	defer closer.Close()
@@ -142,112 +121,24 @@ func extractArchive(root, dest, src string, uid, gid uint32, chown bool) (bool, 
 	if fi, err := os.Stat(src); err == nil {
 		limit = expansionLimit(fi.Size())
 	}
-	content := &expansionGuard{r: tr, name: src, limit: limit}
 	if err := mkdirAll(root, dest, uid, gid, chown); err != nil {
 		return true, err
 	}
-	type dirTime struct {
-		p string
-		h *tar.Header
+	abs, err := securejoin.SecureJoin(root, dest)
+	if err != nil {
+		return true, err
 	}
-	var dirs []dirTime
-	for {
-		h, err := tr.Next()
-		if err == io.EOF {
-			break
-		}
-		if errors.Is(err, errArchiveTooLarge) {
-			return true, err
-		}
-		if err != nil {
-			return true, fmt.Errorf("read archive: %w", err)
-		}
-		name := path.Clean("/" + h.Name)
-		if name == "/" {
-			continue
-		}
-		target := path.Join(dest, name)
-		if err := mkdirAll(root, path.Dir(target), 0, 0, false); err != nil {
-			return true, err
-		}
-		p, err := securejoin.SecureJoin(root, target)
-		if err != nil {
-			return true, err
-		}
-		u, g := h.Uid, h.Gid
-		if chown {
-			u, g = int(uid), int(gid)
-		}
-		mode := os.FileMode(h.Mode & 0o777)
-		if h.Mode&0o4000 != 0 {
-			mode |= os.ModeSetuid
-		}
-		if h.Mode&0o2000 != 0 {
-			mode |= os.ModeSetgid
-		}
-		if h.Mode&0o1000 != 0 {
-			mode |= os.ModeSticky
-		}
-		switch h.Typeflag {
-		case tar.TypeDir:
-			if fi, err := os.Lstat(p); err == nil && !fi.IsDir() {
-				os.Remove(p)
-			}
-			if err := os.Mkdir(p, mode); err != nil && !os.IsExist(err) {
-				return true, err
-			}
-			dirs = append(dirs, dirTime{p, h})
-		case tar.TypeReg, tar.TypeRegA:
-			if err := removeNonDir(p); err != nil {
-				return true, err
-			}
-			f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-			if err != nil {
-				return true, err
-			}
-			_, err = io.Copy(f, content)
-			f.Close()
-			if err != nil {
-				return true, err
-			}
-		case tar.TypeSymlink:
-			if err := removeNonDir(p); err != nil {
-				return true, err
-			}
-			if err := os.Symlink(h.Linkname, p); err != nil {
-				return true, err
-			}
-			if err := os.Lchown(p, u, g); err != nil {
-				return true, err
-			}
-			continue
-		case tar.TypeLink:
-			old, err := securejoin.SecureJoin(root, path.Join(dest, path.Clean("/"+h.Linkname)))
-			if err != nil {
-				return true, err
-			}
-			if err := removeNonDir(p); err != nil {
-				return true, err
-			}
-			if err := os.Link(old, p); err != nil {
-				return true, err
-			}
-			continue
-		default:
-			continue // devices and fifos are not extracted by ADD here
-		}
-		if err := os.Lchown(p, u, g); err != nil {
-			return true, err
-		}
-		if err := os.Chmod(p, mode); err != nil {
-			return true, err
-		}
-		if h.Typeflag != tar.TypeDir {
-			os.Chtimes(p, h.ModTime, h.ModTime)
-		}
+	opts := []snapshot.UntarOpt{snapshot.WithMaxBytes(limit)}
+	if chown {
+		opts = append(opts, snapshot.WithOwner(int(uid), int(gid)))
 	}
-	for i := len(dirs) - 1; i >= 0; i-- {
-		os.Chtimes(dirs[i].p, dirs[i].h.ModTime, dirs[i].h.ModTime)
+	err = snapshot.Untar(context.Background(), abs, r, opts...)
+	if errors.Is(err, snapshot.ErrTooLarge) {
+		err = fmt.Errorf("archive %s expands to more than %d bytes (the bound is %dx its size, at least %d bytes): %w; if it is genuine, COPY it and unpack it in a RUN step",
+			src, limit, maxArchiveRatio, archiveExpansionFloor, errArchiveTooLarge)
+	}
+	if err != nil {
+		return true, fmt.Errorf("extract %s: %w", filepath.Base(src), err)
 	}
 	return true, nil
 }

@@ -54,6 +54,12 @@ type applier struct {
 
 	raw     *countingReader // the tar stream
 	written int64           // file content written so far
+
+	// Untar (ADD) mode: names are files like any other (no whiteouts),
+	// devices are skipped, the root entry is ignored, owners may be forced.
+	literal  bool
+	owner    *[2]int
+	maxBytes int64 // bound on file content written (0: the layer bound)
 }
 
 // A layer's files may hold at most max(minApplyExpansion, maxApplyRatio ×
@@ -92,7 +98,11 @@ type contentReader struct {
 func (c contentReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.a.written += int64(n)
-	if limit := max(applyExpansionFloor, maxApplyRatio*c.a.raw.n); c.a.written > limit {
+	limit := max(applyExpansionFloor, maxApplyRatio*c.a.raw.n)
+	if c.a.maxBytes > 0 {
+		limit = c.a.maxBytes
+	}
+	if c.a.written > limit {
 		return 0, fmt.Errorf("layer files expand to more than %d bytes (the bound is %dx the tar, at least %d bytes; a sparse file?): %w",
 			limit, maxApplyRatio, applyExpansionFloor, ErrTooLarge)
 	}
@@ -110,12 +120,40 @@ type dirTime struct {
 // the layer onto a full tree (copy driver): whiteouts delete, and an opaque
 // marker deletes what lower layers put in its directory.
 func applyTar(ctx context.Context, dir string, r io.Reader, merge bool) error {
+	return untar(ctx, dir, r, &applier{merge: merge})
+}
+
+// UntarOpt configures Untar.
+type UntarOpt func(*applier)
+
+// WithOwner makes every extracted entry owned by uid:gid (ADD --chown).
+func WithOwner(uid, gid int) UntarOpt { return func(a *applier) { a.owner = &[2]int{uid, gid} } }
+
+// WithMaxBytes bounds the file content Untar writes; past it Untar fails
+// with an error wrapping ErrTooLarge.
+func WithMaxBytes(n int64) UntarOpt { return func(a *applier) { a.maxBytes = n } }
+
+// Untar extracts the plain tar r into the existing directory dir as ADD
+// extracts a local archive: with the same applier that unpacks layers (so
+// nothing lands outside dir: names and links resolve inside it, a final
+// symlink is never followed), but with no whiteout meaning (".wh." names
+// are files), devices and fifos skipped and dir's own metadata kept. Later
+// entries replace earlier ones, as GNU tar and docker do.
+func Untar(ctx context.Context, dir string, r io.Reader, opts ...UntarOpt) error {
+	a := &applier{literal: true}
+	for _, o := range opts {
+		o(a)
+	}
+	return untar(ctx, dir, r, a)
+}
+
+func untar(ctx context.Context, dir string, r io.Reader, a *applier) error {
 	root, err := os.OpenRoot(dir)
 	if err != nil {
 		return err
 	}
 	defer root.Close()
-	a := &applier{root: root, merge: merge, created: map[string]bool{}, buf: make([]byte, 128<<10), raw: &countingReader{r: r}}
+	a.root, a.created, a.buf, a.raw = root, map[string]bool{}, make([]byte, 128<<10), &countingReader{r: r}
 	defer a.closeParent()
 	tr := tar.NewReader(a.raw)
 	for {
@@ -187,6 +225,15 @@ func (a *applier) entry(hdr *tar.Header, r io.Reader) error {
 		return nil
 	}
 	dir, base := path.Dir(name), path.Base(name)
+	if a.literal {
+		if name == "." {
+			return nil // ADD leaves its destination directory as it is
+		}
+		if err := a.create(name, dir, base, hdr, r); err != nil {
+			return fmt.Errorf("tar entry %q: %w", hdr.Name, err)
+		}
+		return nil
+	}
 	if strings.HasPrefix(base, whiteoutPrefix) {
 		if base == opaqueMarker {
 			err = a.opaque(dir)
@@ -276,6 +323,10 @@ func (a *applier) create(name, dir, base string, hdr *tar.Header, r io.Reader) e
 		}
 		return nil // the inode's metadata came with its first name
 	case tar.TypeChar, tar.TypeBlock, tar.TypeFifo:
+		if a.literal {
+			logrus.Debugf("snapshot: not extracting device or fifo %q", hdr.Name)
+			return nil
+		}
 		kind := map[byte]uint32{tar.TypeChar: unix.S_IFCHR, tar.TypeBlock: unix.S_IFBLK, tar.TypeFifo: unix.S_IFIFO}[hdr.Typeflag]
 		dev := unix.Mkdev(uint32(hdr.Devmajor), uint32(hdr.Devminor))
 		if err := unix.Mknodat(pfd, base, kind|0o600, int(dev)); err != nil {
@@ -288,7 +339,11 @@ func (a *applier) create(name, dir, base string, hdr *tar.Header, r io.Reader) e
 	if a.merge {
 		a.created[name] = true
 	}
-	if err := unix.Fchownat(pfd, base, hdr.Uid, hdr.Gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	uid, gid := hdr.Uid, hdr.Gid
+	if a.owner != nil {
+		uid, gid = a.owner[0], a.owner[1]
+	}
+	if err := unix.Fchownat(pfd, base, uid, gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Errorf("lchown: %w", err)
 	}
 	if hdr.Typeflag != tar.TypeSymlink {
