@@ -8,8 +8,9 @@
 #   curl            the demo fetches pages from containers
 #   slirp4netns     outbound network for RUN steps and containers in their
 #                   own network namespace (the default, without host loopback)
+#   debootstrap     the Debian base of the nginx demo (examples/nginx)
 set -euo pipefail
-pkgs=(runc skopeo umoci busybox-static docker-registry curl iproute2 slirp4netns)
+pkgs=(runc skopeo umoci busybox-static docker-registry curl iproute2 slirp4netns debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
