@@ -18,3 +18,9 @@ test: deps
 
 bench: deps build
 	./bench/run.sh
+
+# make demo-nginx: the nginx story with a real Debian and nginx (needs the
+# Debian mirror; the base is made once with debootstrap and cached).
+.PHONY: demo-nginx
+demo-nginx: deps build
+	LBUILD=$(CURDIR)/$(BIN) ./examples/nginx/demo.sh
