@@ -38,3 +38,9 @@ fuzz-more:
 
 bench: deps build
 	./bench/run.sh
+
+# make demo-nginx: the nginx story with a real Debian and nginx (needs the
+# Debian mirror; the base is made once with debootstrap and cached).
+.PHONY: demo-nginx
+demo-nginx: deps build
+	LBUILD=$(CURDIR)/$(BIN) ./examples/nginx/demo.sh

@@ -125,14 +125,16 @@ type Container struct {
 	Image   string  `json:"image"`
 	ImageID v1.Hash `json:"imageId"`
 	// Manifest is the image's manifest digest (commit starts from it).
-	Manifest v1.Hash   `json:"manifest"`
-	Args     []string  `json:"args"`
-	Env      []string  `json:"env"`
-	Cwd      string    `json:"cwd"`
-	User     string    `json:"user,omitempty"`
-	Network  string    `json:"network"`
-	Binds    []string  `json:"binds,omitempty"`
-	Created  time.Time `json:"created"`
+	Manifest v1.Hash  `json:"manifest"`
+	Args     []string `json:"args"`
+	Env      []string `json:"env"`
+	Cwd      string   `json:"cwd"`
+	User     string   `json:"user,omitempty"`
+	Network  string   `json:"network"`
+	Binds    []string `json:"binds,omitempty"`
+	// Ports are the ports published on the host (run -p).
+	Ports   []runc.PortMapping `json:"ports,omitempty"`
+	Created time.Time          `json:"created"`
 
 	Status   string     `json:"status"`
 	ExitCode int        `json:"exitCode"` // -1: unknown (the owner died)
@@ -174,6 +176,10 @@ type Options struct {
 	Network string
 	// Binds are HOST:CONTAINER[:ro|:rw] bind mounts.
 	Binds []string
+	// Ports are docker run -p's [IP:]HOSTPORT:CONTAINERPORT[/tcp|/udp]
+	// (see runc.ParsePort; the host address defaults to 127.0.0.1),
+	// published while the container runs. Only on the default network.
+	Ports []string
 	// Runtime is the OCI runtime binary ("" = runc from PATH).
 	Runtime string
 	// AutoRemove removes the container when its process exits.
@@ -254,10 +260,21 @@ func (r *Manager) Create(ctx context.Context, opts Options) (_ *Container, retEr
 	if err != nil {
 		return nil, err
 	}
+	var ports []runc.PortMapping
+	for _, p := range opts.Ports {
+		pm, err := runc.ParsePort(p)
+		if err != nil {
+			return nil, err
+		}
+		ports = append(ports, pm)
+	}
+	if len(ports) > 0 && network != runc.NetworkPrivate {
+		return nil, fmt.Errorf("-p publishes ports only on the default network, not with --network %s", network)
+	}
 
 	c := &Container{
 		ID: randomHex(32), Name: opts.Name, Image: opts.Image, ImageID: img.ID, Manifest: img.Manifest.Digest,
-		Args: args, Network: network, Binds: opts.Binds, Created: time.Now().UTC(), Status: StatusCreated,
+		Args: args, Network: network, Binds: opts.Binds, Ports: ports, Created: time.Now().UTC(), Status: StatusCreated,
 		Runtime: opts.Runtime, StopSignal: cfg.Config.StopSignal, AutoRemove: opts.AutoRemove,
 		SecurityOpts: opts.SecurityOpts,
 	}
@@ -308,8 +325,8 @@ func (r *Manager) Create(ctx context.Context, opts Options) (_ *Container, retEr
 			r.root.Snaps.Remove(context.WithoutCancel(ctx), c.Snapshot)
 		}
 	}()
-	meta := runc.Meta{Args: args, Env: c.Env, Cwd: c.Cwd, Hostname: hostname, Network: network, Mounts: mounts,
-		SeccompUnconfined: unconfined}
+	meta := runc.Meta{Args: args, Env: c.Env, Cwd: c.Cwd, Hostname: hostname, Network: network, Ports: ports,
+		Mounts: mounts, SeccompUnconfined: unconfined}
 	if c.User != "" {
 		if meta.UID, meta.GID, err = imagecfg.ResolveUser(c.Rootfs, c.User, false); err != nil {
 			return nil, fmt.Errorf("user %s: %w", c.User, err)

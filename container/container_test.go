@@ -5,9 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -15,6 +18,7 @@ import (
 	"time"
 
 	"github.com/lbuild/lbuild/builder"
+	"github.com/lbuild/lbuild/runtime/runc"
 	"github.com/lbuild/lbuild/snapshot"
 	"github.com/lbuild/lbuild/system"
 )
@@ -406,5 +410,66 @@ func TestContainerNetwork(t *testing.T) {
 	if _, err := r.Create(context.Background(), Options{Image: "local/busybox", Network: "bridge"}); err == nil ||
 		!strings.Contains(err.Error(), `unknown network "bridge": use default, host or none`) {
 		t.Errorf("network bridge: %v", err)
+	}
+}
+
+// A port published with Options.Ports (run -p) reaches the container's
+// server from the host's loopback; the mapping is recorded, and a second
+// container cannot take the same host port.
+func TestContainerPublishPort(t *testing.T) {
+	needRunc(t)
+	r := openRoot(t)
+	withBusybox(t, r)
+	ln, err := net.Listen("tcp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	serve := `mkdir -p /w && echo "served from the container" > /w/index.html && exec httpd -f -p 8080 -h /w`
+	c := create(t, r, Options{Image: "local/busybox", Name: "web", Cmd: []string{"sh", "-c", serve},
+		Ports: []string{fmt.Sprintf("%d:8080", port)}})
+	want := []runc.PortMapping{{HostIP: "127.0.0.1", HostPort: uint16(port), ContainerPort: 8080, Proto: "tcp"}}
+	if got, err := r.Get(context.Background(), c.ID); err != nil || !reflect.DeepEqual(got.Ports, want) {
+		t.Errorf("recorded ports %+v, %v; want %+v", got.Ports, err, want)
+	}
+	codec := startBG(t, r, c)
+	url := fmt.Sprintf("http://127.0.0.1:%d/", port)
+	var body string
+	for range 100 { // httpd starts after the runtime reports "running"
+		resp, err := http.Get(url)
+		if err == nil {
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			body = string(b)
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if body != "served from the container\n" {
+		t.Errorf("GET %s = %q", url, body)
+	}
+
+	c2 := create(t, r, Options{Image: "local/busybox", Cmd: []string{"true"}, Ports: []string{fmt.Sprintf("127.0.0.1:%d:80", port)}})
+	if code, err := r.Run(context.Background(), c2.ID, Stdio{}); err == nil ||
+		!strings.Contains(err.Error(), fmt.Sprintf("publishing 127.0.0.1:%d->80/tcp", port)) {
+		t.Errorf("a second container on host port %d: %d, %v", port, code, err)
+	}
+
+	if err := r.Stop(context.Background(), c.ID, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	<-codec
+	for _, tc := range []struct {
+		opts Options
+		want string
+	}{
+		{Options{Image: "local/busybox", Ports: []string{"80"}}, `invalid port mapping "80"`},
+		{Options{Image: "local/busybox", Ports: []string{"8080:80/sctp"}}, "protocol must be tcp or udp"},
+		{Options{Image: "local/busybox", Ports: []string{"8080:80"}, Network: "host"}, "only on the default network"},
+	} {
+		if _, err := r.Create(context.Background(), tc.opts); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want an error with %q", tc.opts.Ports, err, tc.want)
+		}
 	}
 }

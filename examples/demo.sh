@@ -6,10 +6,13 @@
 #   LBUILD=path/to/lbuild ./examples/demo.sh      (default: lbuild on PATH)
 #
 # It uses a fresh store in a temp dir unless LBUILD_ROOT is set, needs root,
-# runc, busybox-static and curl, runs offline and takes a few seconds.
+# runc, busybox-static, curl and docker-registry, runs offline and takes a
+# few seconds.
 # DEMO_PORT (default 18080) is the first port it tries for the web servers.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 LBUILD=${LBUILD:-lbuild}
 command -v "$LBUILD" >/dev/null || { echo "demo: $LBUILD not found: run make build, or set LBUILD" >&2; exit 1; }
 command -v curl >/dev/null || { echo "demo: curl is not installed (apt-get install curl)" >&2; exit 1; }
@@ -21,11 +24,16 @@ if [ -z "${LBUILD_ROOT:-}" ]; then
   own_root=1
 fi
 containers=()
+registry_pid=
 cleanup() {
   local rc=$?
   for c in "${containers[@]}"; do
     "$LBUILD" rm -f "$c" >/dev/null 2>&1 || true
   done
+  if [ -n "$registry_pid" ]; then
+    kill "$registry_pid" 2>/dev/null || true
+    wait "$registry_pid" 2>/dev/null || true
+  fi
   if [ -n "$own_root" ] && grep -q " $work/" /proc/self/mountinfo; then
     echo "demo: something is still mounted under $work; leaving it" >&2
   else
@@ -40,13 +48,6 @@ lb() { "$LBUILD" "$@"; }
 if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold= plain=; fi
 step() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
 say() { printf '%s\n' "$@" | fold -s -w 78; }
-
-# free_port N: the first port from N up that nothing listens on.
-free_port() {
-  local p=$1
-  while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
-  echo "$p"
-}
 
 # page PORT: the page a container serves, waiting for its server to come up.
 page() {
@@ -93,12 +94,12 @@ step "3. Run two containers of hello-web and one of config-web"
 p1=$(free_port "${DEMO_PORT:-18080}")
 p2=$(free_port $((p1 + 1)))
 p3=$(free_port $((p2 + 1)))
-containers+=(hello-1)
-lb run -d --network host --name hello-1 hello-web httpd -f -p "$p1" -h /www >/dev/null
-containers+=(hello-2)
-lb run -d --network host --name hello-2 hello-web httpd -f -p "$p2" -h /www >/dev/null
-containers+=(config-1)
-lb run -d --network host --name config-1 config-web httpd -f -p "$p3" -h /www -c /etc/httpd.conf >/dev/null
+for spec in "hello-1 $p1 hello-web" "hello-2 $p2 hello-web" "config-1 $p3 config-web"; do
+  set -- $spec
+  echo "\$ lbuild run -d --name $1 -p $2:8080 $3"
+  containers+=("$1")
+  lb run -d --name "$1" -p "$2:8080" "$3" >/dev/null
+done
 lb ps
 echo
 for pair in "hello-1 $p1" "hello-2 $p2" "config-1 $p3"; do
@@ -106,7 +107,8 @@ for pair in "hello-1 $p1" "hello-2 $p2" "config-1 $p3"; do
   printf 'curl http://127.0.0.1:%s/  (%s): %s\n' "$2" "$1" "$(page "$2" | title)"
 done
 echo
-say "Each container is an overlay mount: the image's unpacked layers as shared read-only lower layers, plus one empty writable layer of its own. Starting one copies nothing."
+say "Each container runs its image's CMD, busybox httpd on port 8080, in a network namespace of its own; -p publishes that port on a port of the host's loopback (lbuild ps, PORTS)." \
+  "Each container is an overlay mount: the image's unpacked layers as shared read-only lower layers, plus one empty writable layer of its own. Starting one copies nothing."
 
 step "4. A change inside one container stays in that container"
 echo "\$ lbuild exec hello-1 sh -c 'echo \"<h1>Changed inside hello-1</h1>\" > /www/index.html'"
@@ -120,12 +122,31 @@ for c in hello-1 hello-2; do
 done
 say "The write copied index.html up into hello-1's own layer (C = changed); hello-2 and the image still have the original."
 
-step "5. Disk use"
+step "5. Push to a registry, pull into an empty store"
+start_registry "$work/registry"
+say "A local registry: docker-registry on $registry."
+for img in hello-web config-web; do
+  echo "\$ lbuild push $img $registry/$img"
+  lb push "$img" "$registry/$img"
+done
+echo
+say "config-web's base and index.html layers were in the registry already, from hello-web: only its httpd.conf layer went up."
+echo
+for img in hello-web config-web; do
+  echo "\$ LBUILD_ROOT=<an empty store> lbuild pull $registry/$img"
+  LBUILD_ROOT=$work/pulled lb pull "$registry/$img"
+done
+kill "$registry_pid" && wait "$registry_pid" 2>/dev/null || true
+registry_pid=
+echo
+say "Pulling config-web after hello-web: the layers the store has print 'Already exists' and are not fetched; one layer is downloaded."
+
+step "6. Disk use"
 lb du
 echo
 say "The containers' own layers hold only what they changed (a few bytes), and every image layer is stored once however many images and containers use it."
 
-step "6. Clean up"
+step "7. Clean up"
 echo "\$ lbuild stop -t 1 ${containers[*]} && lbuild rm ${containers[*]}"
 lb stop -t 1 "${containers[@]}" >/dev/null
 lb rm "${containers[@]}" >/dev/null

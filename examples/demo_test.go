@@ -15,8 +15,9 @@ import (
 )
 
 // TestDemo builds lbuild and runs demo.sh with it, in a fresh store, the way
-// "make demo" does, and checks that its output shows the sharing table and
-// the pages the containers served.
+// "make demo" does, and checks that its output shows the sharing table, the
+// pages the containers served, and the push and pull that move only the
+// layers the other side lacks.
 func TestDemo(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("the demo needs root")
@@ -66,6 +67,11 @@ func TestDemo(t *testing.T) {
 		`\(hello-1\): Changed inside hello-1`,
 		`lbuild diff hello-1\nC /www\nC /www/index.html\n`,
 		`lbuild diff hello-2\n\(no changes\)`,
+		// The push of config-web sends only its own layer; its pull into
+		// a store holding hello-web fetches only that layer.
+		`The push refers to repository \[127.0.0.1:\d+/config-web\]\n` +
+			`(\w{12}: (Mounted from hello-web|Layer already exists)\n){2}\w{12}: Pushed\n`,
+		`latest: Pulling from config-web\n(\w{12}: Already exists\n){2}\w{12}: Pull complete\n`,
 		`Containers \(each container's own writable layer\)`,
 		`demo: done`,
 	} {

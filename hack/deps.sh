@@ -9,8 +9,9 @@
 #   slirp4netns     outbound network for RUN steps and containers in their
 #                   own network namespace (the default, without host loopback)
 #   git             a build in a git work tree takes HEAD's commit time as its build time
+#   debootstrap     the Debian base of the nginx demo (examples/nginx)
 set -euo pipefail
-pkgs=(runc skopeo umoci busybox-static docker-registry curl iproute2 slirp4netns git)
+pkgs=(runc skopeo umoci busybox-static docker-registry curl iproute2 slirp4netns git debootstrap)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

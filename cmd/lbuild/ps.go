@@ -29,7 +29,7 @@ func newPsCmd(g *globals) *cobra.Command {
 			}
 			w := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 8, 3, ' ', 0)
 			if !quiet {
-				fmt.Fprintln(w, "CONTAINER ID\tIMAGE\tCOMMAND\tCREATED\tSTATUS\tNAMES")
+				fmt.Fprintln(w, "CONTAINER ID\tIMAGE\tCOMMAND\tCREATED\tSTATUS\tPORTS\tNAMES")
 			}
 			for _, c := range ctrs {
 				if !all && !c.Running() {
@@ -43,7 +43,7 @@ func newPsCmd(g *globals) *cobra.Command {
 				if len(command) > 20 {
 					command = command[:19] + "…"
 				}
-				fmt.Fprintf(w, "%s\t%s\t%q\t%s\t%s\t%s\n", c.ShortID(), c.Image, command, since(c.Created), containerStatus(c), c.Name)
+				fmt.Fprintf(w, "%s\t%s\t%q\t%s\t%s\t%s\t%s\n", c.ShortID(), c.Image, command, since(c.Created), containerStatus(c), containerPorts(c), c.Name)
 			}
 			return w.Flush()
 		},
@@ -51,6 +51,19 @@ func newPsCmd(g *globals) *cobra.Command {
 	cmd.Flags().BoolVarP(&all, "all", "a", false, "show all containers (default: running only)")
 	cmd.Flags().BoolVarP(&quiet, "quiet", "q", false, "only show container IDs")
 	return cmd
+}
+
+// containerPorts is docker's PORTS column: the published ports of a
+// running container, "127.0.0.1:8080->80/tcp, …".
+func containerPorts(c *container.Container) string {
+	if !c.Running() {
+		return ""
+	}
+	s := make([]string, len(c.Ports))
+	for i, p := range c.Ports {
+		s[i] = p.String()
+	}
+	return strings.Join(s, ", ")
 }
 
 // containerStatus is docker's STATUS column: "Up 5 seconds", "Exited (0) 3

@@ -79,6 +79,8 @@ exit; lbuild prints the container ID.`,
 	f.StringVarP(&opts.Workdir, "workdir", "w", "", "working directory in the container")
 	f.StringVarP(&opts.User, "user", "u", "", "user[:group] (names or numeric ids)")
 	f.StringVar(&opts.Network, "network", "default", "network: default (own namespace, outbound through slirp4netns, no host loopback), host or none")
+	f.StringArrayVarP(&opts.Ports, "publish", "p", nil,
+		"publish a container port on the host, [IP:]HOSTPORT:CONTAINERPORT[/tcp|/udp]; IP defaults to 127.0.0.1 (docker's default is 0.0.0.0); repeatable")
 	f.StringArrayVarP(&opts.Binds, "volume", "v", nil, "bind mount HOST:CONTAINER[:ro]; repeatable")
 	f.StringVar(&opts.Runtime, "runtime", "", "OCI runtime (default: runc)")
 	f.StringArrayVar(&opts.SecurityOpts, "security-opt", nil,

@@ -147,7 +147,7 @@ func (r *Runc) Start(id string, stdin io.Reader, stdout, stderr io.Writer) (*Pro
 			return nil, err
 		}
 		var err error
-		if un, err = startNet(context.Background(), bundle); err != nil {
+		if un, err = startNet(context.Background(), bundle, meta.Ports); err != nil {
 			return nil, fmt.Errorf("private network: %w", err)
 		}
 	}

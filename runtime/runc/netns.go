@@ -62,9 +62,10 @@ type userNet struct {
 }
 
 // startNet makes a network namespace mounted on bundle/netns and starts
-// slirp4netns on it; it returns once the network is configured. The
-// caller must call close.
-func startNet(ctx context.Context, bundle string) (_ *userNet, retErr error) {
+// slirp4netns on it; it returns once the network is configured and ports
+// are published (through slirp4netns's API socket, which lives only until
+// then). The caller must call close.
+func startNet(ctx context.Context, bundle string, ports []PortMapping) (_ *userNet, retErr error) {
 	bin, err := exec.LookPath(slirpBin)
 	if err != nil {
 		return nil, ErrSlirpNotFound
@@ -94,9 +95,25 @@ func startNet(ctx context.Context, bundle string) (_ *userNet, retErr error) {
 		return nil, err
 	}
 	// fd 3 is the exit pipe, fd 4 the ready pipe (ExtraFiles order).
-	cmd := exec.Command(bin, "--configure", "--mtu=65520", "--disable-host-loopback",
-		"--enable-sandbox", "--enable-seccomp", "--exit-fd=3", "--ready-fd=4",
-		"--netns-type=path", nsPath, "tap0")
+	args := []string{"--configure", "--mtu=65520", "--disable-host-loopback",
+		"--enable-sandbox", "--enable-seccomp", "--exit-fd=3", "--ready-fd=4"}
+	var apiSock string
+	if len(ports) > 0 {
+		// A socket path must fit in 108 bytes, which a bundle path
+		// under a deep root may not: a short private directory.
+		dir, err := os.MkdirTemp("", "lbuild-slirp-")
+		if err != nil {
+			readyW.Close()
+			exitR.Close()
+			exitW.Close()
+			return nil, fmt.Errorf("starting %s: %w", slirpBin, err)
+		}
+		defer os.RemoveAll(dir)
+		apiSock = filepath.Join(dir, "api.sock")
+		args = append(args, "--api-socket="+apiSock)
+	}
+	args = append(args, "--netns-type=path", nsPath, "tap0")
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.ExtraFiles = []*os.File{exitR, readyW}
 	err = cmd.Start()
@@ -136,6 +153,11 @@ func startNet(ctx context.Context, bundle string) (_ *userNet, retErr error) {
 		return nil, fmt.Errorf("%s did not configure the network in %v", slirpBin, slirpReadyTimeout)
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	}
+	for _, p := range ports {
+		if err := addHostfwd(apiSock, p); err != nil {
+			return nil, err
+		}
 	}
 	return n, nil
 }

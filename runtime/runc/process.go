@@ -64,6 +64,11 @@ type Meta struct {
 	// Other values are an error.
 	Network string
 
+	// Ports are published on the host (docker run -p); only with
+	// NetworkPrivate. A host port that cannot be bound (in use) makes the
+	// start fail.
+	Ports []PortMapping
+
 	// Mounts are extra mounts (cache dirs, bind mounts, tmpfs, secrets),
 	// applied after the standard ones in order, so a Mount may shadow
 	// /etc/resolv.conf, /etc/hosts or /etc/hostname (the generated one is
@@ -100,7 +105,8 @@ const (
 	// outbound access through slirp4netns (see startNet): its loopback is
 	// up and its own, the host's loopback services are out of reach, and
 	// /etc/resolv.conf names a resolver reachable from inside. Docker's
-	// default bridge network, without inbound ports.
+	// default bridge network; inbound connections come only through
+	// published ports (Meta.Ports).
 	NetworkPrivate = "private"
 	// NetworkHost shares the host's network namespace, loopback included.
 	NetworkHost = "host"

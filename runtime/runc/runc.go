@@ -193,7 +193,7 @@ func (r *Runc) Run(ctx context.Context, rootfs string, meta Meta) (retErr error)
 	var un *userNet
 	if meta.Network == NetworkPrivate {
 		// Torn down after the runtime state is deleted, before the bundle.
-		un, err = startNet(ctx, bundle)
+		un, err = startNet(ctx, bundle, meta.Ports)
 		if err != nil {
 			if ctx.Err() != nil {
 				return fmt.Errorf("run %s: %w", meta.Args[0], ctx.Err())

@@ -97,6 +97,9 @@ func normalizeMeta(meta *Meta) error {
 	default:
 		return fmt.Errorf("unknown network mode %q (want %q, %q or %q)", meta.Network, NetworkPrivate, NetworkHost, NetworkNone)
 	}
+	if err := checkPorts(meta.Network, meta.Ports); err != nil {
+		return err
+	}
 	mounts := make([]Mount, len(meta.Mounts))
 	for i, m := range meta.Mounts {
 		if !path.IsAbs(m.Destination) {

@@ -1,0 +1,41 @@
+# Helpers the demos share (sourced by demo.sh and nginx/demo.sh).
+
+# free_port N: the first port from N up that nothing listens on.
+free_port() {
+  local p=$1
+  while (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; do p=$((p + 1)); done
+  echo "$p"
+}
+
+# start_registry DIR: runs Debian's docker-registry on a free 127.0.0.1
+# port (from DEMO_REGISTRY_PORT, default 15000 up), its storage and log in
+# DIR, and waits until it answers. Sets registry (host:port) and
+# registry_pid; the caller kills registry_pid when done.
+start_registry() {
+  local dir=$1 port i
+  command -v docker-registry >/dev/null || { echo "demo: docker-registry is not installed (apt-get install docker-registry)" >&2; return 1; }
+  port=$(free_port "${DEMO_REGISTRY_PORT:-15000}")
+  mkdir -p "$dir"
+  cat >"$dir/config.yml" <<CONF
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: $dir/data
+http:
+  addr: 127.0.0.1:$port
+CONF
+  docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 &
+  registry_pid=$!
+  registry=127.0.0.1:$port
+  for i in $(seq 100); do
+    curl -fsS "http://$registry/v2/" >/dev/null 2>&1 && return 0
+    kill -0 "$registry_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "demo: docker-registry did not start on $registry (log: $dir/registry.log)" >&2
+  return 1
+}
