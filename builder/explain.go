@@ -146,6 +146,11 @@ type explainState struct {
 	last      *lastBuild           // the previous build's note, loaded on the first miss
 	lastDone  bool
 	cur       lastBuild
+	// nbrOf maps the key of a step that missed to its neighbour's key, so
+	// that the step after it can be compared with the same step on the
+	// neighbour (the only way to find it in a cache imported on a fresh
+	// machine, where no note of a previous build exists).
+	nbrOf map[cache.Key]cache.Key
 }
 
 // lastBuild is the note a build leaves for the next one of the same
@@ -375,6 +380,12 @@ func (b *build) explain(st *stageState, in cache.Inputs, key cache.Key) *Explana
 		return &Explanation{Reason: ReasonNew, Detail: "no manifests kept"}
 	}
 	old, oldKey, bare := b.neighbour(st, in, key)
+	if old != nil {
+		if b.xp.nbrOf == nil {
+			b.xp.nbrOf = map[cache.Key]cache.Key{}
+		}
+		b.xp.nbrOf[key] = oldKey
+	}
 	switch {
 	case old == nil && bare:
 		return &Explanation{Reason: ReasonNew, Detail: "its neighbour was recorded without a manifest"}
@@ -400,11 +411,22 @@ func (b *build) neighbour(st *stageState, in cache.Inputs, key cache.Key) (m *ca
 	if k, err := b.xp.man.Next(in.Parent, st.note.text); err == nil {
 		cands = append(cands, k)
 	}
+	if p, ok := b.xp.nbrOf[in.Parent]; ok {
+		if k, err := b.xp.man.Next(p, st.note.text); err == nil {
+			cands = append(cands, k) // the same step on the parent's neighbour
+		}
+	}
 	if k, ok := b.prevStep(st); ok {
 		cands = append(cands, k)
 	}
 	for _, k := range cands {
 		rec, err := b.root.Records.Get(k)
+		if err != nil && b.opts.CacheFrom != nil {
+			// A neighbour from an imported cache (its manifest came with it).
+			if r := b.opts.CacheFrom.Record(k); r != nil {
+				rec, err = r, nil
+			}
+		}
 		if err != nil {
 			continue
 		}

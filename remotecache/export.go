@@ -29,6 +29,41 @@ import (
 type Build struct {
 	Records []*cache.Record   // every step the build ran or reused, in order
 	Mounts  map[string]string // RUN cache mounts it used: id -> directory
+	// Manifests, when not nil, holds the records' input manifests, which
+	// are exported with them (for --explain on another machine).
+	Manifests *cache.Manifests
+}
+
+// inputBlobs returns the blobs of rec's input manifest in b.Manifests (the
+// manifest, then its file list), as (descriptor, path) pairs; none when
+// the record has no manifest or the store lacks it.
+func inputBlobs(b Build, rec *cache.Record) ([]v1.Descriptor, []string) {
+	if b.Manifests == nil || rec.Manifest == "" {
+		return nil, nil
+	}
+	man, err := b.Manifests.Get(rec.Manifest)
+	if err != nil {
+		return nil, nil
+	}
+	var ds []v1.Descriptor
+	var ps []string
+	for _, d := range []string{rec.Manifest, man.Files} {
+		if d == "" {
+			continue
+		}
+		p, err := b.Manifests.BlobPath(d)
+		if err != nil {
+			return nil, nil
+		}
+		fi, err := os.Stat(p)
+		h, herr := v1.NewHash(d)
+		if err != nil || herr != nil {
+			return nil, nil
+		}
+		ds = append(ds, v1.Descriptor{MediaType: InputsMediaType, Digest: h, Size: fi.Size()})
+		ps = append(ps, p)
+	}
+	return ds, ps
 }
 
 // Stats tells what an export did.
@@ -139,6 +174,16 @@ func exportLocal(ctx context.Context, st *store.Store, src *Source, b Build, spe
 			}
 			e.Layer = &d
 		}
+		ds, ps := inputBlobs(b, rec)
+		for i, d := range ds {
+			if fi, err := os.Stat(blobPath(dir, d.Digest)); err == nil && fi.Size() == d.Size {
+				continue
+			}
+			if err := linkOrCopy(ps[i], blobPath(dir, d.Digest)); err != nil {
+				return Stats{}, err
+			}
+		}
+		e.Inputs = ds
 		cur.Entries = append(cur.Entries, e)
 	}
 	if spec.Mounts {
@@ -322,6 +367,19 @@ func exportRegistry(ctx context.Context, st *store.Store, src *Source, b Build, 
 			d = v1.Descriptor{MediaType: d.MediaType, Digest: d.Digest, Size: d.Size}
 			e.Layer = &d
 		}
+		ds, ps := inputBlobs(b, rec)
+		for i := range ds {
+			f, err := os.Open(ps[i])
+			if err != nil {
+				return Stats{}, err
+			}
+			_, _, err = st.PutBlob(f)
+			f.Close()
+			if err != nil {
+				return Stats{}, err
+			}
+		}
+		e.Inputs = ds
 		cur.Entries = append(cur.Entries, e)
 	}
 	if spec.Mounts {

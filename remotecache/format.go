@@ -39,6 +39,10 @@ const (
 	ArtifactType    = "application/vnd.lbuild.cache.v1"
 	ConfigMediaType = "application/vnd.lbuild.cache.config.v1+json"
 	MountMediaType  = "application/vnd.lbuild.cache.mount.v1.tar"
+	// InputsMediaType is a step's input manifest (cache.Manifest) and the
+	// blobs it names (a COPY's file list), so --explain works on a fresh
+	// machine too.
+	InputsMediaType = "application/vnd.lbuild.cache.inputs.v1"
 	layerMediaType  = types.OCIUncompressedLayer
 )
 
@@ -55,6 +59,9 @@ var ErrCorrupt = errors.New("corrupt cache")
 type Entry struct {
 	cache.Record
 	Layer *v1.Descriptor `json:"layer,omitempty"`
+	// Inputs are the blobs of the record's input manifest (the manifest
+	// first, then its file list), when the exporting store had them.
+	Inputs []v1.Descriptor `json:"inputs,omitempty"`
 }
 
 // Mount is the exported contents of one RUN cache mount, as a tar blob.
@@ -149,6 +156,9 @@ func blobsOf(c *Config) []v1.Descriptor {
 	for _, e := range c.Entries {
 		if e.Layer != nil {
 			add(*e.Layer)
+		}
+		for _, d := range e.Inputs {
+			add(d)
 		}
 	}
 	for _, m := range c.Mounts {

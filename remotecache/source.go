@@ -28,6 +28,7 @@ import (
 type Source struct {
 	warn    func(string)
 	entries map[cache.Key]*Entry
+	origins map[*Entry]*origin // the cache each entry came from
 	layers  map[v1.Hash]blobAt // by diff ID
 	mounts  map[string]blobAt  // by mount id
 	mu      sync.Mutex         // serializes fetches
@@ -60,7 +61,7 @@ func (o *origin) open(ctx context.Context, d v1.Descriptor) (io.ReadCloser, erro
 // first CI run) or cannot be read is reported to warn in one line and left
 // out: the build goes on without it. topts configure registry access.
 func Import(ctx context.Context, specs []Spec, warn func(string), topts ...transfer.Opt) *Source {
-	s := &Source{warn: warn, entries: map[cache.Key]*Entry{}, layers: map[v1.Hash]blobAt{}, mounts: map[string]blobAt{}}
+	s := &Source{warn: warn, entries: map[cache.Key]*Entry{}, origins: map[*Entry]*origin{}, layers: map[v1.Hash]blobAt{}, mounts: map[string]blobAt{}}
 	for _, spec := range specs {
 		o := &origin{spec: spec, topts: topts}
 		var cfg *Config
@@ -84,6 +85,7 @@ func Import(ctx context.Context, specs []Spec, warn func(string), topts ...trans
 			e := &cfg.Entries[i]
 			if _, ok := s.entries[e.Key]; !ok {
 				s.entries[e.Key] = e
+				s.origins[e] = o
 			}
 			if e.Layer != nil {
 				h, _ := v1.NewHash(e.DiffID)
@@ -100,6 +102,57 @@ func Import(ctx context.Context, specs []Spec, warn func(string), topts ...trans
 	}
 	return s
 }
+
+// ImportInputs brings the imported records' input manifests into m and
+// indexes them, so that --explain finds the nearest cached neighbour of a
+// step among the imported records too. A blob that cannot be read or does
+// not match its digest is skipped (the step is then explained as new).
+func (s *Source) ImportInputs(ctx context.Context, m *cache.Manifests) {
+	if s == nil {
+		return
+	}
+	for key, e := range s.entries {
+		for i, d := range e.Inputs {
+			at := blobAt{s.originOf(e), d}
+			if at.o == nil {
+				break
+			}
+			if p, err := m.BlobPath(d.Digest.String()); err == nil {
+				if _, err := os.Stat(p); err == nil {
+					if i == 0 {
+						s.index(m, key, d.Digest.String())
+					}
+					continue
+				}
+			}
+			rc, err := at.o.open(ctx, d)
+			if err != nil {
+				break
+			}
+			b, err := io.ReadAll(io.LimitReader(rc, 64<<20))
+			rc.Close()
+			if err != nil {
+				break
+			}
+			got, err := m.PutBlob(b)
+			if err != nil || got != d.Digest.String() {
+				break
+			}
+			if i == 0 {
+				s.index(m, key, got)
+			}
+		}
+	}
+}
+
+func (s *Source) index(m *cache.Manifests, key cache.Key, digest string) {
+	if man, err := m.Get(digest); err == nil {
+		m.Index(key, man)
+	}
+}
+
+// originOf returns the cache an entry came from.
+func (s *Source) originOf(e *Entry) *origin { return s.origins[e] }
 
 // Len returns how many entries the imported caches hold.
 func (s *Source) Len() int { return len(s.entries) }

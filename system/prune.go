@@ -233,6 +233,11 @@ func (r *Root) Prune(ctx context.Context, opts PruneOptions) (*PruneReport, erro
 			}
 		}
 	}
+	if !opts.DryRun && rep.Records > 0 {
+		if err := r.pruneManifests(kept); err != nil {
+			return rep, err
+		}
+	}
 	if !opts.DryRun {
 		if x, err := cache.OpenFileIndex(r.FileIndexPath()); err == nil {
 			rep.FileIndexEntries = x.Prune()
@@ -331,4 +336,44 @@ func ParseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("invalid size %q: use e.g. 10GB or 512MB", s)
 	}
 	return n, nil
+}
+
+// pruneManifests removes the input manifests (and their file lists) that no
+// kept record references, and the neighbour-index entries of records that
+// are gone (--explain's data, see cache.Manifests).
+func (r *Root) pruneManifests(kept []*cache.Record) error {
+	m, err := cache.OpenManifests(r.ExplainDir())
+	if err != nil {
+		return nil // no manifests kept
+	}
+	live := map[string]bool{}
+	keys := map[string]bool{}
+	for _, rec := range kept {
+		keys[string(rec.Key)] = true
+		if rec.Manifest == "" {
+			continue
+		}
+		live[rec.Manifest] = true
+		if man, err := m.Get(rec.Manifest); err == nil && man.Files != "" {
+			live[man.Files] = true
+		}
+	}
+	bdir := filepath.Join(m.Dir(), "blobs", "sha256")
+	ents, _ := os.ReadDir(bdir)
+	for _, e := range ents {
+		if !live["sha256:"+e.Name()] {
+			if err := os.Remove(filepath.Join(bdir, e.Name())); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("prune manifests: %w", err)
+			}
+		}
+	}
+	ndir := filepath.Join(m.Dir(), "next")
+	ents, _ = os.ReadDir(ndir)
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(ndir, e.Name()))
+		if err == nil && !keys[string(b)] {
+			os.Remove(filepath.Join(ndir, e.Name()))
+		}
+	}
+	return nil
 }

@@ -180,6 +180,9 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 	if err != nil {
 		return err
 	}
+	if opts.Explain {
+		bc.importInputs(cmd, r)
+	}
 	res, err := builder.Build(cmd.Context(), r, opts)
 	if err != nil {
 		return err
@@ -213,7 +216,7 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 	if f.quiet {
 		cacheOut = discard{}
 	}
-	if err := bc.export(cmd, r.Store, res, cacheOut); err != nil {
+	if err := bc.export(cmd, r, res, cacheOut); err != nil {
 		return err
 	}
 	if err := export(cmd, r.Store, res.Image, f, outs); err != nil {

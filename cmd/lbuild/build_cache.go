@@ -10,9 +10,10 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/lbuild/lbuild/builder"
+	"github.com/lbuild/lbuild/cache"
 	"github.com/lbuild/lbuild/parser"
 	"github.com/lbuild/lbuild/remotecache"
-	"github.com/lbuild/lbuild/store"
+	"github.com/lbuild/lbuild/system"
 	"github.com/lbuild/lbuild/transfer"
 )
 
@@ -80,9 +81,27 @@ func importCache(cmd *cobra.Command, f *cacheFlags, insecure []string, opts *bui
 	return bc, nil
 }
 
+// importInputs brings the imported records' input manifests into the
+// root, so that --explain can compare against them on a fresh machine.
+func (bc *buildCache) importInputs(cmd *cobra.Command, r *system.Root) {
+	if bc.src == nil {
+		return
+	}
+	if m, err := cache.OpenManifests(r.ExplainDir()); err == nil {
+		bc.src.ImportInputs(cmd.Context(), m)
+	}
+}
+
 // export writes the build's cache to each --cache-to.
-func (bc *buildCache) export(cmd *cobra.Command, st *store.Store, res *builder.Result, out io.Writer) error {
+func (bc *buildCache) export(cmd *cobra.Command, r *system.Root, res *builder.Result, out io.Writer) error {
+	if len(bc.to) == 0 {
+		return nil
+	}
+	st := r.Store
 	b := remotecache.Build{Records: res.Records, Mounts: res.CacheMounts}
+	if m, err := cache.OpenManifests(r.ExplainDir()); err == nil {
+		b.Manifests = m // the steps' inputs travel with them, for --explain
+	}
 	for _, spec := range bc.to {
 		stats, err := remotecache.Export(cmd.Context(), st, bc.src, b, spec, bc.warn, bc.topts...)
 		if err != nil {

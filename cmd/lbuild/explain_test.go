@@ -63,3 +63,38 @@ func TestCLIBuildExplain(t *testing.T) {
 		t.Errorf("--explain=yaml: exit %d: %s", code, stderr)
 	}
 }
+
+// Explanations work on a fresh store that imported the cache of another:
+// the steps' input manifests travel with the exported records.
+func TestCLIExplainFromImportedCache(t *testing.T) {
+	root1, root2 := t.TempDir(), t.TempDir()
+	cacheDir := filepath.Join(t.TempDir(), "cache")
+	dir := ctxDir(t, "FROM scratch\nCOPY src/ /src/\nLABEL x=y\n", map[string]string{"src/a": "a", "src/b": "b"})
+	if _, stderr, code := run(t, root1, "build", "--cache-to", "type=local,dest="+cacheDir, dir); code != 0 {
+		t.Fatalf("exporting build: %s", stderr)
+	}
+	os.WriteFile(filepath.Join(dir, "src/a"), []byte("A"), 0o644)
+	os.Remove(filepath.Join(dir, "src/b"))
+	os.WriteFile(filepath.Join(dir, "src/c"), []byte("c"), 0o644)
+	stdout, stderr, code := run(t, root2, "build", "--progress=plain", "--explain=json", "--cache-from", "type=local,src="+cacheDir, dir)
+	if code != 0 {
+		t.Fatalf("build on a fresh store: %s", stderr)
+	}
+	type change struct{ Path, Change string }
+	var steps []struct {
+		Instruction string   `json:"instruction"`
+		Cached      bool     `json:"cached"`
+		Reason      string   `json:"reason"`
+		Files       []change `json:"files"`
+	}
+	if err := json.Unmarshal([]byte(stdout), &steps); err != nil || len(steps) != 3 {
+		t.Fatalf("stdout is not the 3 steps as JSON: %v\n%s", err, stdout)
+	}
+	want := []change{{"src/a", "modified"}, {"src/b", "removed"}, {"src/c", "added"}}
+	if s := steps[1]; s.Cached || s.Reason != "files" || !reflect.DeepEqual(s.Files, want) {
+		t.Errorf("COPY on a fresh store: %+v, want files %v", s, want)
+	}
+	if s := steps[2]; s.Cached || s.Reason != "parent" {
+		t.Errorf("LABEL after it: %+v", s)
+	}
+}

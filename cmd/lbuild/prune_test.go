@@ -84,6 +84,7 @@ func TestCLIPruneKeepsWhatIsUsed(t *testing.T) {
 		mustRun(t, root, "rmi", "v:"+strconv.Itoa(i))
 	}
 	layersBefore := countDir(t, filepath.Join(root, "snapshots", "layers"))
+	manifestsBefore := countDir(t, filepath.Join(root, "cache", "manifests", "blobs", "sha256"))
 
 	out := mustRun(t, root, "prune")
 	if !strings.HasPrefix(out, "Freed ") {
@@ -95,6 +96,10 @@ func TestCLIPruneKeepsWhatIsUsed(t *testing.T) {
 				t.Errorf("after prune, layer %s of v:%d exists=%v", d, i, got)
 			}
 		}
+	}
+	// The dropped records' input manifests (--explain's) went with them.
+	if after := countDir(t, filepath.Join(root, "cache", "manifests", "blobs", "sha256")); after >= manifestsBefore {
+		t.Errorf("prune kept all %d input manifests (now %d)", manifestsBefore, after)
 	}
 	// 8 variants × 2 layers (+ their init layers) are gone.
 	if after := countDir(t, filepath.Join(root, "snapshots", "layers")); layersBefore-after < 16 {
