@@ -248,3 +248,27 @@ func TestCLIFsck(t *testing.T) {
 		t.Errorf("rebuilt app:1: %q", out)
 	}
 }
+
+// A root with gc.keep-storage in its config.json trims itself after each
+// build: built image after image, it stays under the bound, and the newest
+// image is kept whole.
+func TestCLIAutoGC(t *testing.T) {
+	root := t.TempDir()
+	busyboxBase(t, root)
+	dir := ctxDir(t, "FROM local/busybox\nCOPY big /big\n", map[string]string{})
+	base := duBytes(t, root)
+	bound := base + 5<<20
+	os.WriteFile(filepath.Join(root, "config.json"), []byte(`{"gc": {"keep-storage": "`+strconv.FormatInt(bound, 10)+`"}}`), 0o644)
+	for i := 0; i < 6; i++ {
+		b := make([]byte, 2<<20)
+		for j := range b {
+			b[j] = byte(i*131 + j*7 + j/4099)
+		}
+		os.WriteFile(filepath.Join(dir, "big"), b, 0o644)
+		mustRun(t, root, "build", "-q", "-t", "big:latest", dir)
+		if used := duBytes(t, root); used > bound {
+			t.Fatalf("after build %d the root holds %d bytes, over the gc.keep-storage bound %d", i, used, bound)
+		}
+	}
+	mustRun(t, root, "run", "--rm", "big:latest", "true")
+}
