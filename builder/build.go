@@ -41,6 +41,10 @@ type Options struct {
 	Network    string            // default network for RUN: "" or "default" (own namespace, outbound only), "host" or "none"
 	Secrets    map[string]string // RUN --mount=type=secret sources: id -> host file
 	Runtime    string            // OCI runtime for RUN; "" = runc from PATH
+	// Executor, when not nil, runs the RUN steps instead of the OCI
+	// runtime (the seam for a fake in tests, or a wrapper that records or
+	// limits runs).
+	Executor executor.Executor
 	Progress   progress.Writer   // nil = discard
 	// Platform is the platform a FROM pulls for ("" = linux/GOARCH; a
 	// FROM --platform wins). Insecure lists registries spoken to over plain

@@ -38,6 +38,10 @@ type executorFactory struct {
 
 func (b *build) executor() (executor.Executor, error) {
 	b.exec.once.Do(func() {
+		if b.opts.Executor != nil {
+			b.exec.ex = b.opts.Executor
+			return
+		}
 		ex, err := executor.New(context.Background(), b.opts.Runtime, b.root.RunDir())
 		if errors.Is(err, executor.ErrRuntimeNotFound) {
 			err = fmt.Errorf("RUN needs an OCI runtime: %w", err)
