@@ -45,7 +45,7 @@ type Options struct {
 	// runtime (the seam for a fake in tests, or a wrapper that records or
 	// limits runs).
 	Executor executor.Executor
-	Progress   progress.Writer   // nil = discard
+	Progress progress.Writer // nil = discard
 	// Platform is the platform a FROM pulls for ("" = linux/GOARCH; a
 	// FROM --platform wins). Insecure lists registries spoken to over plain
 	// http (localhost and 127.0.0.1 always are).
