@@ -3,7 +3,6 @@ module github.com/lbuild/lbuild
 go 1.26.8
 
 require (
-	github.com/cyphar/filepath-securejoin v0.7.0
 	github.com/docker/cli v29.8.2+incompatible
 	github.com/docker/go-units v0.5.0
 	github.com/google/go-containerregistry v0.22.1

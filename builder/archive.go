@@ -11,9 +11,8 @@ import (
 	"path/filepath"
 	"syscall"
 
-	securejoin "github.com/cyphar/filepath-securejoin"
-
 	"github.com/lbuild/lbuild/internal/compression"
+	"github.com/lbuild/lbuild/internal/rootpath"
 	"github.com/lbuild/lbuild/snapshot"
 )
 
@@ -124,7 +123,7 @@ func extractArchive(root, dest, src string, uid, gid uint32, chown bool) (bool, 
 	if err := mkdirAll(root, dest, uid, gid, chown); err != nil {
 		return true, err
 	}
-	abs, err := securejoin.SecureJoin(root, dest)
+	abs, err := rootpath.Join(root, dest)
 	if err != nil {
 		return true, err
 	}

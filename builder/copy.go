@@ -15,13 +15,13 @@ import (
 	"strings"
 	"syscall"
 
-	securejoin "github.com/cyphar/filepath-securejoin"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"golang.org/x/sys/unix"
 
 	"github.com/lbuild/lbuild/cache"
 	"github.com/lbuild/lbuild/internal/imagecfg"
+	"github.com/lbuild/lbuild/internal/rootpath"
 	"github.com/lbuild/lbuild/parser"
 	"github.com/lbuild/lbuild/store"
 )
@@ -382,7 +382,7 @@ func resolveSource(root, rel string, ig, excl ignorer, isContext bool) (group, e
 	abs := filepath.Join(root, filepath.FromSlash(resolved))
 	if err == nil {
 		if fi, err = os.Lstat(abs); err != nil {
-			err = relError(resolved, err)
+			err = rootpath.RelError(resolved, err)
 		}
 	}
 	switch {
@@ -466,7 +466,7 @@ func copyInto(root, workdir string, c copySpec, groups []group, mode os.FileMode
 	}
 	// A wildcard matching one file copies it to dest itself, as BuildKit does.
 	intoDir := strings.HasSuffix(dest, "/") || len(groups) > 1
-	destAbs, err := securejoin.SecureJoin(root, dest)
+	destAbs, err := rootpath.Join(root, dest)
 	if err != nil {
 		return err
 	}
@@ -511,7 +511,7 @@ func copyInto(root, workdir string, c copySpec, groups []group, mode os.FileMode
 			// get their source mtime last, deepest first: the same sources
 			// then give the same layer bytes whenever they are copied.
 			for i := len(dirs) - 1; i >= 0; i-- {
-				p, err := securejoin.SecureJoin(root, path.Join(dest, dirs[i].Rel))
+				p, err := rootpath.Join(root, path.Join(dest, dirs[i].Rel))
 				if err != nil {
 					return err
 				}
@@ -529,7 +529,7 @@ func copyInto(root, workdir string, c copySpec, groups []group, mode os.FileMode
 				return err
 			}
 			if g.data != nil {
-				p, err := securejoin.SecureJoin(root, target)
+				p, err := rootpath.Join(root, target)
 				if err != nil {
 					return err
 				}
@@ -566,7 +566,7 @@ func mkdirAll(root, dir string, uid, gid uint32, chown bool) error {
 	if err := mkdirAll(root, path.Dir(dir), uid, gid, chown); err != nil {
 		return err
 	}
-	p, err := securejoin.SecureJoin(root, dir)
+	p, err := rootpath.Join(root, dir)
 	if err != nil {
 		return err
 	}
@@ -590,7 +590,7 @@ func mkdirAll(root, dir string, uid, gid uint32, chown bool) error {
 // giving it uid:gid, the source mode (or --chmod) and, but for a directory
 // (whose time the caller sets once its contents are in), the source mtime.
 func copyEntry(root, target string, e cache.Entry, uid, gid uint32, chmod os.FileMode) error {
-	p, err := securejoin.SecureJoin(root, target)
+	p, err := rootpath.Join(root, target)
 	if err != nil {
 		return err
 	}

@@ -4,16 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
-	"path"
-	"path/filepath"
-	"strings"
-	"syscall"
-)
 
-// maxSymlinks bounds the symlinks followed while resolving one path, as
-// the kernel's ELOOP limit does.
-const maxSymlinks = 40
+	"github.com/lbuild/lbuild/internal/rootpath"
+)
 
 // hiddenError is returned by resolveInRoot when the path it reaches is one
 // .dockerignore excludes: for the build that path does not exist.
@@ -30,7 +23,7 @@ func (e *hiddenError) Error() string {
 func (e *hiddenError) Unwrap() error { return fs.ErrNotExist }
 
 // resolveInRoot resolves the root-relative path rel inside root, following
-// symlinks as securejoin.SecureJoin does ("..", absolute links and links
+// symlinks with rootpath.Resolve ("..", absolute links and links
 // pointing outside stay inside root), and returns the resolved path,
 // root-relative, slash separated, without symlinks ("" is root itself).
 //
@@ -46,75 +39,16 @@ func (e *hiddenError) Unwrap() error { return fs.ErrNotExist }
 // fs.ErrNotExist; a component that is not a directory matches
 // syscall.ENOTDIR; too many links matches syscall.ELOOP.
 func resolveInRoot(root, rel string, ig ignorer) (string, error) {
-	rest := strings.Split(filepath.ToSlash(rel), "/")
-	cur := ""
-	links := 0
-	for len(rest) > 0 {
-		part := rest[0]
-		rest = rest[1:]
-		switch part {
-		case "", ".":
-			continue
-		case "..":
-			if cur = path.Dir(cur); cur == "." {
-				cur = ""
-			}
-			continue
-		}
-		next := path.Join(cur, part)
-		last := len(rest) == 0 || allDots(rest)
+	return rootpath.Resolve(root, rel, rootpath.Options{Visit: func(next string, last bool) error {
 		ex, err := excluded(ig, next)
 		if err != nil {
-			return "", err
+			return err
 		}
 		if ex && (last || !ig.HasExclusions()) {
-			return "", &hiddenError{rel: next}
+			return &hiddenError{rel: next}
 		}
-		fi, err := os.Lstat(filepath.Join(root, filepath.FromSlash(next)))
-		if err != nil {
-			return "", relError(next, err)
-		}
-		if fi.Mode()&fs.ModeSymlink == 0 {
-			if !last && !fi.IsDir() {
-				return "", &fs.PathError{Op: "resolve", Path: next, Err: syscall.ENOTDIR}
-			}
-			cur = next
-			continue
-		}
-		if links++; links > maxSymlinks {
-			return "", &fs.PathError{Op: "resolve", Path: rel, Err: syscall.ELOOP}
-		}
-		target, err := os.Readlink(filepath.Join(root, filepath.FromSlash(next)))
-		if err != nil {
-			return "", relError(next, err)
-		}
-		if path.IsAbs(filepath.ToSlash(target)) {
-			cur = ""
-		}
-		rest = append(strings.Split(filepath.ToSlash(target), "/"), rest...)
-	}
-	return cur, nil
-}
-
-// relError names the root-relative path in err instead of the host path,
-// which may be a store directory the user has no business with.
-func relError(rel string, err error) error {
-	var pe *fs.PathError
-	if errors.As(err, &pe) {
-		return &fs.PathError{Op: "resolve", Path: rel, Err: pe.Err}
-	}
-	return err
-}
-
-// allDots reports whether the remaining components only name the current
-// path ("x/." ends at x) — ".." does not: "x/.." needs x to be a directory.
-func allDots(parts []string) bool {
-	for _, p := range parts {
-		if p != "" && p != "." {
-			return false
-		}
-	}
-	return true
+		return nil
+	}})
 }
 
 // isHidden reports whether err says the path was hidden by .dockerignore.

@@ -18,8 +18,8 @@ import (
 
 	"github.com/lbuild/lbuild/internal/fsx"
 	"github.com/lbuild/lbuild/internal/imagecfg"
+	"github.com/lbuild/lbuild/internal/rootpath"
 
-	securejoin "github.com/cyphar/filepath-securejoin"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	bkparser "github.com/moby/buildkit/frontend/dockerfile/parser"
 	"golang.org/x/sys/unix"
@@ -404,7 +404,7 @@ func (b *build) bindMount(ctx context.Context, m *instructions.Mount) (*runMount
 			if err != nil {
 				return "", nil, err
 			}
-			p, err := securejoin.SecureJoin(root, src)
+			p, err := rootpath.Join(root, src)
 			if err != nil {
 				release()
 				return "", nil, err

@@ -2,18 +2,17 @@ package remotecache
 
 import (
 	"archive/tar"
-	"errors"
+	"context"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
-	"strings"
 	"syscall"
 	"time"
 
-	securejoin "github.com/cyphar/filepath-securejoin"
+	"github.com/lbuild/lbuild/snapshot"
 )
 
 // writeMountTar writes the contents of cache-mount directory dir to w as a
@@ -86,74 +85,12 @@ func writeMountTar(dir string, w io.Writer) error {
 	return tw.Close()
 }
 
-// extractMountTar unpacks a tar written by writeMountTar into dir. Every
-// path stays inside dir (symlinks in the tar cannot lead out).
+// extractMountTar unpacks a tar written by writeMountTar into dir, with
+// snapshot.Untar (the applier that unpacks layers): every path stays inside
+// dir, symlinks in the tar cannot lead out.
 func extractMountTar(r io.Reader, dir string) error {
-	tr := tar.NewReader(r)
-	type dirTime struct {
-		path string
-		t    time.Time
-	}
-	var dirs []dirTime
-	for {
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return fmt.Errorf("%w: mount tar: %v", ErrCorrupt, err)
-		}
-		name := strings.TrimSuffix(hdr.Name, "/")
-		if name == "" || name == "." {
-			continue
-		}
-		p, err := securejoin.SecureJoin(dir, name)
-		if err != nil {
-			return err
-		}
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			return err
-		}
-		mode := fs.FileMode(hdr.Mode).Perm() | fs.FileMode(hdr.Mode)&(fs.ModeSetuid|fs.ModeSetgid|fs.ModeSticky)
-		switch hdr.Typeflag {
-		case tar.TypeDir:
-			if err := os.Mkdir(p, 0o700); err != nil && !os.IsExist(err) {
-				return err
-			}
-			dirs = append(dirs, dirTime{p, hdr.ModTime})
-		case tar.TypeReg:
-			os.RemoveAll(p)
-			f, err := os.OpenFile(p, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-			if err != nil {
-				return err
-			}
-			_, err = io.CopyN(f, tr, hdr.Size)
-			if cerr := f.Close(); err == nil {
-				err = cerr
-			}
-			if err != nil {
-				return fmt.Errorf("%w: mount tar: %s: %v", ErrCorrupt, name, err)
-			}
-		case tar.TypeSymlink:
-			os.RemoveAll(p)
-			if err := os.Symlink(hdr.Linkname, p); err != nil {
-				return err
-			}
-			os.Lchown(p, hdr.Uid, hdr.Gid)
-			continue
-		default:
-			continue
-		}
-		os.Lchown(p, hdr.Uid, hdr.Gid)
-		if err := os.Chmod(p, mode); err != nil {
-			return err
-		}
-		if hdr.Typeflag == tar.TypeReg {
-			os.Chtimes(p, hdr.ModTime, hdr.ModTime)
-		}
-	}
-	for i := len(dirs) - 1; i >= 0; i-- {
-		os.Chtimes(dirs[i].path, dirs[i].t, dirs[i].t)
+	if err := snapshot.Untar(context.Background(), dir, r); err != nil {
+		return fmt.Errorf("%w: mount tar: %v", ErrCorrupt, err)
 	}
 	return nil
 }

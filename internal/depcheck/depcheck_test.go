@@ -31,7 +31,7 @@ var allowed = map[string][]string{
 	"runtime/runc":        {},
 	"system":              {"store", "cache", "snapshot"},
 	"transfer":            {"store"},
-	"remotecache":         {"store", "cache", "transfer"},
+	"remotecache":         {"store", "cache", "transfer", "snapshot"},
 	"builder/progress":    {},
 	"builder/executor":    {"runtime/runc"},
 	"builder/buildertest": {},

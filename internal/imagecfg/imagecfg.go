@@ -12,8 +12,9 @@ import (
 	"strconv"
 	"strings"
 
-	securejoin "github.com/cyphar/filepath-securejoin"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/lbuild/lbuild/internal/rootpath"
 )
 
 // ResolveUser turns "user[:group]" (names or numbers) into uid and gid using
@@ -98,7 +99,7 @@ func lookupID(root, file string, uid uint32) (uint32, bool) {
 }
 
 func scanDB(root, file string, fn func([]string) bool) error {
-	p, err := securejoin.SecureJoin(root, file)
+	p, err := rootpath.Join(root, file)
 	if err != nil {
 		return err
 	}

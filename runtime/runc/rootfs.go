@@ -12,16 +12,16 @@ import (
 	"syscall"
 	"time"
 
-	securejoin "github.com/cyphar/filepath-securejoin"
+	"github.com/lbuild/lbuild/internal/rootpath"
 )
 
 // resolveInRoot returns the rootfs-relative path of the container path p
 // (absolute or relative to "/"), resolving symbolic links in the existing
-// components as the runtime does, confined to rootfs (securejoin, the one
-// path-confinement resolver lbuild uses for image paths). Components that do
+// components as the runtime does, confined to rootfs (rootpath, the one
+// path resolver lbuild uses). Components that do
 // not exist are appended as given (cleaned). "" is the root itself.
 func resolveInRoot(rootfs, p string) (string, error) {
-	abs, err := securejoin.SecureJoin(rootfs, p)
+	abs, err := rootpath.Join(rootfs, p)
 	if err != nil {
 		return "", fmt.Errorf("resolve %s in rootfs: %w", p, err)
 	}
