@@ -3,12 +3,12 @@ package container
 import (
 	"context"
 	"errors"
-	"io/fs"
 	"os"
 	"path/filepath"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/lbuild/lbuild/internal/fsx"
 	"github.com/lbuild/lbuild/snapshot"
 	"github.com/lbuild/lbuild/store"
 )
@@ -114,10 +114,10 @@ func (r *Manager) DiskUsage(ctx context.Context) (*DiskUsage, error) {
 	}
 	layers, _ := os.ReadDir(filepath.Join(r.root.Dir, "snapshots", "layers"))
 	du.UnpackedLayers = len(layers)
-	du.Total = treeSize(r.root.Dir)
-	du.UnpackedSize = treeSize(filepath.Join(r.root.Dir, "snapshots", "layers"))
-	du.CacheRecords = treeSize(filepath.Join(r.root.Dir, "cache")) - treeSize(r.root.CacheMountDir())
-	du.CacheMounts = treeSize(r.root.CacheMountDir())
+	du.Total = fsx.TreeSize(r.root.Dir)
+	du.UnpackedSize = fsx.TreeSize(filepath.Join(r.root.Dir, "snapshots", "layers"))
+	du.CacheRecords = fsx.TreeSize(filepath.Join(r.root.Dir, "cache")) - fsx.TreeSize(r.root.CacheMountDir())
+	du.CacheMounts = fsx.TreeSize(r.root.CacheMountDir())
 	blobs, _ := os.ReadDir(filepath.Join(r.root.Store.Dir(), "blobs", "sha256"))
 	for _, b := range blobs {
 		h := v1.Hash{Algorithm: "sha256", Hex: b.Name()}
@@ -129,21 +129,4 @@ func (r *Manager) DiskUsage(ctx context.Context) (*DiskUsage, error) {
 		}
 	}
 	return du, nil
-}
-
-// treeSize sums the sizes of the regular files below root (0 if missing).
-func treeSize(root string) int64 {
-	var n int64
-	filepath.WalkDir(root, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return nil
-		}
-		if d.Type().IsRegular() {
-			if fi, err := d.Info(); err == nil {
-				n += fi.Size()
-			}
-		}
-		return nil
-	})
-	return n
 }

@@ -11,6 +11,8 @@ import (
 	"sort"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lbuild/lbuild/internal/fsx"
 )
 
 // layerInfo is a committed snapshot as found on disk.
@@ -113,7 +115,7 @@ func (s *snapshotter) Prune(ctx context.Context, keep func(name string) bool, dr
 			return removed, freed, err
 		}
 		h, _ := nameHex(name)
-		size := dirSize(s.layerDir(h))
+		size := fsx.TreeSize(s.layerDir(h))
 		if !dryRun {
 			link, _ := os.ReadFile(filepath.Join(s.layerDir(h), "link"))
 			if err := s.removeDirLocked(s.layerDir(h)); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -166,20 +168,6 @@ func (s *snapshotter) Check() ([]Problem, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
-}
-
-// dirSize sums the sizes of the regular files below dir (0 if missing).
-func dirSize(dir string) int64 {
-	var n int64
-	filepath.WalkDir(dir, func(_ string, d fs.DirEntry, err error) error {
-		if err == nil && d.Type().IsRegular() {
-			if fi, err := d.Info(); err == nil {
-				n += fi.Size()
-			}
-		}
-		return nil
-	})
-	return n
 }
 
 // removeDirLocked is removeDir for a caller holding the root lock

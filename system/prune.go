@@ -224,7 +224,7 @@ func (r *Root) Prune(ctx context.Context, opts PruneOptions) (*PruneReport, erro
 		ents, _ := os.ReadDir(r.CacheMountDir())
 		for _, e := range ents {
 			p := filepath.Join(r.CacheMountDir(), e.Name())
-			rep.MountBytes += treeSize(p)
+			rep.MountBytes += fsx.TreeSize(p)
 			rep.Mounts++
 			if !opts.DryRun {
 				if err := os.RemoveAll(p); err != nil {
@@ -253,7 +253,7 @@ func (r *Root) Prune(ctx context.Context, opts PruneOptions) (*PruneReport, erro
 // use, less what dropping frees, is at most opts.KeepStorage. What a record
 // frees is its blob, when nothing else keeps it.
 func (r *Root) trim(kept, drop []*cache.Record, keepBlob map[v1.Hash]bool, keepChain map[string]bool, opts PruneOptions) ([]*cache.Record, []*cache.Record) {
-	use := treeSize(r.Dir)
+	use := fsx.TreeSize(r.Dir)
 	// What goes anyway: snapshots of no image or container, records dropped.
 	_, snap, _ := r.Snaps.Prune(context.Background(), func(n string) bool { return keepChain[n] }, true)
 	use -= snap
@@ -277,20 +277,6 @@ func (r *Root) trim(kept, drop []*cache.Record, keepBlob map[v1.Hash]bool, keepC
 		}
 	}
 	return kept[i:], append(drop, kept[:i]...)
-}
-
-// treeSize sums the sizes of the regular files below root (0 if missing).
-func treeSize(root string) int64 {
-	var n int64
-	filepath.WalkDir(root, func(_ string, d fs.DirEntry, err error) error {
-		if err == nil && d.Type().IsRegular() {
-			if fi, err := d.Info(); err == nil {
-				n += fi.Size()
-			}
-		}
-		return nil
-	})
-	return n
 }
 
 // Config is the root's own settings, ROOT/config.json.
