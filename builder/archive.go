@@ -38,7 +38,10 @@ func openArchive(p string) (io.Reader, io.Closer, error) {
 		if fi, err := f.Stat(); err == nil {
 			limit = expansionLimit(fi.Size())
 		}
-		r = &expansionGuard{r: r, name: p, limit: limit}
+		r = &compression.Bounded{R: r, Limit: func() int64 { return limit }, Err: func(limit int64) error {
+			return fmt.Errorf("archive %s expands to more than %d bytes (the bound is %dx its size, at least %d bytes): %w; if it is genuine, COPY it and unpack it in a RUN step",
+				p, limit, maxArchiveRatio, archiveExpansionFloor, errArchiveTooLarge)
+		}}
 	}
 	// A tar archive has "ustar" at offset 257 of its first block.
 	bb := bufio.NewReaderSize(r, 64<<10)
@@ -69,29 +72,6 @@ func expansionLimit(size int64) int64 {
 
 // errArchiveTooLarge is wrapped by the error of an archive over its bound.
 var errArchiveTooLarge = errors.New("refusing a likely decompression bomb")
-
-// expansionGuard reads r, failing once more than limit bytes came through.
-type expansionGuard struct {
-	r     io.Reader
-	name  string // the archive, for the error
-	limit int64
-	n     int64
-	err   error // set once the bound is passed
-}
-
-func (g *expansionGuard) Read(p []byte) (int, error) {
-	if g.err != nil {
-		return 0, g.err // sticky, whatever buffers above us do
-	}
-	n, err := g.r.Read(p)
-	g.n += int64(n)
-	if g.n > g.limit {
-		g.err = fmt.Errorf("archive %s expands to more than %d bytes (the bound is %dx its size, at least %d bytes): %w; if it is genuine, COPY it and unpack it in a RUN step",
-			g.name, g.limit, maxArchiveRatio, archiveExpansionFloor, errArchiveTooLarge)
-		return 0, g.err
-	}
-	return n, err
-}
 
 type closeFunc func()
 

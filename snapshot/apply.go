@@ -13,6 +13,8 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
+
+	"github.com/lbuild/lbuild/internal/compression"
 )
 
 // ErrUnsafePath is returned (wrapped) by Apply for a tar entry whose name or
@@ -52,8 +54,8 @@ type applier struct {
 	created map[string]bool // merge: paths this layer made
 	buf     []byte
 
-	raw     *countingReader // the tar stream
-	written int64           // file content written so far
+	raw     *compression.Counter // the tar stream
+	written int64                // file content written so far
 
 	// Untar (ADD) mode: names are files like any other (no whiteouts),
 	// devices are skipped, the root entry is ignored, owners may be forced.
@@ -78,17 +80,6 @@ var applyExpansionFloor int64 = minApplyExpansion
 // beyond their bound.
 var ErrTooLarge = errors.New("refusing a likely decompression bomb")
 
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
-}
-
 // contentReader reads one entry's content, counting it against the bound.
 type contentReader struct {
 	a *applier
@@ -98,7 +89,7 @@ type contentReader struct {
 func (c contentReader) Read(p []byte) (int, error) {
 	n, err := c.r.Read(p)
 	c.a.written += int64(n)
-	limit := max(applyExpansionFloor, maxApplyRatio*c.a.raw.n)
+	limit := max(applyExpansionFloor, maxApplyRatio*c.a.raw.N)
 	if c.a.maxBytes > 0 {
 		limit = c.a.maxBytes
 	}
@@ -153,7 +144,7 @@ func untar(ctx context.Context, dir string, r io.Reader, a *applier) error {
 		return err
 	}
 	defer root.Close()
-	a.root, a.created, a.buf, a.raw = root, map[string]bool{}, make([]byte, 128<<10), &countingReader{r: r}
+	a.root, a.created, a.buf, a.raw = root, map[string]bool{}, make([]byte, 128<<10), &compression.Counter{R: r}
 	defer a.closeParent()
 	tr := tar.NewReader(a.raw)
 	for {

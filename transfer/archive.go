@@ -327,7 +327,7 @@ func Load(ctx context.Context, st *store.Store, r io.Reader, opts ...Opt) ([]*st
 	if err != nil {
 		return nil, err
 	}
-	cr := &countingReader{r: r}
+	cr := &compression.Counter{R: r}
 	name, size := archiveName(r)
 	br := bufio.NewReaderSize(cr, 1<<20)
 	if magic, _ := br.Peek(2); len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {
@@ -336,11 +336,11 @@ func Load(ctx context.Context, st *store.Store, r io.Reader, opts ...Opt) ([]*st
 			return nil, fmt.Errorf("load: %w", err)
 		}
 		defer zr.Close()
-		br = bufio.NewReaderSize(&bombGuard{r: zr, compressed: cr, size: size, name: name}, 1<<20)
+		br = bufio.NewReaderSize(bombGuard(zr, cr, size, name), 1<<20)
 	}
 	tr := tar.NewReader(&ctxReader{ctx: ctx, r: br})
 	// What entries expand to is bounded too: a sparse entry does.
-	content := &bombGuard{r: tr, compressed: cr, size: size, name: name}
+	content := bombGuard(tr, cr, size, name)
 	files := map[string]*loadedFile{}
 	links := map[string]string{}
 	for entries := 0; ; entries++ {
@@ -565,28 +565,6 @@ var loadExpansionFloor int64 = minLoadExpansion
 // beyond its bound.
 var ErrTooLarge = errors.New("refusing a likely decompression bomb")
 
-type countingReader struct {
-	r io.Reader
-	n int64
-}
-
-func (c *countingReader) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	c.n += int64(n)
-	return n, err
-}
-
-// bombGuard reads the expanded stream r, failing once it exceeds the bound
-// for the archive bytes counted by compressed.
-type bombGuard struct {
-	r          io.Reader
-	compressed *countingReader
-	size       int64  // compressed size if known, else 0
-	name       string // for the error
-	n          int64
-	err        error // set once the bound is passed
-}
-
 // archiveName names the archive r reads and gives its size, when r is a
 // regular file.
 func archiveName(r io.Reader) (name string, size int64) {
@@ -600,18 +578,16 @@ func archiveName(r io.Reader) (name string, size int64) {
 	return f.Name(), size
 }
 
-func (g *bombGuard) Read(p []byte) (int, error) {
-	if g.err != nil {
-		return 0, g.err // sticky: a bufio.Reader above would read on otherwise
-	}
-	n, err := g.r.Read(p)
-	g.n += int64(n)
-	if limit := max(loadExpansionFloor, maxLoadRatio*max(g.size, g.compressed.n)); g.n > limit {
-		g.err = fmt.Errorf("%s expands to more than %d bytes (the bound is %dx its compressed size, at least %d bytes): %w; if it is genuine, unpack it and load the plain tar",
-			g.name, limit, maxLoadRatio, loadExpansionFloor, ErrTooLarge)
-		return 0, g.err
-	}
-	return n, err
+// bombGuard bounds what the archive read through cr expands to (gunzipped,
+// or in what its entries hold): max(loadExpansionFloor, maxLoadRatio × its
+// size, or the bytes read so far when the size is unknown).
+func bombGuard(r io.Reader, cr *compression.Counter, size int64, name string) io.Reader {
+	return &compression.Bounded{R: r,
+		Limit: func() int64 { return max(loadExpansionFloor, maxLoadRatio*max(size, cr.N)) },
+		Err: func(limit int64) error {
+			return fmt.Errorf("%s expands to more than %d bytes (the bound is %dx its compressed size, at least %d bytes): %w; if it is genuine, unpack it and load the plain tar",
+				name, limit, maxLoadRatio, loadExpansionFloor, ErrTooLarge)
+		}}
 }
 
 func cleanName(n string) string {
