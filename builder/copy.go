@@ -143,32 +143,53 @@ func (b *build) dispatchCopy(ctx context.Context, st *stageState, c copySpec) er
 	}
 
 	var srcRoot string
-	var release func()
 	var ignore = b.ignore
 	switch {
 	case c.From == "":
 		srcRoot = b.ctxDir
 	default:
-		diffIDs, layers, id, err := b.fromSource(ctx, c.From)
+		src, err := b.fromSource(ctx, c.From)
 		if err != nil {
 			return err
 		}
-		in.From = id
-		ignore = nil
-		// The source filesystem is only needed if the step runs.
-		srcRoot = ""
-		release = func() {}
+		in.From = src.id
+		st.note.fromKey = src.stageKey
+		// The source filesystem is only needed if the step runs, or to
+		// checksum a stage's selection the first time.
+		var dir string
+		release := func() {}
 		defer func() { release() }()
 		getRoot := func(ctx context.Context) (string, error) {
-			if err := b.needLayers(ctx, layers); err != nil {
+			if dir != "" {
+				return dir, nil
+			}
+			if err := b.needLayers(ctx, src.layers); err != nil {
 				return "", err
 			}
-			dir, rel, err := b.root.View(ctx, diffIDs, layers, fmt.Sprintf("view-%d-%d", os.Getpid(), activeSeq.Add(1)))
+			d, rel, err := b.root.View(ctx, src.diffIDs, src.layers, fmt.Sprintf("view-%d-%d", os.Getpid(), activeSeq.Add(1)))
 			if err != nil {
 				return "", err
 			}
-			release = rel
+			dir, release = d, rel
 			return dir, nil
+		}
+		if src.stage {
+			sum := b.memoFromSum(src.chainID, c)
+			if sum == "" {
+				root, err := getRoot(ctx)
+				if err != nil {
+					return err
+				}
+				groups, err := selectSources(root, nil, excl, c.Srcs, false)
+				if err != nil {
+					return err
+				}
+				if sum, err = selectionSum(groups); err != nil {
+					return err
+				}
+				b.rememberFromSum(src.chainID, c, sum)
+			}
+			in.From = "stage-content:" + sum
 		}
 		return b.step(ctx, st, text, in, func(ctx context.Context, root string) error {
 			src, err := getRoot(ctx)
@@ -213,25 +234,33 @@ func (b *build) dispatchCopy(ctx context.Context, st *stageState, c copySpec) er
 }
 
 // fromSource resolves COPY --from: a stage of this Dockerfile (built first if
-// needed) or an image in the store. It returns the layers and an ID that
-// stands for the content in cache keys (a stage's key and chain ID, an
-// image's ID).
-func (b *build) fromSource(ctx context.Context, from string) ([]v1.Hash, []v1.Descriptor, string, error) {
+// needed) or an image in the store.
+func (b *build) fromSource(ctx context.Context, from string) (*copyFrom, error) {
 	if s, ok := b.df.Stage(from); ok {
 		st, err := b.stage(ctx, s)
 		if err != nil {
-			return nil, nil, "", err
+			return nil, err
 		}
-		return st.cfg.RootFS.DiffIDs, st.layers, string(st.key) + "@" + st.chainID, nil
+		return &copyFrom{diffIDs: st.cfg.RootFS.DiffIDs, layers: st.layers, stage: true, stageKey: st.key, chainID: st.chainID}, nil
 	}
 	img, err := b.root.Store.Resolve(from)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, nil, "", fmt.Errorf("COPY --from=%s: no stage or image of that name (stages are named with FROM … AS name)", from)
+		return nil, fmt.Errorf("COPY --from=%s: no stage or image of that name (stages are named with FROM … AS name)", from)
 	}
 	if err != nil {
-		return nil, nil, "", err
+		return nil, err
 	}
-	return img.Config.RootFS.DiffIDs, img.Layers, img.ID.String(), nil
+	return &copyFrom{diffIDs: img.Config.RootFS.DiffIDs, layers: img.Layers, id: img.ID.String()}, nil
+}
+
+// copyFrom is a resolved COPY --from source.
+type copyFrom struct {
+	diffIDs  []v1.Hash
+	layers   []v1.Descriptor
+	id       string    // an image's ID (its content); "" for a stage
+	stage    bool      // a stage of this Dockerfile
+	stageKey cache.Key // the stage's last step (for explanations)
+	chainID  string    // the stage's filesystem
 }
 
 func isURL(s string) bool {

@@ -134,6 +134,8 @@ type stepNote struct {
 	words map[string]struct{} // variables the expansion of its words matched
 	files *cache.FileSet      // COPY/ADD from the context
 	rows  []cache.FileRow     // files listed (on a miss, once)
+	// fromKey is the last step of the stage a COPY --from copies from.
+	fromKey cache.Key
 }
 
 // explainState is a build's part in explaining: the manifest store, which
@@ -260,7 +262,7 @@ func (b *build) prevStep(st *stageState) (cache.Key, bool) {
 // stepManifest is the manifest of the step being built (its file list not
 // yet stored).
 func (b *build) stepManifest(st *stageState, in cache.Inputs) *cache.Manifest {
-	m := &cache.Manifest{Inputs: in, Text: st.note.text, Kind: st.note.kind, FromImage: b.xp.fromImage[in.Parent]}
+	m := &cache.Manifest{Inputs: in, Text: st.note.text, Kind: st.note.kind, FromImage: b.xp.fromImage[in.Parent], FromStage: st.note.fromKey}
 	if len(in.Env) > 0 {
 		m.Inputs.Env = make([]string, len(in.Env))
 		for i, e := range in.Env {
@@ -300,7 +302,7 @@ func (b *build) stepManifest(st *stageState, in cache.Inputs) *cache.Manifest {
 	for _, a := range st.args {
 		_, used := st.note.words[a.k]
 		if st.note.kind == "run" {
-			used = !shadowed[a.k] // a RUN sees every ARG in scope that ENV does not set
+			used = !shadowed[a.k] || st.argOver[a.k] // a RUN sees every ARG in scope that ENV does not set
 		}
 		if used {
 			m.Args = append(m.Args, cache.NameValue{Name: a.k, Value: cache.Redact(a.k, a.v)})
@@ -459,9 +461,8 @@ func (b *build) compare(st *stageState, cur, old *cache.Manifest) *Explanation {
 		return &Explanation{Reason: ReasonFlags, Detail: "mount options differ"}
 	}
 	if ci.From != oi.From {
-		// COPY --from: the stage copied from changed.
-		from, _, _ := strings.Cut(ci.From, "@")
-		return &Explanation{Reason: ReasonParent, ParentStep: b.xp.stepOf[cache.Key(from)], Detail: "its --from source changed"}
+		// COPY --from: what it copies from the stage (or the image) changed.
+		return &Explanation{Reason: ReasonParent, ParentStep: b.xp.stepOf[cur.FromStage], Detail: "its --from source changed"}
 	}
 	if ci.Sources != oi.Sources {
 		x := &Explanation{Reason: ReasonFiles}
