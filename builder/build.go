@@ -302,10 +302,10 @@ type stageState struct {
 	// as in BuildKit (an ARG with a value sets the build state's env), they
 	// win over that ENV in expansions and RUN, not in the image config.
 	argOver map[string]bool
-	cmdSet  bool            // CMD set in this stage (ENTRYPOINT keeps it)
-	total   int             // steps in the stage, for [name i/n]
-	index   int             // steps done so far
-	note    stepNote        // the step being dispatched, for explanations
+	cmdSet  bool     // CMD set in this stage (ENTRYPOINT keeps it)
+	total   int      // steps in the stage, for [name i/n]
+	index   int      // steps done so far
+	note    stepNote // the step being dispatched, for explanations
 }
 
 // expandEnv is the environment variables in a Dockerfile word see: the ARGs

@@ -403,7 +403,7 @@ func globInRoot(root, pattern string, ig ignorer) ([]string, error) {
 func resolveSource(root, rel string, ig, excl ignorer, isContext bool) (group, error) {
 	if ex, err := excluded(ig, rel); err != nil {
 		return group{}, err
-	} else if ex {
+	} else if ex && !ig.HasExclusions() {
 		return group{}, errors.New("excluded by .dockerignore")
 	}
 	resolved, err := resolveInRoot(root, rel, ig)
@@ -475,12 +475,18 @@ func resolveSource(root, rel string, ig, excl ignorer, isContext bool) (group, e
 // directory means "into this directory"; a relative dest is relative to
 // WORKDIR; missing parents are created.
 func copyInto(root, workdir string, c copySpec, groups []group, mode os.FileMode) error {
-	dest := c.Dest
-	if !path.IsAbs(dest) {
-		if workdir == "" {
-			workdir = "/"
-		}
-		dest = path.Join(workdir, dest) + map[bool]string{true: "/"}[strings.HasSuffix(c.Dest, "/") || c.Dest == "." || strings.HasSuffix(c.Dest, "/.")]
+	// The destination is cleaned lexically before any symlink in the image
+	// is followed ("/linkdir/../x" is "/x"), keeping a trailing slash, as
+	// BuildKit's pathRelativeToWorkingDir does.
+	if workdir == "" {
+		workdir = "/"
+	}
+	dest := path.Join(workdir, c.Dest)
+	if path.IsAbs(c.Dest) {
+		dest = path.Clean(c.Dest)
+	}
+	if dest != "/" && (strings.HasSuffix(c.Dest, "/") || c.Dest == "." || strings.HasSuffix(c.Dest, "/.")) {
+		dest += "/"
 	}
 	uid, gid := uint32(0), uint32(0)
 	if c.Chown != "" {
@@ -489,20 +495,26 @@ func copyInto(root, workdir string, c copySpec, groups []group, mode os.FileMode
 			return fmt.Errorf("--chown=%s: %w", c.Chown, err)
 		}
 	}
-	if len(groups) == 0 && strings.HasSuffix(dest, "/") {
-		// Only wildcards that matched nothing: the destination is still made.
-		return mkdirAll(root, dest, uid, gid, c.Chown != "")
+	if len(groups) == 0 {
+		// Only wildcards that matched nothing: nothing is made, as in BuildKit.
+		return nil
 	}
-	// A wildcard matching one file copies it to dest itself, as BuildKit does.
-	intoDir := strings.HasSuffix(dest, "/") || len(groups) > 1
+	// COPY --from keeps the owners the files have in the source, unless --chown.
+	keepOwner := c.From != "" && c.Chown == ""
+	links := map[[2]uint64]string{} // (dev, inode) of a copied file -> its target
 	destAbs, err := securejoin.SecureJoin(root, dest)
 	if err != nil {
 		return err
 	}
-	if fi, err := os.Stat(destAbs); err == nil && fi.IsDir() {
-		intoDir = true
-	}
 	for _, g := range groups {
+		// Each source is copied on its own, as BuildKit does (one copy
+		// action per source): into dest if it ends in "/" or is a
+		// directory by then, else as dest itself, so several files onto a
+		// dest without a slash leave the last one there, as a file.
+		intoDir := strings.HasSuffix(dest, "/")
+		if fi, err := os.Stat(destAbs); err == nil && fi.IsDir() {
+			intoDir = true
+		}
 		switch {
 		case g.dir:
 			existed := false
@@ -529,7 +541,18 @@ func copyInto(root, workdir string, c copySpec, groups []group, mode os.FileMode
 					}
 					made[parent] = true
 				}
-				if err := copyEntry(root, path.Join(dest, e.Rel), e, uid, gid, mode); err != nil {
+				eu, eg := entryOwner(e, uid, gid, keepOwner)
+				if e.Rel == "." {
+					// The destination directory itself is made 0755 (not
+					// the source directory's mode); its contents keep theirs.
+					dm := mode
+					if dm&chmodSet == 0 {
+						dm = 0o755 | chmodSet
+					}
+					if err := copyEntry(root, dest, e, uid, gid, dm, nil); err != nil {
+						return err
+					}
+				} else if err := copyEntry(root, path.Join(dest, e.Rel), e, eu, eg, mode, links); err != nil {
 					return err
 				}
 				if e.Info.IsDir() {
@@ -577,12 +600,24 @@ func copyInto(root, workdir string, c copySpec, groups []group, mode os.FileMode
 					continue
 				}
 			}
-			if err := copyEntry(root, target, e, uid, gid, mode); err != nil {
+			eu, eg := entryOwner(e, uid, gid, keepOwner)
+			if err := copyEntry(root, target, e, eu, eg, mode, links); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// entryOwner is the owner a copied entry gets: its owner in the source
+// with keepOwner (COPY --from without --chown), else uid:gid.
+func entryOwner(e cache.Entry, uid, gid uint32, keepOwner bool) (uint32, uint32) {
+	if keepOwner {
+		if st, ok := e.Info.Sys().(*syscall.Stat_t); ok {
+			return st.Uid, st.Gid
+		}
+	}
+	return uid, gid
 }
 
 // mkdirAll creates dir and its missing parents (mode 0755) inside root;
@@ -618,7 +653,11 @@ func mkdirAll(root, dir string, uid, gid uint32, chown bool) error {
 // copyEntry copies one file, dir or symlink to target (absolute in root),
 // giving it uid:gid, the source mode (or --chmod) and, but for a directory
 // (whose time the caller sets once its contents are in), the source mtime.
-func copyEntry(root, target string, e cache.Entry, uid, gid uint32, chmod os.FileMode) error {
+// links (nil: none kept) maps the (device, inode) of regular files with
+// several links already copied to where they went: a file whose inode is
+// there becomes a hard link to it, so hard links among the sources stay
+// hard links, as in BuildKit.
+func copyEntry(root, target string, e cache.Entry, uid, gid uint32, chmod os.FileMode, links map[[2]uint64]string) error {
 	p, err := securejoin.SecureJoin(root, target)
 	if err != nil {
 		return err
@@ -656,6 +695,17 @@ func copyEntry(root, target string, e cache.Entry, uid, gid uint32, chmod os.Fil
 		ts := []unix.Timespec{unix.NsecToTimespec(fi.ModTime().UnixNano()), unix.NsecToTimespec(fi.ModTime().UnixNano())}
 		return unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
 	case m.IsRegular():
+		var ino [2]uint64
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 && links != nil {
+			ino = [2]uint64{uint64(st.Dev), st.Ino}
+			if first, ok := links[ino]; ok {
+				if err := removeNonDir(p); err != nil {
+					return err
+				}
+				return os.Link(first, p)
+			}
+			defer func() { links[ino] = p }()
+		}
 		// e.Abs is the file selectSources checked: never a link to follow.
 		f, err := os.OpenFile(e.Abs, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 		if err != nil {

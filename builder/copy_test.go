@@ -181,7 +181,9 @@ COPY . /ctx/
 	if e, ok := find(step(1), "app.jar"); !ok || e.typ != tar.TypeReg || e.body != "jar" {
 		t.Errorf("COPY target/*.jar app.jar: %v", names(step(1)))
 	}
-	if got := strings.Join(names(step(2)), " "); got != "js/" {
+	// BuildKit's docopy returns before making anything when a wildcard
+	// matches nothing (AllowEmptyWildcard): not even the destination.
+	if got := strings.Join(names(step(2)), " "); got != "" {
 		t.Errorf("wildcards matching nothing: %q", got)
 	}
 	if got := strings.Join(names(step(3)), " "); got != "app/ app/a.go app/sub/ app/sub/b.go" {
