@@ -69,6 +69,9 @@ type confConfig struct {
 	ExposedPorts []string          `json:"exposed_ports"`
 	Labels       map[string]string `json:"labels"`
 	WorkingDir   string            `json:"working_dir"`
+	User         string            `json:"user"`
+	StopSignal   string            `json:"stop_signal"`
+	Volumes      []string          `json:"volumes"`
 }
 
 type confRebuild struct {
@@ -339,5 +342,16 @@ func checkConfig(t *testing.T, res *Result, w *confConfig) {
 	}
 	if w.WorkingDir != "" && c.WorkingDir != w.WorkingDir {
 		t.Errorf("workdir %q, want %q", c.WorkingDir, w.WorkingDir)
+	}
+	if w.User != "" && c.User != w.User {
+		t.Errorf("user %q, want %q", c.User, w.User)
+	}
+	if w.StopSignal != "" && c.StopSignal != w.StopSignal {
+		t.Errorf("stop signal %q, want %q", c.StopSignal, w.StopSignal)
+	}
+	for _, v := range w.Volumes {
+		if _, ok := c.Volumes[v]; !ok {
+			t.Errorf("volumes %v, want %s", c.Volumes, v)
+		}
 	}
 }

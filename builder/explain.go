@@ -41,6 +41,7 @@ const (
 	ReasonEnv         = "env"         // an environment variable the step sees differs
 	ReasonFlags       = "flags"       // --network or RUN --mount options differ
 	ReasonFiles       = "files"       // the context files the step copies differ
+	ReasonConfig      = "config"      // the USER or WORKDIR the step runs with differs
 	ReasonParent      = "parent"      // the step it stands on missed or changed
 )
 
@@ -480,6 +481,15 @@ func (b *build) compare(st *stageState, cur, old *cache.Manifest) *Explanation {
 			x.Detail = "the same files, copied in another arrangement"
 		}
 		return x
+	}
+	// USER and WORKDIR are no steps of the key chain (metadata does not
+	// chain): a step standing on the same filesystem that runs as another
+	// user or in another directory says so.
+	if ci.Parent == oi.Parent && ci.User != oi.User {
+		return &Explanation{Reason: ReasonConfig, Detail: fmt.Sprintf("user %s (was %s)", showValue(ci.User), showValue(oi.User))}
+	}
+	if ci.Parent == oi.Parent && ci.Workdir != oi.Workdir {
+		return &Explanation{Reason: ReasonConfig, Detail: fmt.Sprintf("workdir %s (was %s)", showValue(ci.Workdir), showValue(oi.Workdir))}
 	}
 	if ci.Parent != oi.Parent || ci.Workdir != oi.Workdir || ci.User != oi.User {
 		return &Explanation{Reason: ReasonParent, ParentStep: b.xp.stepOf[ci.Parent]}

@@ -300,3 +300,25 @@ func TestExplainCopyFromStage(t *testing.T) {
 		}
 	}
 }
+
+// A USER change above a RUN is no parent of it (metadata steps do not chain):
+// the RUN says it runs as another user; a COPY after it, on the RUN's new
+// layer, names the RUN.
+func TestExplainUserChange(t *testing.T) {
+	needRunc(t)
+	r := openRoot(t)
+	withBusybox(t, r)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"f": "f"})
+	df := "FROM local/busybox\nCOPY f /f\nUSER root\nRUN id -u\nCOPY f /g\n"
+	explainBuild(t, r, dir, df)
+	x, res, out := explainBuild(t, r, dir, strings.Replace(df, "USER root", "USER app", 1))
+	wantReason(t, x, "COPY f /f", "")
+	if e := wantReason(t, x, "RUN /bin/sh -c id -u", ReasonConfig); e != nil && e.Detail != "user app (was root)" {
+		t.Errorf("detail %q\n%s", e.Detail, out)
+	}
+	e := wantReason(t, x, "COPY f /g", ReasonParent)
+	if want := stepID(t, res, "RUN /bin/sh -c id -u"); e != nil && e.ParentStep != want {
+		t.Errorf("parent step %d, want %d", e.ParentStep, want)
+	}
+}
