@@ -60,6 +60,7 @@ type confFile struct {
 	Link     string   `json:"link,omitempty"`     // symlink target, or hard link's tar name
 	Content  *string  `json:"content,omitempty"`  // exact content of a file
 	Contains []string `json:"contains,omitempty"` // lines the file holds
+	Lacks    []string `json:"lacks,omitempty"`    // line prefixes it must not hold
 	// SameFile names a path that must be the same inode (hard link).
 	SameFile string `json:"same_file,omitempty"`
 }
@@ -310,6 +311,13 @@ func checkFile(t *testing.T, p string, w confFile, typ string, mode int64, uid, 
 	}
 	if w.Content != nil && *w.Content != content {
 		t.Errorf("%s: content %q, want %q", p, content, *w.Content)
+	}
+	for _, l := range strings.Split(content, "\n") {
+		for _, prefix := range w.Lacks {
+			if strings.HasPrefix(l, prefix) {
+				t.Errorf("%s: holds the line %q", p, l)
+			}
+		}
 	}
 	for _, l := range w.Contains {
 		if !slices.Contains(strings.Split(content, "\n"), l) {
