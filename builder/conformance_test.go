@@ -8,10 +8,13 @@ package builder
 // edit takes from the cache.
 
 import (
+	"archive/tar"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -37,6 +40,9 @@ type confCase struct {
 		Chmod    map[string]string `json:"chmod"`
 		Symlink  map[string]string `json:"symlink"`
 		Hardlink map[string]string `json:"hardlink"`
+		// Tar makes tar archives: name -> (member path -> content); a
+		// member ending in "/" is a directory.
+		Tar map[string]map[string]string `json:"tar"`
 	} `json:"setup"`
 	BuildArgs map[string]string `json:"build_args"`
 	// Tree is files in the built image's filesystem (absolute paths);
@@ -190,6 +196,27 @@ func confContext(t *testing.T, src string, c *confCase) string {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	for name, members := range c.Setup.Tar {
+		var buf bytes.Buffer
+		tw := tar.NewWriter(&buf)
+		keys := slices.Sorted(maps.Keys(members))
+		for _, m := range keys {
+			hdr := &tar.Header{Name: m, Mode: 0o644, Size: int64(len(members[m])), Typeflag: tar.TypeReg, Uid: 42, Gid: 43}
+			if strings.HasSuffix(m, "/") {
+				hdr.Typeflag, hdr.Mode, hdr.Size = tar.TypeDir, 0o755, 0
+			}
+			if err := tw.WriteHeader(hdr); err != nil {
+				t.Fatal(err)
+			}
+			tw.Write([]byte(members[m]))
+		}
+		if err := tw.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dst, name), buf.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
 	}
 	for p, target := range c.Setup.Symlink {
 		if err := os.Symlink(target, filepath.Join(dst, p)); err != nil {
