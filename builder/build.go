@@ -113,11 +113,11 @@ func Build(ctx context.Context, r *system.Root, opts Options) (*Result, error) {
 		return nil, err
 	}
 	defer func() {
-		keys := make([]cache.Key, len(b.steps))
+		keys := make([]cache.Key, len(b.steps), len(b.steps)+len(b.memoKeys))
 		for i, s := range b.steps {
 			keys[i] = s.Key
 		}
-		r.Records.Touch(keys, time.Now())
+		r.Records.Touch(append(keys, b.memoKeys...), time.Now())
 	}()
 	target, err := b.df.Target(opts.Target)
 	if err != nil {
@@ -171,6 +171,7 @@ type build struct {
 	exec executorFactory
 
 	records  []*cache.Record   // see Result.Records
+	memoKeys []cache.Key       // records of COPY --from checksums used (fromsum.go)
 	mountsMu sync.Mutex        // guards mounts
 	mounts   map[string]string // see Result.CacheMounts
 }

@@ -10,42 +10,57 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"strconv"
 	"syscall"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/lbuild/lbuild/cache"
-	"github.com/lbuild/lbuild/internal/fsx"
 )
 
-// fromSumDir holds the memo of selection checksums: the file named by
-// fromSumName(chain ID, selection) holds the checksum of that selection in
-// that filesystem. A chain ID names content, so an entry never goes stale.
-func (b *build) fromSumDir() string { return filepath.Join(b.root.Dir, "cache", "fromsums") }
-
-func fromSumName(chainID string, c copySpec) string {
+// The checksum of a selection is remembered as a cache record (no layer;
+// Config holds the checksum) under fromSumKey(chain ID, selection): a chain
+// ID names content, so the record never goes stale, a fully cached build
+// reads it instead of unpacking the stage, and --cache-to exports it with
+// the steps' records (so a build from an imported cache needs no unpacking
+// either).
+func fromSumKey(chainID string, c copySpec) cache.Key {
 	sel, _ := json.Marshal(struct {
 		Srcs, Exclude []string
 	}{c.Srcs, c.Exclude})
-	return cache.NewKey("", "copy --from selection", chainID, string(sel)).Hex()
+	return cache.NewKey("", "copy --from selection checksum", chainID, string(sel))
+}
+
+type fromSumState struct {
+	Sum string `json:"fromSum"`
 }
 
 // memoFromSum returns the remembered checksum of c's selection in the
 // filesystem chainID, "" if none is.
 func (b *build) memoFromSum(chainID string, c copySpec) string {
-	d, err := os.ReadFile(filepath.Join(b.fromSumDir(), fromSumName(chainID, c)))
-	if err != nil || len(d) != len("sha256:")+64 {
+	key := fromSumKey(chainID, c)
+	rec, err := b.record(key, false)
+	if err != nil || rec == nil {
 		return ""
 	}
-	return string(d)
+	var st fromSumState
+	if json.Unmarshal(rec.Config, &st) != nil || len(st.Sum) != len("sha256:")+64 {
+		return ""
+	}
+	b.noteRecord(rec)
+	b.memoKeys = append(b.memoKeys, key)
+	return st.Sum
 }
 
 func (b *build) rememberFromSum(chainID string, c copySpec, sum string) {
-	dir := b.fromSumDir()
-	if err := os.MkdirAll(dir, 0o755); err == nil {
-		_ = fsx.WriteFile(filepath.Join(dir, fromSumName(chainID, c)), "", []byte(sum), 0o644)
+	j, _ := json.Marshal(fromSumState{Sum: sum})
+	rec := &cache.Record{Key: fromSumKey(chainID, c), Created: b.time.t, CreatedBy: "COPY --from selection checksum", EmptyLayer: true, Config: j}
+	if err := b.root.Records.Put(rec); err != nil {
+		logrus.Debugf("remember COPY --from checksum: %v", err)
+		return
 	}
+	b.noteRecord(rec)
+	b.memoKeys = append(b.memoKeys, rec.Key)
 }
 
 // selectionSum is the checksum of the selected sources of a COPY --from:
