@@ -88,9 +88,11 @@ type confRebuild struct {
 	Write     map[string]string `json:"write"` // context files to (over)write
 	BuildArgs map[string]string `json:"build_args"`
 	// Cached maps a step's text as shown to whether it must be CACHED.
-	Cached map[string]bool     `json:"cached"`
-	Config *confConfig         `json:"config"`
-	Tree   map[string]confFile `json:"tree"`
+	Cached map[string]bool `json:"cached"`
+	// SameImage: the rebuild must give the image ID of the build before.
+	SameImage bool                `json:"same_image"`
+	Config    *confConfig         `json:"config"`
+	Tree      map[string]confFile `json:"tree"`
 }
 
 func TestConformance(t *testing.T) {
@@ -134,6 +136,7 @@ func TestConformance(t *testing.T) {
 			if t.Failed() {
 				t.Logf("build output:\n%s", out)
 			}
+			prev := res.Image.ID
 			for _, rb := range c.Rebuilds {
 				df, err := os.ReadFile(filepath.Join(ctxDir, "Dockerfile"))
 				if err != nil {
@@ -162,6 +165,10 @@ func TestConformance(t *testing.T) {
 						t.Errorf("rebuild %s: no step %q", rb.Name, text)
 					}
 				}
+				if rb.SameImage && res.Image.ID != prev {
+					t.Errorf("rebuild %s: image %s, want %s", rb.Name, res.Image.ID, prev)
+				}
+				prev = res.Image.ID
 				checkConfig(t, res, rb.Config)
 				checkTree(t, r, res, rb.Tree, nil)
 				if t.Failed() {
