@@ -89,6 +89,8 @@ type confRebuild struct {
 	BuildArgs map[string]string `json:"build_args"`
 	// Cached maps a step's text as shown to whether it must be CACHED.
 	Cached map[string]bool `json:"cached"`
+	// Fails: the rebuild must fail with an error holding this.
+	Fails string `json:"fails"`
 	// SameImage: the rebuild must give the image ID of the build before.
 	SameImage bool                `json:"same_image"`
 	Config    *confConfig         `json:"config"`
@@ -150,6 +152,13 @@ func TestConformance(t *testing.T) {
 					s = strings.Replace(s, p[0], p[1], 1)
 				}
 				writeFiles(t, ctxDir, rb.Write)
+				if rb.Fails != "" {
+					_, out, err := tryBuild(r, ctxDir, s, func(o *Options) { o.BuildArgs = rb.BuildArgs })
+					if err == nil || !strings.Contains(err.Error(), rb.Fails) {
+						t.Errorf("rebuild %s: error %v, want one holding %q\n%s", rb.Name, err, rb.Fails, out)
+					}
+					continue
+				}
 				res, out := mustBuild(t, r, ctxDir, s, func(o *Options) { o.BuildArgs = rb.BuildArgs })
 				seen := map[string]bool{}
 				for _, st := range res.Steps {

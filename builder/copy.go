@@ -467,11 +467,18 @@ func resolveSource(root, rel string, ig, excl ignorer, isContext bool) (group, e
 		g.entries = append(g.entries, cache.Entry{Rel: r, Abs: p, Info: info})
 		return nil
 	})
+	if err == nil && len(g.entries) == 1 {
+		// An excluded directory is sent only with what "!" exceptions keep
+		// in it: keeping nothing, it is not in the context at all.
+		if ex, _ := excluded(ig, resolved); ex {
+			return group{}, fmt.Errorf("not found in the build context: %w", &hiddenError{rel: resolved})
+		}
+	}
 	return g, err
 }
 
-// copyInto copies the groups into the filesystem at root, following docker's
-// destination rules: a dest ending in "/", several sources, or an existing
+// copyInto copies the groups into the filesystem at root, following
+// BuildKit's destination rules: a dest ending in "/" or an existing
 // directory means "into this directory"; a relative dest is relative to
 // WORKDIR; missing parents are created.
 func copyInto(root, workdir string, c copySpec, groups []group, mode os.FileMode) error {
