@@ -154,6 +154,12 @@ func (b *build) dispatchCopy(ctx context.Context, st *stageState, c copySpec) er
 		}
 		in.From = src.id
 		st.note.fromKey = src.stageKey
+		// What is copied is named by in.From (an image's ID, a stage's
+		// content), so the stage's or image's name is no input: renaming a
+		// stage, or copying the same content from another, stays cached.
+		named := c
+		named.From = ""
+		in.Instruction = named.keyJSON()
 		// The source filesystem is only needed if the step runs, or to
 		// checksum a stage's selection the first time.
 		var dir string
