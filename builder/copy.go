@@ -442,6 +442,11 @@ func resolveSource(root, rel string, ig, excl ignorer, isContext bool) (group, e
 	// Context-relative paths of what we walk, for .dockerignore: below
 	// where the source resolved to.
 	base := resolved
+	// An excluded directory walked for "!" exceptions is sent, with its own
+	// metadata, only before the first thing kept inside it (as BuildKit's
+	// context walk sends such parents lazily): pending holds those walked
+	// into and not sent yet, outermost first.
+	var pending []cache.Entry
 	err = filepath.WalkDir(abs, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -449,6 +454,9 @@ func resolveSource(root, rel string, ig, excl ignorer, isContext bool) (group, e
 		r, _ := filepath.Rel(abs, p)
 		if r != "." {
 			r = filepath.ToSlash(r)
+			for len(pending) > 0 && !strings.HasPrefix(r, pending[len(pending)-1].Rel+"/") {
+				pending = pending[:len(pending)-1]
+			}
 			for _, m := range []struct {
 				ig  ignorer
 				rel string
@@ -462,6 +470,13 @@ func resolveSource(root, rel string, ig, excl ignorer, isContext bool) (group, e
 					if d.IsDir() && !m.ig.HasExclusions() {
 						return filepath.SkipDir
 					}
+					if d.IsDir() {
+						info, err := d.Info()
+						if err != nil {
+							return err
+						}
+						pending = append(pending, cache.Entry{Rel: r, Abs: p, Info: info})
+					}
 					return nil
 				}
 			}
@@ -470,6 +485,8 @@ func resolveSource(root, rel string, ig, excl ignorer, isContext bool) (group, e
 		if err != nil {
 			return err
 		}
+		g.entries = append(g.entries, pending...)
+		pending = pending[:0]
 		g.entries = append(g.entries, cache.Entry{Rel: r, Abs: p, Info: info})
 		return nil
 	})
