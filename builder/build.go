@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -115,11 +117,11 @@ func Build(ctx context.Context, r *system.Root, opts Options) (*Result, error) {
 		return nil, err
 	}
 	defer func() {
-		keys := make([]cache.Key, len(b.steps))
+		keys := make([]cache.Key, len(b.steps), len(b.steps)+len(b.memoKeys))
 		for i, s := range b.steps {
 			keys[i] = s.Key
 		}
-		r.Records.Touch(keys, time.Now())
+		r.Records.Touch(append(keys, b.memoKeys...), time.Now())
 	}()
 	target, err := b.df.Target(opts.Target)
 	if err != nil {
@@ -173,6 +175,7 @@ type build struct {
 	exec executorFactory
 
 	records  []*cache.Record   // see Result.Records
+	memoKeys []cache.Key       // records of COPY --from checksums used (fromsum.go)
 	mountsMu sync.Mutex        // guards mounts
 	mounts   map[string]string // see Result.CacheMounts
 }
@@ -280,7 +283,7 @@ func (discard) Write(p []byte) (int, error) { return len(p), nil }
 func (b *build) warnUnusedArgs() {
 	var unused []string
 	for k := range b.opts.BuildArgs {
-		if !b.usedArgs[k] {
+		if !b.usedArgs[k] && !slices.Contains(proxyNames, strings.ToUpper(k)) {
 			unused = append(unused, k)
 		}
 	}
@@ -300,27 +303,32 @@ type stageState struct {
 	chainID string          // snapshot chain ID of the top layer ("" = empty)
 	key     cache.Key       // cache key of the last step
 	args    []kv            // ARGs in scope with a value
-	cmdSet  bool            // CMD set in this stage (ENTRYPOINT keeps it)
-	total   int             // steps in the stage, for [name i/n]
-	index   int             // steps done so far
-	note    stepNote        // the step being dispatched, for explanations
+	// argOver names the ARGs declared after the last ENV of the same name:
+	// as in BuildKit (an ARG with a value sets the build state's env), they
+	// win over that ENV in expansions and RUN, not in the image config.
+	argOver map[string]bool
+	cmdSet  bool     // CMD set in this stage (ENTRYPOINT keeps it)
+	total   int      // steps in the stage, for [name i/n]
+	index   int      // steps done so far
+	note    stepNote // the step being dispatched, for explanations
 }
 
 // expandEnv is the environment variables in a Dockerfile word see: the ARGs
-// in scope, overridden by ENV (docker: ENV always wins over an ARG of the same name).
+// in scope and the ENVs, the later declaration of a name winning (BuildKit:
+// ENV and an ARG with a value both set the build state's env).
 func (s *stageState) expandEnv() shell.EnvGetter {
-	env := kvSlice(s.args)
-	env = append(env, s.cfg.Config.Env...)
-	return shell.EnvsFromSlice(env)
+	return shell.EnvsFromSlice(s.runEnv())
 }
 
-// runEnv is the environment a RUN step gets: the image's ENV plus the ARGs in
-// scope that ENV does not set.
+// runEnv is the environment a RUN step gets: the image's ENV, with the ARGs
+// in scope that ENV does not set or that were declared after it.
 func (s *stageState) runEnv() []string {
 	env := append([]string(nil), s.cfg.Config.Env...)
 	for _, a := range s.args {
 		if _, ok := imagecfg.LookupEnv(env, a.k); !ok {
 			env = append(env, a.k+"="+a.v)
+		} else if s.argOver[a.k] {
+			env = imagecfg.SetEnv(env, a.k, a.v)
 		}
 	}
 	return env
@@ -411,6 +419,7 @@ func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) 
 			st.layers = append([]v1.Descriptor(nil), parent.layers...)
 			st.chainID, st.key = parent.chainID, parent.key
 			st.args = append([]kv(nil), parent.args...) // ARGs in scope carry over, as in BuildKit
+			st.argOver = maps.Clone(parent.argOver)
 		} else {
 			img, err := b.baseImage(ctx, base, s)
 			if err != nil {

@@ -262,7 +262,8 @@ func TestMultiStageBuild(t *testing.T) {
 		t.Errorf("image %v refs %v", img.ID, img.Refs)
 	}
 
-	// History: busybox base (COPY, ENV, CMD) + 15 steps of the final stage; layers only for COPY.
+	// History: busybox base (COPY, ENV, CMD) + 15 steps of the final stage;
+	// layers for COPY and WORKDIR (which makes its directory, as in BuildKit).
 	h := img.Config.History
 	var withLayer []string
 	for _, e := range h {
@@ -270,11 +271,11 @@ func TestMultiStageBuild(t *testing.T) {
 			withLayer = append(withLayer, e.CreatedBy)
 		}
 	}
-	wantLayers := []string{"COPY rootfs/ /", "COPY --from=files /opt/dir ./dir", "COPY --chown=app:staff --chmod=640 a.txt secret.txt"}
+	wantLayers := []string{"COPY rootfs/ /", "WORKDIR /app", "COPY --from=files /opt/dir ./dir", "COPY --chown=app:staff --chmod=640 a.txt secret.txt"}
 	if strings.Join(withLayer, "|") != strings.Join(wantLayers, "|") {
 		t.Errorf("history with layers: %q", withLayer)
 	}
-	if len(h) != 3+15 || len(img.Config.RootFS.DiffIDs) != 3 || len(img.Layers) != 3 {
+	if len(h) != 3+15 || len(img.Config.RootFS.DiffIDs) != 4 || len(img.Layers) != 4 {
 		t.Errorf("history %d entries, %d diff IDs, %d layers", len(h), len(img.Config.RootFS.DiffIDs), len(img.Layers))
 	}
 	if h[len(h)-1].CreatedBy != "ONBUILD COPY a.txt /onbuild.txt" || h[3].CreatedBy != "ARG VERSION=1.0" || h[5].CreatedBy != "ENV APP_HOME=/app" {
@@ -286,11 +287,14 @@ func TestMultiStageBuild(t *testing.T) {
 
 	// Layer contents.
 	ds := img.Config.RootFS.DiffIDs
-	fromLayer := layerEntries(t, r, ds[1].String())
+	if got := strings.Join(names(layerEntries(t, r, ds[1].String())), " "); got != "app/" {
+		t.Errorf("WORKDIR layer: %s", got)
+	}
+	fromLayer := layerEntries(t, r, ds[2].String())
 	if got := strings.Join(names(fromLayer), " "); got != "app/ app/dir/ app/dir/b.txt app/dir/sub/ app/dir/sub/c.txt" {
 		t.Errorf("COPY --from layer: %s", got)
 	}
-	sec := layerEntries(t, r, ds[2].String())
+	sec := layerEntries(t, r, ds[3].String())
 	e, ok := find(sec, "app/secret.txt")
 	if !ok || e.uid != 1000 || e.gid != 50 || e.mode&0o7777 != 0o640 || e.body != "alpha\n" {
 		t.Errorf("chown/chmod layer: %+v (all: %v)", e, names(sec))

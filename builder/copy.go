@@ -143,32 +143,59 @@ func (b *build) dispatchCopy(ctx context.Context, st *stageState, c copySpec) er
 	}
 
 	var srcRoot string
-	var release func()
 	var ignore = b.ignore
 	switch {
 	case c.From == "":
 		srcRoot = b.ctxDir
 	default:
-		diffIDs, layers, id, err := b.fromSource(ctx, c.From)
+		src, err := b.fromSource(ctx, c.From)
 		if err != nil {
 			return err
 		}
-		in.From = id
-		ignore = nil
-		// The source filesystem is only needed if the step runs.
-		srcRoot = ""
-		release = func() {}
+		in.From = src.id
+		st.note.fromKey = src.stageKey
+		// What is copied is named by in.From (an image's ID, a stage's
+		// content), so the stage's or image's name is no input: renaming a
+		// stage, or copying the same content from another, stays cached.
+		named := c
+		named.From = ""
+		in.Instruction = named.keyJSON()
+		// The source filesystem is only needed if the step runs, or to
+		// checksum a stage's selection the first time.
+		var dir string
+		release := func() {}
 		defer func() { release() }()
 		getRoot := func(ctx context.Context) (string, error) {
-			if err := b.needLayers(ctx, layers); err != nil {
+			if dir != "" {
+				return dir, nil
+			}
+			if err := b.needLayers(ctx, src.layers); err != nil {
 				return "", err
 			}
-			dir, rel, err := b.root.View(ctx, diffIDs, layers, fmt.Sprintf("view-%d-%d", os.Getpid(), activeSeq.Add(1)))
+			d, rel, err := b.root.View(ctx, src.diffIDs, src.layers, fmt.Sprintf("view-%d-%d", os.Getpid(), activeSeq.Add(1)))
 			if err != nil {
 				return "", err
 			}
-			release = rel
+			dir, release = d, rel
 			return dir, nil
+		}
+		if src.stage {
+			sum := b.memoFromSum(src.chainID, c)
+			if sum == "" {
+				root, err := getRoot(ctx)
+				if err != nil {
+					return err
+				}
+				groups, err := selectSources(root, nil, excl, c.Srcs, false)
+				if err != nil {
+					return err
+				}
+				if sum, err = selectionSum(groups); err != nil {
+					return err
+				}
+				b.rememberFromSum(src.chainID, c, sum)
+			}
+			in.From = "stage-content:" + sum
 		}
 		return b.step(ctx, st, text, in, func(ctx context.Context, root string) error {
 			src, err := getRoot(ctx)
@@ -213,25 +240,33 @@ func (b *build) dispatchCopy(ctx context.Context, st *stageState, c copySpec) er
 }
 
 // fromSource resolves COPY --from: a stage of this Dockerfile (built first if
-// needed) or an image in the store. It returns the layers and an ID that
-// stands for the content in cache keys (a stage's key and chain ID, an
-// image's ID).
-func (b *build) fromSource(ctx context.Context, from string) ([]v1.Hash, []v1.Descriptor, string, error) {
+// needed) or an image in the store.
+func (b *build) fromSource(ctx context.Context, from string) (*copyFrom, error) {
 	if s, ok := b.df.Stage(from); ok {
 		st, err := b.stage(ctx, s)
 		if err != nil {
-			return nil, nil, "", err
+			return nil, err
 		}
-		return st.cfg.RootFS.DiffIDs, st.layers, string(st.key) + "@" + st.chainID, nil
+		return &copyFrom{diffIDs: st.cfg.RootFS.DiffIDs, layers: st.layers, stage: true, stageKey: st.key, chainID: st.chainID}, nil
 	}
 	img, err := b.root.Store.Resolve(from)
 	if errors.Is(err, store.ErrNotFound) {
-		return nil, nil, "", fmt.Errorf("COPY --from=%s: no stage or image of that name (stages are named with FROM … AS name)", from)
+		return nil, fmt.Errorf("COPY --from=%s: no stage or image of that name (stages are named with FROM … AS name)", from)
 	}
 	if err != nil {
-		return nil, nil, "", err
+		return nil, err
 	}
-	return img.Config.RootFS.DiffIDs, img.Layers, img.ID.String(), nil
+	return &copyFrom{diffIDs: img.Config.RootFS.DiffIDs, layers: img.Layers, id: img.ID.String()}, nil
+}
+
+// copyFrom is a resolved COPY --from source.
+type copyFrom struct {
+	diffIDs  []v1.Hash
+	layers   []v1.Descriptor
+	id       string    // an image's ID (its content); "" for a stage
+	stage    bool      // a stage of this Dockerfile
+	stageKey cache.Key // the stage's last step (for explanations)
+	chainID  string    // the stage's filesystem
 }
 
 func isURL(s string) bool {
@@ -374,7 +409,7 @@ func globInRoot(root, pattern string, ig ignorer) ([]string, error) {
 func resolveSource(root, rel string, ig, excl ignorer, isContext bool) (group, error) {
 	if ex, err := excluded(ig, rel); err != nil {
 		return group{}, err
-	} else if ex {
+	} else if ex && !ig.HasExclusions() {
 		return group{}, errors.New("excluded by .dockerignore")
 	}
 	resolved, err := resolveInRoot(root, rel, ig)
@@ -407,6 +442,11 @@ func resolveSource(root, rel string, ig, excl ignorer, isContext bool) (group, e
 	// Context-relative paths of what we walk, for .dockerignore: below
 	// where the source resolved to.
 	base := resolved
+	// An excluded directory walked for "!" exceptions is sent, with its own
+	// metadata, only before the first thing kept inside it (as BuildKit's
+	// context walk sends such parents lazily): pending holds those walked
+	// into and not sent yet, outermost first.
+	var pending []cache.Entry
 	err = filepath.WalkDir(abs, func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
@@ -414,6 +454,9 @@ func resolveSource(root, rel string, ig, excl ignorer, isContext bool) (group, e
 		r, _ := filepath.Rel(abs, p)
 		if r != "." {
 			r = filepath.ToSlash(r)
+			for len(pending) > 0 && !strings.HasPrefix(r, pending[len(pending)-1].Rel+"/") {
+				pending = pending[:len(pending)-1]
+			}
 			for _, m := range []struct {
 				ig  ignorer
 				rel string
@@ -427,6 +470,13 @@ func resolveSource(root, rel string, ig, excl ignorer, isContext bool) (group, e
 					if d.IsDir() && !m.ig.HasExclusions() {
 						return filepath.SkipDir
 					}
+					if d.IsDir() {
+						info, err := d.Info()
+						if err != nil {
+							return err
+						}
+						pending = append(pending, cache.Entry{Rel: r, Abs: p, Info: info})
+					}
 					return nil
 				}
 			}
@@ -435,23 +485,38 @@ func resolveSource(root, rel string, ig, excl ignorer, isContext bool) (group, e
 		if err != nil {
 			return err
 		}
+		g.entries = append(g.entries, pending...)
+		pending = pending[:0]
 		g.entries = append(g.entries, cache.Entry{Rel: r, Abs: p, Info: info})
 		return nil
 	})
+	if err == nil && len(g.entries) == 1 {
+		// An excluded directory is sent only with what "!" exceptions keep
+		// in it: keeping nothing, it is not in the context at all.
+		if ex, _ := excluded(ig, resolved); ex {
+			return group{}, fmt.Errorf("not found in the build context: %w", &hiddenError{rel: resolved})
+		}
+	}
 	return g, err
 }
 
-// copyInto copies the groups into the filesystem at root, following docker's
-// destination rules: a dest ending in "/", several sources, or an existing
+// copyInto copies the groups into the filesystem at root, following
+// BuildKit's destination rules: a dest ending in "/" or an existing
 // directory means "into this directory"; a relative dest is relative to
 // WORKDIR; missing parents are created.
 func copyInto(root, workdir string, c copySpec, groups []group, mode os.FileMode) error {
-	dest := c.Dest
-	if !path.IsAbs(dest) {
-		if workdir == "" {
-			workdir = "/"
-		}
-		dest = path.Join(workdir, dest) + map[bool]string{true: "/"}[strings.HasSuffix(c.Dest, "/") || c.Dest == "." || strings.HasSuffix(c.Dest, "/.")]
+	// The destination is cleaned lexically before any symlink in the image
+	// is followed ("/linkdir/../x" is "/x"), keeping a trailing slash, as
+	// BuildKit's pathRelativeToWorkingDir does.
+	if workdir == "" {
+		workdir = "/"
+	}
+	dest := path.Join(workdir, c.Dest)
+	if path.IsAbs(c.Dest) {
+		dest = path.Clean(c.Dest)
+	}
+	if dest != "/" && (strings.HasSuffix(c.Dest, "/") || c.Dest == "." || strings.HasSuffix(c.Dest, "/.")) {
+		dest += "/"
 	}
 	uid, gid := uint32(0), uint32(0)
 	if c.Chown != "" {
@@ -460,20 +525,26 @@ func copyInto(root, workdir string, c copySpec, groups []group, mode os.FileMode
 			return fmt.Errorf("--chown=%s: %w", c.Chown, err)
 		}
 	}
-	if len(groups) == 0 && strings.HasSuffix(dest, "/") {
-		// Only wildcards that matched nothing: the destination is still made.
-		return mkdirAll(root, dest, uid, gid, c.Chown != "")
+	if len(groups) == 0 {
+		// Only wildcards that matched nothing: nothing is made, as in BuildKit.
+		return nil
 	}
-	// A wildcard matching one file copies it to dest itself, as BuildKit does.
-	intoDir := strings.HasSuffix(dest, "/") || len(groups) > 1
+	// COPY --from keeps the owners the files have in the source, unless --chown.
+	keepOwner := c.From != "" && c.Chown == ""
+	links := map[[2]uint64]string{} // (dev, inode) of a copied file -> its target
 	destAbs, err := rootpath.Join(root, dest)
 	if err != nil {
 		return err
 	}
-	if fi, err := os.Stat(destAbs); err == nil && fi.IsDir() {
-		intoDir = true
-	}
 	for _, g := range groups {
+		// Each source is copied on its own, as BuildKit does (one copy
+		// action per source): into dest if it ends in "/" or is a
+		// directory by then, else as dest itself, so several files onto a
+		// dest without a slash leave the last one there, as a file.
+		intoDir := strings.HasSuffix(dest, "/")
+		if fi, err := os.Stat(destAbs); err == nil && fi.IsDir() {
+			intoDir = true
+		}
 		switch {
 		case g.dir:
 			existed := false
@@ -500,7 +571,18 @@ func copyInto(root, workdir string, c copySpec, groups []group, mode os.FileMode
 					}
 					made[parent] = true
 				}
-				if err := copyEntry(root, path.Join(dest, e.Rel), e, uid, gid, mode); err != nil {
+				eu, eg := entryOwner(e, uid, gid, keepOwner)
+				if e.Rel == "." {
+					// The destination directory itself is made 0755 (not
+					// the source directory's mode); its contents keep theirs.
+					dm := mode
+					if dm&chmodSet == 0 {
+						dm = 0o755 | chmodSet
+					}
+					if err := copyEntry(root, dest, e, uid, gid, dm, nil); err != nil {
+						return err
+					}
+				} else if err := copyEntry(root, path.Join(dest, e.Rel), e, eu, eg, mode, links); err != nil {
 					return err
 				}
 				if e.Info.IsDir() {
@@ -548,12 +630,24 @@ func copyInto(root, workdir string, c copySpec, groups []group, mode os.FileMode
 					continue
 				}
 			}
-			if err := copyEntry(root, target, e, uid, gid, mode); err != nil {
+			eu, eg := entryOwner(e, uid, gid, keepOwner)
+			if err := copyEntry(root, target, e, eu, eg, mode, links); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// entryOwner is the owner a copied entry gets: its owner in the source
+// with keepOwner (COPY --from without --chown), else uid:gid.
+func entryOwner(e cache.Entry, uid, gid uint32, keepOwner bool) (uint32, uint32) {
+	if keepOwner {
+		if st, ok := e.Info.Sys().(*syscall.Stat_t); ok {
+			return st.Uid, st.Gid
+		}
+	}
+	return uid, gid
 }
 
 // mkdirAll creates dir and its missing parents (mode 0755) inside root;
@@ -589,7 +683,11 @@ func mkdirAll(root, dir string, uid, gid uint32, chown bool) error {
 // copyEntry copies one file, dir or symlink to target (absolute in root),
 // giving it uid:gid, the source mode (or --chmod) and, but for a directory
 // (whose time the caller sets once its contents are in), the source mtime.
-func copyEntry(root, target string, e cache.Entry, uid, gid uint32, chmod os.FileMode) error {
+// links (nil: none kept) maps the (device, inode) of regular files with
+// several links already copied to where they went: a file whose inode is
+// there becomes a hard link to it, so hard links among the sources stay
+// hard links, as in BuildKit.
+func copyEntry(root, target string, e cache.Entry, uid, gid uint32, chmod os.FileMode, links map[[2]uint64]string) error {
 	p, err := rootpath.Join(root, target)
 	if err != nil {
 		return err
@@ -627,6 +725,17 @@ func copyEntry(root, target string, e cache.Entry, uid, gid uint32, chmod os.Fil
 		ts := []unix.Timespec{unix.NsecToTimespec(fi.ModTime().UnixNano()), unix.NsecToTimespec(fi.ModTime().UnixNano())}
 		return unix.UtimesNanoAt(unix.AT_FDCWD, p, ts, unix.AT_SYMLINK_NOFOLLOW)
 	case m.IsRegular():
+		var ino [2]uint64
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 && links != nil {
+			ino = [2]uint64{uint64(st.Dev), st.Ino}
+			if first, ok := links[ino]; ok {
+				if err := removeNonDir(p); err != nil {
+					return err
+				}
+				return os.Link(first, p)
+			}
+			defer func() { links[ino] = p }()
+		}
 		// e.Abs is the file selectSources checked: never a link to follow.
 		f, err := os.OpenFile(e.Abs, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 		if err != nil {

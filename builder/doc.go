@@ -1,9 +1,15 @@
 // Package builder builds images from a Dockerfile: Build takes the parsed
 // plan (parser), and for each step derives the cache key from the step's
-// typed inputs (cache.Inputs: parent key, the filesystem it stands on, the
-// instruction as expanded and what it reads), reuses the cached record on a
+// typed inputs (cache.Inputs: the key of the last filesystem step, the
+// filesystem it stands on, the instruction as expanded and what it reads),
+// reuses the cached record on a
 // hit, and otherwise executes the step on a snapshot and commits what
-// changed as a layer blob in the image store.
+// changed as a layer blob in the image store. As in BuildKit, metadata
+// steps (LABEL, ENV, USER, EXPOSE…) do not chain: a step's key changes only
+// with what it reads (RUN: its env, user, workdir, network, mounts; COPY
+// --from=stage: the content it copies, fromsum.go), never with the config
+// lines above it. builder/testdata/conformance holds what BuildKit builds,
+// case by case (TestConformance).
 //
 // Files: dispatch.go picks one function per instruction (meta.go for the
 // metadata instructions and ARG, copy.go for COPY and ADD, run.go for RUN);

@@ -41,6 +41,7 @@ const (
 	ReasonEnv         = "env"         // an environment variable the step sees differs
 	ReasonFlags       = "flags"       // --network or RUN --mount options differ
 	ReasonFiles       = "files"       // the context files the step copies differ
+	ReasonConfig      = "config"      // the USER or WORKDIR the step runs with differs
 	ReasonParent      = "parent"      // the step it stands on missed or changed
 )
 
@@ -134,6 +135,8 @@ type stepNote struct {
 	words map[string]struct{} // variables the expansion of its words matched
 	files *cache.FileSet      // COPY/ADD from the context
 	rows  []cache.FileRow     // files listed (on a miss, once)
+	// fromKey is the last step of the stage a COPY --from copies from.
+	fromKey cache.Key
 }
 
 // explainState is a build's part in explaining: the manifest store, which
@@ -265,7 +268,7 @@ func (b *build) prevStep(st *stageState) (cache.Key, bool) {
 // stepManifest is the manifest of the step being built (its file list not
 // yet stored).
 func (b *build) stepManifest(st *stageState, in cache.Inputs) *cache.Manifest {
-	m := &cache.Manifest{Inputs: in, Text: st.note.text, Kind: st.note.kind, FromImage: b.xp.fromImage[in.Parent]}
+	m := &cache.Manifest{Inputs: in, Text: st.note.text, Kind: st.note.kind, FromImage: b.xp.fromImage[in.Parent], FromStage: st.note.fromKey}
 	if len(in.Env) > 0 {
 		m.Inputs.Env = make([]string, len(in.Env))
 		for i, e := range in.Env {
@@ -305,7 +308,7 @@ func (b *build) stepManifest(st *stageState, in cache.Inputs) *cache.Manifest {
 	for _, a := range st.args {
 		_, used := st.note.words[a.k]
 		if st.note.kind == "run" {
-			used = !shadowed[a.k] // a RUN sees every ARG in scope that ENV does not set
+			used = !shadowed[a.k] || st.argOver[a.k] // a RUN sees every ARG in scope that ENV does not set
 		}
 		if used {
 			m.Args = append(m.Args, cache.NameValue{Name: a.k, Value: cache.Redact(a.k, a.v)})
@@ -481,9 +484,8 @@ func (b *build) compare(st *stageState, cur, old *cache.Manifest) *Explanation {
 		return &Explanation{Reason: ReasonFlags, Detail: "mount options differ"}
 	}
 	if ci.From != oi.From {
-		// COPY --from: the stage copied from changed.
-		from, _, _ := strings.Cut(ci.From, "@")
-		return &Explanation{Reason: ReasonParent, ParentStep: b.xp.stepOf[cache.Key(from)], Detail: "its --from source changed"}
+		// COPY --from: what it copies from the stage (or the image) changed.
+		return &Explanation{Reason: ReasonParent, ParentStep: b.xp.stepOf[cur.FromStage], Detail: "its --from source changed"}
 	}
 	if ci.Sources != oi.Sources {
 		x := &Explanation{Reason: ReasonFiles}
@@ -501,6 +503,15 @@ func (b *build) compare(st *stageState, cur, old *cache.Manifest) *Explanation {
 			x.Detail = "the same files, copied in another arrangement"
 		}
 		return x
+	}
+	// USER and WORKDIR are no steps of the key chain (metadata does not
+	// chain): a step standing on the same filesystem that runs as another
+	// user or in another directory says so.
+	if ci.Parent == oi.Parent && ci.User != oi.User {
+		return &Explanation{Reason: ReasonConfig, Detail: fmt.Sprintf("user %s (was %s)", showValue(ci.User), showValue(oi.User))}
+	}
+	if ci.Parent == oi.Parent && ci.Workdir != oi.Workdir {
+		return &Explanation{Reason: ReasonConfig, Detail: fmt.Sprintf("workdir %s (was %s)", showValue(ci.Workdir), showValue(oi.Workdir))}
 	}
 	if ci.Parent != oi.Parent || ci.Workdir != oi.Workdir || ci.User != oi.User {
 		return &Explanation{Reason: ReasonParent, ParentStep: b.xp.stepOf[ci.Parent]}

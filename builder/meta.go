@@ -24,6 +24,7 @@ func (b *build) dispatchEnv(ctx context.Context, st *stageState, c *instructions
 	parts := make([]string, 0, len(c.Env))
 	for _, e := range c.Env {
 		st.cfg.Config.Env = imagecfg.SetEnv(st.cfg.Config.Env, e.Key, e.Value)
+		delete(st.argOver, e.Key)
 		parts = append(parts, e.Key+"="+e.Value)
 	}
 	return b.meta(ctx, st, "ENV "+strings.Join(parts, " "), c.Env)
@@ -55,8 +56,27 @@ func (b *build) dispatchWorkdir(ctx context.Context, st *stageState, c *instruct
 		}
 		wd = path.Join(cur, wd)
 	}
-	st.cfg.Config.WorkingDir = path.Clean(wd)
-	return b.meta(ctx, st, "WORKDIR "+st.cfg.Config.WorkingDir, nil)
+	wd = path.Clean(wd)
+	st.cfg.Config.WorkingDir = wd
+	text := "WORKDIR " + wd
+	if wd == "/" {
+		return b.meta(ctx, st, text, nil)
+	}
+	// As in BuildKit, the directory and its missing parents are made now, in
+	// this step's layer (mode 0755), owned by the USER in effect; existing
+	// ones are left as they are.
+	user := st.cfg.Config.User
+	in := cache.Inputs{Instruction: text, User: user}
+	return b.step(ctx, st, text, in, func(ctx context.Context, root string) error {
+		var uid, gid uint32
+		if user != "" {
+			var err error
+			if uid, gid, err = imagecfg.ResolveUser(root, user, false); err != nil {
+				return fmt.Errorf("WORKDIR %s as USER %s: %w", wd, user, err)
+			}
+		}
+		return mkdirAll(root, wd, uid, gid, user != "")
+	})
 }
 
 func (b *build) dispatchUser(ctx context.Context, st *stageState, c *instructions.UserCommand) error {
@@ -68,8 +88,21 @@ func (b *build) dispatchExpose(ctx context.Context, st *stageState, c *instructi
 	if st.cfg.Config.ExposedPorts == nil {
 		st.cfg.Config.ExposedPorts = map[string]struct{}{}
 	}
-	var ports []string
+	// EXPOSE has no Expand method in the instructions package: BuildKit
+	// expands its words in dispatch (ProcessWords: "${PORTS}" may give
+	// several ports).
+	var words []string
+	env := st.expandEnv()
 	for _, p := range c.Ports {
+		res, err := b.lex.ProcessWordWithMatches(p, env)
+		if err != nil {
+			return err
+		}
+		st.note.used(res.Matched)
+		words = append(words, res.Words...)
+	}
+	var ports []string
+	for _, p := range words {
 		ps, err := expandPorts(p)
 		if err != nil {
 			return err
@@ -247,6 +280,10 @@ func (b *build) dispatchArg(ctx context.Context, st *stageState, c *instructions
 		names = append(names, a.Key)
 		if val != nil {
 			st.args = setKV(st.args, a.Key, *val)
+			if st.argOver == nil {
+				st.argOver = map[string]bool{}
+			}
+			st.argOver[a.Key] = true
 			shown = append(shown, a.Key+"="+*val)
 		} else {
 			shown = append(shown, a.Key)

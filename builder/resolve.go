@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"os"
+	"path/filepath"
 
 	"github.com/lbuild/lbuild/internal/rootpath"
 )
@@ -32,7 +34,8 @@ func (e *hiddenError) Unwrap() error { return fs.ErrNotExist }
 // (relative to root) as it is reached, and an excluded one does not exist.
 // So no symlink leads to what ig hides. An excluded directory on the way is
 // passed through only when ig has "!" exceptions (a file they keep inside it
-// is sent with its parents); the path at the end must be kept by ig itself.
+// is sent with its parents); the path at the end must be kept by ig itself,
+// unless it is such a directory (a walk below it sees only what ig keeps).
 // ig may be nil.
 //
 // Errors: a missing path, or one ig excludes (a *hiddenError), matches
@@ -44,8 +47,16 @@ func resolveInRoot(root, rel string, ig ignorer) (string, error) {
 		if err != nil {
 			return err
 		}
-		if ex && (last || !ig.HasExclusions()) {
+		if ex && !ig.HasExclusions() {
 			return &hiddenError{rel: next}
+		}
+		if ex && last {
+			// An excluded directory at the end is still reached when "!"
+			// exceptions may keep something inside it (its walk sees only
+			// what they keep); anything else excluded does not exist.
+			if fi, err := os.Lstat(filepath.Join(root, filepath.FromSlash(next))); err != nil || !fi.IsDir() {
+				return &hiddenError{rel: next}
+			}
 		}
 		return nil
 	}})

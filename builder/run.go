@@ -153,7 +153,7 @@ func (b *build) dispatchRun(ctx context.Context, st *stageState, c *instructions
 			}
 			groups = imagecfg.SupplementaryGroups(root, user)
 		}
-		meta := executor.Meta{Args: args, Env: env, Cwd: cwd, UID: uid, GID: gid, AdditionalGids: groups, Network: network}
+		meta := executor.Meta{Args: args, Env: append(env, b.proxyEnv(env)...), Cwd: cwd, UID: uid, GID: gid, AdditionalGids: groups, Network: network}
 		for _, m := range mounts {
 			em, release, err := m.prepare(ctx, uid, gid)
 			if err != nil {
@@ -188,6 +188,33 @@ func (b *build) dispatchRun(ctx context.Context, st *stageState, c *instructions
 		}
 		return err
 	})
+}
+
+// proxyNames are BuildKit's predefined proxy ARGs.
+var proxyNames = []string{"HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY", "ALL_PROXY"}
+
+// proxyEnv is what a RUN gets of the proxy --build-args without an ARG line,
+// as BuildKit's llb.ProxyEnv: each given value (either spelling) as both
+// FOO_PROXY and foo_proxy, unless env already sets that name (a declared
+// ARG). It is no part of the step's cache key and never reaches the image or
+// its history.
+func (b *build) proxyEnv(env []string) []string {
+	var out []string
+	for _, n := range proxyNames {
+		v, ok := b.opts.BuildArgs[n]
+		if lv, lok := b.opts.BuildArgs[strings.ToLower(n)]; lok {
+			v, ok = lv, true // BuildKit reads the args in sorted order: lower case last
+		}
+		if !ok || v == "" {
+			continue
+		}
+		for _, k := range []string{n, strings.ToLower(n)} {
+			if _, set := imagecfg.LookupEnv(env, k); !set {
+				out = append(out, k+"="+v)
+			}
+		}
+	}
+	return out
 }
 
 // runMount resolves one RUN --mount. Cache mounts live in the store root and
@@ -391,11 +418,16 @@ func (b *build) bindMount(ctx context.Context, m *instructions.Mount) (*runMount
 		key = "context:" + sum
 		getPath = func(context.Context) (string, func(), error) { return resolved, func() {}, nil }
 	} else {
-		diffIDs, layers, id, err := b.fromSource(ctx, m.From)
+		from, err := b.fromSource(ctx, m.From)
 		if err != nil {
 			return nil, err
 		}
-		key = "from:" + id
+		diffIDs, layers := from.diffIDs, from.layers
+		// A stage mounts its filesystem: keyed on its content (chain ID).
+		key = "from:" + from.id
+		if from.stage {
+			key = "from:stage@" + from.chainID
+		}
 		getPath = func(ctx context.Context) (string, func(), error) {
 			if err := b.needLayers(ctx, layers); err != nil {
 				return "", nil, err

@@ -92,8 +92,8 @@ func TestRunConfigEffects(t *testing.T) {
 	res, out := mustBuild(t, r, dir, `FROM local/busybox
 ARG GREETING=hello
 ENV WHO=world PATH=/opt/bin:$PATH
-WORKDIR /work/dir
 USER app
+WORKDIR /work/dir
 RUN echo "$GREETING $WHO $PATH" > out.txt && pwd >> out.txt && id -u >> out.txt && id -G >> out.txt
 USER root
 SHELL ["/bin/sh", "-ec"]

@@ -19,9 +19,13 @@ type layerFunc func(ctx context.Context, root string) error
 // step's inputs, reuse a cached record, or execute (a layer step runs fn on a
 // snapshot of the parent and commits the diff) and record the result.
 func (b *build) step(ctx context.Context, st *stageState, text string, in cache.Inputs, fn layerFunc) error {
-	// The key chains the parent's key and the content it stands on (its chain
-	// ID): a --no-cache build may record a different result under a key, and
-	// what was built on the old result must then not be taken for the new.
+	// The key chains the key of the stage's last filesystem step (not of the
+	// metadata steps since: a LABEL or ENV above a COPY is no input of the
+	// COPY, as in BuildKit, where metadata never enters an op's digest) and
+	// the content it stands on (its chain ID): a --no-cache build may record
+	// a different result under a key, and what was built on the old result
+	// must then not be taken for the new. What a step does read of the
+	// config (RUN's env, user, workdir; COPY's workdir) is in its inputs.
 	in.Parent, in.Base = st.key, st.chainID
 	key := in.Key()
 	b.stepNo++
@@ -96,7 +100,8 @@ func (b *build) usable(rec *cache.Record, layer bool) bool {
 	return err == nil && b.hasLayer(h)
 }
 
-// apply advances the stage by a step's record. Its history entry is created
+// apply advances the stage by a step's record; a layer step's key becomes
+// the parent of the stage's next steps. Its history entry is created
 // at the build time if that is fixed, so a step taken from the cache (built
 // at another time) reads the same as one built now; with "now", at the time
 // the record was built, so a fully cached rebuild gives the same image.
@@ -107,10 +112,10 @@ func (b *build) apply(s *stageState, rec *cache.Record, text string, key cache.K
 	}
 	s.cfg.History = append(s.cfg.History, v1.History{Created: created, CreatedBy: text, Comment: historyComment, EmptyLayer: rec.DiffID == ""})
 	s.cfg.Created = created
-	s.key = key
 	if rec.DiffID == "" {
 		return
 	}
+	s.key = key
 	h, _ := v1.NewHash(rec.DiffID)
 	s.cfg.RootFS.DiffIDs = append(s.cfg.RootFS.DiffIDs, h)
 	s.layers = append(s.layers, v1.Descriptor{MediaType: layerMediaType, Digest: h, Size: rec.Size})

@@ -99,7 +99,7 @@ func TestCopyWildcardSymlinkToIgnored(t *testing.T) {
 	dir := symlinkContext(t)
 	df := "FROM scratch\nCOPY *link /out/\nCOPY dirlink/* /p/\nCOPY sublink/*.txt /q/\n"
 	res, out := mustBuild(t, r, dir, df)
-	for i, want := range []string{"out/ out/goodlink out/keep.txt out/ln", "p/", "q/ q/keep.txt"} {
+	for i, want := range []string{"out/ out/goodlink out/keep.txt out/ln", "", "q/ q/keep.txt"} {
 		if got := strings.Join(names(layerEntries(t, r, res.Steps[i+1].DiffID)), " "); got != want {
 			t.Errorf("%s: got %q, want %q", res.Steps[i+1].Text, got, want)
 		}

@@ -57,7 +57,8 @@ func NewKey(parent Key, parts ...string) Key {
 // Nothing host-specific (host paths, times, user names) belongs here: the
 // same Dockerfile and context give the same Inputs on any machine.
 type Inputs struct {
-	// Parent is the key of the step before ("" for a stage's first step).
+	// Parent is the key of the filesystem step before (FROM, COPY, RUN…;
+	// metadata steps do not chain).
 	Parent Key `json:"parent,omitempty"`
 	// Base is the chain ID of the filesystem the step stands on.
 	Base string `json:"base,omitempty"`

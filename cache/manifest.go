@@ -43,6 +43,9 @@ type Manifest struct {
 	// FromImage is the ID of the image the stage's FROM resolved to, set on
 	// the step that stands directly on it.
 	FromImage string `json:"fromImage,omitempty"`
+	// FromStage is, for COPY --from=stage, the key of the stage's last
+	// step (its key holds only the content copied): the step to blame.
+	FromStage Key `json:"fromStage,omitempty"`
 	// Files is the digest of the COPY/ADD source list (PutFiles), "" for
 	// other steps.
 	Files string `json:"files,omitempty"`
