@@ -73,6 +73,19 @@ func CheckReproducible(ctx context.Context, r *system.Root, opts Options, first 
 			return ctx.Err()
 		}
 	}
+	// The second build's blobs go to the shared store: hold the real root
+	// against prune, not only the scratch area.
+	release, err := r.Lease()
+	if err != nil {
+		return err
+	}
+	defer release()
+	existed := map[v1.Hash]bool{}
+	if imgs, err := r.Store.Images(); err == nil {
+		for _, img := range imgs {
+			existed[img.Manifest.Digest] = true
+		}
+	}
 	second, err := Build(ctx, scratch, opts)
 	if err != nil {
 		return fmt.Errorf("second build: %w", err)
@@ -80,11 +93,15 @@ func CheckReproducible(ctx context.Context, r *system.Root, opts Options, first 
 	if second.Image.Manifest.Digest == first.Image.Manifest.Digest {
 		return nil
 	}
-	defer func() {
-		if err := r.Store.Remove(second.Image); err != nil && !errors.Is(err, store.ErrNotFound) {
-			logrus.Warnf("remove the second build's image: %v", err)
-		}
-	}()
+	// Only an image the second build added, untagged, goes: it may be an
+	// image the user had already (an earlier build's, under a tag).
+	if !existed[second.Image.Manifest.Digest] && len(second.Image.Refs) == 0 {
+		defer func() {
+			if err := r.Store.Remove(second.Image); err != nil && !errors.Is(err, store.ErrNotFound) {
+				logrus.Warnf("remove the second build's image: %v", err)
+			}
+		}()
+	}
 	return fmt.Errorf("%w: %s", ErrNotReproducible, explainDifference(r.Store, first, second))
 }
 

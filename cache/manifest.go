@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/lbuild/lbuild/internal/compression"
 	"github.com/lbuild/lbuild/internal/fsx"
 )
 
@@ -56,6 +57,10 @@ type NameValue struct {
 	Name  string `json:"name"`
 	Value string `json:"value"`
 }
+
+// maxFileList bounds what a file list expands to (a 10,000-file context's
+// is about 1 MB).
+const maxFileList = 256 << 20
 
 // FileRow is one context file a COPY/ADD selected: its path relative to the
 // build context (slash separated), its type and permission bits ("file
@@ -196,7 +201,11 @@ func (m *Manifests) Files(d string) ([]FileRow, error) {
 		return nil, fmt.Errorf("file list %s: %w: %v", d, ErrCorrupt, err)
 	}
 	var rows []FileRow
-	sc := bufio.NewScanner(zr)
+	// Bounded: a file list from an imported cache may be a bomb.
+	sc := bufio.NewScanner(&compression.Bounded{R: zr, Limit: func() int64 { return maxFileList },
+		Err: func(limit int64) error {
+			return fmt.Errorf("file list %s: %w: expands to more than %d bytes", d, ErrCorrupt, limit)
+		}})
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		f := strings.SplitN(sc.Text(), "\t", 3)

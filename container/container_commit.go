@@ -45,6 +45,11 @@ type CommitOptions struct {
 // entry. ref, if not "", names the image. A running container is paused
 // while its layer is read (see CommitOptions.NoPause) and keeps running.
 func (r *Manager) Commit(ctx context.Context, nameOrID, ref string, opts CommitOptions) (*store.Image, error) {
+	release, err := r.root.Lease() // the new layer is no image's until WriteImage
+	if err != nil {
+		return nil, err
+	}
+	defer release()
 	c, err := r.Get(ctx, nameOrID)
 	if err != nil {
 		return nil, err

@@ -3,11 +3,11 @@ package remotecache
 import (
 	"archive/tar"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
-	"path/filepath"
 	"sort"
 	"syscall"
 	"time"
@@ -20,14 +20,25 @@ import (
 // their modes, owners and modification times (other file types are
 // skipped). The same contents give the same bytes, so an unchanged mount
 // exports to the same blob.
+//
+// The mount may be changed meanwhile by a RUN of another build that shares
+// it, so everything is read through an os.Root on dir: a name swapped for a
+// symlink to a host path is never followed out of the mount, and a regular
+// file is opened without following a final symlink and read only if it is
+// still the file that was listed.
 func writeMountTar(dir string, w io.Writer) error {
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return fmt.Errorf("read cache mount: %w", err)
+	}
+	defer root.Close()
 	tw := tar.NewWriter(w)
 	var paths []string
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+	err = fs.WalkDir(root.FS(), ".", func(p string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		if p != dir {
+		if p != "." {
 			paths = append(paths, p)
 		}
 		return nil
@@ -36,8 +47,11 @@ func writeMountTar(dir string, w io.Writer) error {
 		return fmt.Errorf("read cache mount: %w", err)
 	}
 	sort.Strings(paths)
-	for _, p := range paths {
-		fi, err := os.Lstat(p)
+	for _, rel := range paths {
+		fi, err := root.Lstat(rel)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed meanwhile
+		}
 		if err != nil {
 			return fmt.Errorf("read cache mount: %w", err)
 		}
@@ -45,7 +59,7 @@ func writeMountTar(dir string, w io.Writer) error {
 		switch {
 		case fi.Mode().IsRegular(), fi.IsDir():
 		case fi.Mode()&fs.ModeSymlink != 0:
-			if link, err = os.Readlink(p); err != nil {
+			if link, err = root.Readlink(rel); err != nil {
 				return fmt.Errorf("read cache mount: %w", err)
 			}
 		default:
@@ -55,8 +69,7 @@ func writeMountTar(dir string, w io.Writer) error {
 		if err != nil {
 			return err
 		}
-		rel, _ := filepath.Rel(dir, p)
-		hdr.Name = filepath.ToSlash(rel)
+		hdr.Name = rel
 		if fi.IsDir() {
 			hdr.Name += "/"
 		}
@@ -67,14 +80,23 @@ func writeMountTar(dir string, w io.Writer) error {
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 			hdr.Uid, hdr.Gid = int(st.Uid), int(st.Gid)
 		}
+		var f *os.File
+		if fi.Mode().IsRegular() {
+			if f, err = root.OpenFile(rel, os.O_RDONLY|syscall.O_NOFOLLOW, 0); err != nil {
+				return fmt.Errorf("read cache mount %s: %w", rel, err)
+			}
+			if now, err := f.Stat(); err != nil || !os.SameFile(fi, now) {
+				f.Close()
+				return fmt.Errorf("read cache mount %s: it changed while being exported", rel)
+			}
+		}
 		if err := tw.WriteHeader(hdr); err != nil {
+			if f != nil {
+				f.Close()
+			}
 			return err
 		}
-		if fi.Mode().IsRegular() {
-			f, err := os.Open(p)
-			if err != nil {
-				return fmt.Errorf("read cache mount: %w", err)
-			}
+		if f != nil {
 			_, err = io.CopyN(tw, f, hdr.Size)
 			f.Close()
 			if err != nil {

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
@@ -282,6 +283,15 @@ func linkBlob(st *store.Store, src string, want v1.Hash) error {
 	if got := hex.EncodeToString(h.Sum(nil)); got != want.Hex {
 		return fmt.Errorf("%w: %s hashes to sha256:%s", ErrCorrupt, src, got)
 	}
+	// A hard link shares the inode: only a file nobody else can change
+	// (ours, written by no group or other user) may become a store blob;
+	// any other is copied.
+	if !privateFile(f) {
+		if _, err := f.Seek(0, io.SeekStart); err != nil {
+			return err
+		}
+		return putVerified(st, f, want)
+	}
 	dst := st.BlobPath(want)
 	err = unix.Linkat(unix.AT_FDCWD, fmt.Sprintf("/proc/self/fd/%d", f.Fd()), unix.AT_FDCWD, dst, unix.AT_SYMLINK_FOLLOW)
 	if err == nil || errors.Is(err, unix.EEXIST) {
@@ -387,4 +397,15 @@ func readBlob(dir string, d v1.Descriptor) ([]byte, error) {
 		return nil, fmt.Errorf("%w: blob %s does not hash to its digest", ErrCorrupt, d.Digest)
 	}
 	return b, nil
+}
+
+// privateFile reports whether f is owned by this process's user and
+// writable by no one else.
+func privateFile(f *os.File) bool {
+	fi, err := f.Stat()
+	if err != nil {
+		return false
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && int(st.Uid) == os.Geteuid() && fi.Mode().Perm()&0o022 == 0
 }

@@ -155,7 +155,7 @@ func (s *Store) cleanIngest(now time.Time) {
 		return
 	}
 	for _, e := range ents {
-		if !e.Type().IsRegular() || !(strings.HasPrefix(e.Name(), "blob-") ||
+		if !e.Type().IsRegular() || !(strings.HasPrefix(e.Name(), "blob-") || strings.HasPrefix(e.Name(), ".tmp-") ||
 			strings.HasPrefix(e.Name(), "file-") || strings.HasPrefix(e.Name(), "probe-")) {
 			continue
 		}

@@ -596,9 +596,13 @@ func (s *Store) Tag(ref string, img *Image) error {
 	desc.Annotations = map[string]string{AnnotationRefName: ref}
 	desc.URLs, desc.Platform, desc.Data, desc.ArtifactType = nil, nil, nil, ""
 	return s.updateIndex(func(idx *v1.IndexManifest) (bool, error) {
-		// Checked under the lock, so GC cannot collect it meanwhile.
+		// Checked under the lock, so GC cannot collect any of it meanwhile:
+		// a tag never names an image with a blob missing.
 		if !s.HasBlob(desc.Digest) {
 			return false, fmt.Errorf("tag %s: manifest %s: %w", ref, desc.Digest, ErrNotFound)
+		}
+		if why := s.incomplete(idx, desc.Digest); why != "" {
+			return false, fmt.Errorf("tag %s: %s: %w", ref, why, ErrNotFound)
 		}
 		kept := idx.Manifests[:0]
 		for _, d := range idx.Manifests {

@@ -11,6 +11,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	units "github.com/docker/go-units"
@@ -32,7 +33,10 @@ import (
 // Builds and container creation hold a shared lease on ROOT/gc.lock for
 // their whole run; Prune holds it exclusively, so it never removes what a
 // running build is using: it waits for running builds (or, with NoWait,
-// gives up at once with ErrBusy), and builds started meanwhile wait for it.
+// gives up at once with ErrBusy). flock has no writer preference, so a
+// gate (ROOT/gc.gate) makes builds started meanwhile wait for it: a lease
+// passes the gate (shared) before it takes gc.lock, and prune holds the gate
+// exclusively while it waits, so a steady stream of builds cannot starve it.
 
 // ErrBusy is returned by Prune with NoWait while builds hold leases.
 var ErrBusy = errors.New("builds are running on this root")
@@ -40,12 +44,37 @@ var ErrBusy = errors.New("builds are running on this root")
 // Lease holds the root against Prune until release is called: a build or a
 // container creation takes one for as long as it uses blobs and snapshots
 // it has not yet recorded in an image, record or container.
+//
+// Leases nest: a Lease taken while this Root already holds one (a build
+// inside a command that holds the root for its exports) only counts, so a
+// prune waiting at the gate cannot deadlock against it.
 func (r *Root) Lease() (release func(), err error) {
-	f, err := fsx.Lock(filepath.Join(r.Dir, "gc.lock"), unix.LOCK_SH)
-	if err != nil {
-		return nil, fmt.Errorf("lease store root: %w", err)
+	r.lease.Lock()
+	defer r.lease.Unlock()
+	if r.lease.n == 0 {
+		gate, err := fsx.Lock(filepath.Join(r.Dir, "gc.gate"), unix.LOCK_SH)
+		if err != nil {
+			return nil, fmt.Errorf("lease store root: %w", err)
+		}
+		f, err := fsx.Lock(filepath.Join(r.Dir, "gc.lock"), unix.LOCK_SH)
+		gate.Close()
+		if err != nil {
+			return nil, fmt.Errorf("lease store root: %w", err)
+		}
+		r.lease.f = f
 	}
-	return func() { f.Close() }, nil
+	r.lease.n++
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			r.lease.Lock()
+			defer r.lease.Unlock()
+			if r.lease.n--; r.lease.n == 0 {
+				r.lease.f.Close()
+				r.lease.f = nil
+			}
+		})
+	}, nil
 }
 
 // exclusive takes the root against every lease: it waits for running
@@ -55,14 +84,25 @@ func (r *Root) exclusive(noWait bool) (func(), error) {
 	if noWait {
 		how |= unix.LOCK_NB
 	}
-	f, err := fsx.Lock(filepath.Join(r.Dir, "gc.lock"), how)
-	if errors.Is(err, fsx.ErrLocked) {
-		return nil, ErrBusy
+	var held []*os.File
+	release := func() {
+		for _, f := range held {
+			f.Close()
+		}
 	}
-	if err != nil {
-		return nil, fmt.Errorf("lock store root: %w", err)
+	for _, name := range []string{"gc.gate", "gc.lock"} {
+		f, err := fsx.Lock(filepath.Join(r.Dir, name), how)
+		if errors.Is(err, fsx.ErrLocked) {
+			release()
+			return nil, ErrBusy
+		}
+		if err != nil {
+			release()
+			return nil, fmt.Errorf("lock store root: %w", err)
+		}
+		held = append(held, f)
 	}
-	return func() { f.Close() }, nil
+	return release, nil
 }
 
 // ContainerRoot is what a container needs kept: its image's manifest and
@@ -93,8 +133,10 @@ type PruneOptions struct {
 	DryRun bool
 	// NoWait returns ErrBusy instead of waiting for running builds.
 	NoWait bool
-	// Containers are the containers' roots (container.Manager.Roots).
-	Containers []ContainerRoot
+	// Containers lists the containers' roots (container.Manager.Roots); it
+	// is called once prune holds the root, so a container whose creation
+	// finished meanwhile is counted.
+	Containers func() ([]ContainerRoot, error)
 	// Now is the current time (default time.Now).
 	Now func() time.Time
 }
@@ -150,7 +192,13 @@ func (r *Root) Prune(ctx context.Context, opts PruneOptions) (*PruneReport, erro
 	for _, img := range imgs {
 		addImage(img.Config.RootFS.DiffIDs, img.Layers)
 	}
-	for _, c := range opts.Containers {
+	var ctrs []ContainerRoot
+	if opts.Containers != nil {
+		if ctrs, err = opts.Containers(); err != nil {
+			return nil, err
+		}
+	}
+	for _, c := range ctrs {
 		keepChain[c.Chain] = true
 		keepBlob[c.Manifest] = true
 		if img, err := r.Store.Image(c.Manifest); err == nil {

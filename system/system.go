@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
@@ -46,6 +47,12 @@ type Root struct {
 	Store   *store.Store
 	Records *cache.Records
 	Snaps   snapshot.Snapshotter
+
+	lease struct { // see Lease
+		sync.Mutex
+		n int
+		f *os.File
+	}
 }
 
 // Opt configures Open.

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	goruntime "runtime"
@@ -183,6 +184,24 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 	if opts.Explain {
 		bc.importInputs(cmd, r)
 	}
+	// Hold the root against prune until the exports are written (the
+	// build's own lease ends with it); the automatic GC runs after.
+	release, err := r.Lease()
+	if err != nil {
+		return err
+	}
+	if err := buildAndExport(cmd, r, f, opts, bc, outs, out); err != nil {
+		release()
+		return err
+	}
+	release()
+	autoGC(cmd, r)
+	return nil
+}
+
+// buildAndExport builds, checks reproducibility if asked, prints the result
+// and writes the cache and image exports.
+func buildAndExport(cmd *cobra.Command, r *system.Root, f *buildFlags, opts builder.Options, bc *buildCache, outs []output, out io.Writer) error {
 	res, err := builder.Build(cmd.Context(), r, opts)
 	if err != nil {
 		return err
@@ -219,11 +238,7 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 	if err := bc.export(cmd, r, res, cacheOut); err != nil {
 		return err
 	}
-	if err := export(cmd, r.Store, res.Image, f, outs); err != nil {
-		return err
-	}
-	autoGC(cmd, r)
-	return nil
+	return export(cmd, r.Store, res.Image, f, outs)
 }
 
 // autoGC keeps a root with a gc.keep-storage bound (ROOT/config.json or

@@ -39,6 +39,11 @@ are named as the archive names them.`,
 			if err != nil {
 				return err
 			}
+			release, err := r.Lease() // a concurrent prune never takes blobs it stores
+			if err != nil {
+				return err
+			}
+			defer release()
 			opts := []transfer.Opt{}
 			if !quiet {
 				opts = append(opts, transfer.WithProgress(cmd.OutOrStdout()))

@@ -78,11 +78,7 @@ builds are waited for, never broken. Prints what it freed.`,
 
 // prune runs system.Prune with the containers' roots.
 func prune(cmd *cobra.Command, r *system.Root, opts system.PruneOptions) (*system.PruneReport, error) {
-	roots, err := container.New(r).Roots()
-	if err != nil {
-		return nil, err
-	}
-	opts.Containers = roots
+	opts.Containers = container.New(r).Roots
 	return r.Prune(cmd.Context(), opts)
 }
 

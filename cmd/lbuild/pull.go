@@ -26,6 +26,11 @@ parallel and verified by digest. Credentials come from the docker config
 			if err != nil {
 				return err
 			}
+			release, err := r.Lease() // a concurrent prune never takes blobs it stores
+			if err != nil {
+				return err
+			}
+			defer release()
 			_, err = transfer.Pull(cmd.Context(), r.Store, args[0],
 				transfer.WithPlatform(platform),
 				transfer.WithInsecure(insecure...),

@@ -16,6 +16,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -149,10 +150,25 @@ func LockFunc(path string) (func(), error) {
 }
 
 // TreeSize sums the sizes of the regular files below root, not following
-// symlinks (0 if root is missing; unreadable parts are skipped).
+// symlinks and not crossing into other filesystems (a container's overlay
+// mounted under the root is the layers below it again, not more bytes);
+// 0 if root is missing; unreadable parts are skipped.
 func TreeSize(root string) int64 {
 	var n int64
+	var dev uint64
+	if fi, err := os.Lstat(root); err == nil {
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			dev = st.Dev
+		}
+	}
 	filepath.WalkDir(root, func(_ string, d fs.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			if fi, err := d.Info(); err == nil {
+				if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Dev != dev {
+					return fs.SkipDir
+				}
+			}
+		}
 		if err == nil && d.Type().IsRegular() {
 			if fi, err := d.Info(); err == nil {
 				n += fi.Size()

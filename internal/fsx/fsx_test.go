@@ -1,0 +1,56 @@
+package fsx
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// TreeSize counts the files below root once and does not cross into a
+// filesystem mounted under it (a container's overlay under the store root).
+func TestTreeSizeStaysOnItsFilesystem(t *testing.T) {
+	root := t.TempDir()
+	os.WriteFile(filepath.Join(root, "a"), make([]byte, 1000), 0o644)
+	mnt := filepath.Join(root, "mnt")
+	os.Mkdir(mnt, 0o755)
+	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=4m"); err != nil {
+		t.Skipf("cannot mount a tmpfs: %v", err)
+	}
+	defer unix.Unmount(mnt, unix.MNT_DETACH)
+	os.WriteFile(filepath.Join(mnt, "b"), make([]byte, 5000), 0o644)
+	if n := TreeSize(root); n != 1000 {
+		t.Errorf("TreeSize = %d, want 1000 (the mounted tmpfs left out)", n)
+	}
+	if n := TreeSize(mnt); n != 5000 {
+		t.Errorf("TreeSize of the mount itself = %d, want 5000", n)
+	}
+}
+
+func TestWriteFileAndLock(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "f")
+	if err := WriteFile(p, "", []byte("one"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteFile(p, "", []byte("two"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(p); string(b) != "two" {
+		t.Errorf("content %q", b)
+	}
+	l, err := Lock(p+".lock", unix.LOCK_EX)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Lock(p+".lock", unix.LOCK_EX|unix.LOCK_NB); err != ErrLocked {
+		t.Errorf("second exclusive lock: %v, want ErrLocked", err)
+	}
+	if !Held(p + ".lock") {
+		t.Error("Held = false while locked")
+	}
+	l.Close()
+	if Held(p + ".lock") {
+		t.Error("Held = true after release")
+	}
+}
