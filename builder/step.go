@@ -24,8 +24,8 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 	// what was built on the old result must then not be taken for the new.
 	in.Parent, in.Base = st.key, st.chainID
 	key := in.Key()
-	b.stepNo++
-	id := b.stepNo
+	id := b.nextStep()
+	st.stepID = id
 	b.prog.Start(id, st.label(text))
 	res := StepResult{ID: id, Stage: st.name, Text: text, Key: key}
 	defer b.noteStep(st, id, key)
@@ -38,7 +38,7 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 			b.noteRecord(rec)
 			b.prog.Cached(id)
 			res.Cached, res.DiffID, res.ChainID = true, rec.DiffID, st.chainID
-			b.steps = append(b.steps, res)
+			b.addStep(res)
 			return nil
 		case err != nil && !errors.Is(err, cache.ErrNotFound):
 			logrus.Debugf("cache record %s unreadable, rebuilding: %v", key, err)
@@ -71,7 +71,7 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 	b.noteRecord(rec)
 	b.prog.Done(id, nil)
 	res.DiffID, res.ChainID = rec.DiffID, st.chainID
-	b.steps = append(b.steps, res)
+	b.addStep(res)
 	return nil
 }
 
