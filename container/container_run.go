@@ -189,14 +189,20 @@ func (r *Manager) Run(ctx context.Context, nameOrID string, stdio Stdio) (int, e
 			}
 		}
 	}
-	r.updateContainer(c.ID, func(s *Container) {
-		s.Status, s.ExitCode, s.Error, s.Finished = StatusExited, code, msg, time.Now().UTC()
-	})
 	if c.AutoRemove {
-		if err := r.removeContainer(context.WithoutCancel(ctx), c); err != nil && runErr == nil {
+		// Removed at once: the exit is recorded only if that fails (a
+		// record written just to be deleted costs a synced write).
+		err := r.removeContainer(context.WithoutCancel(ctx), c)
+		if err == nil {
+			return code, runErr
+		}
+		if runErr == nil {
 			runErr = err
 		}
 	}
+	r.updateContainer(c.ID, func(s *Container) {
+		s.Status, s.ExitCode, s.Error, s.Finished = StatusExited, code, msg, time.Now().UTC()
+	})
 	return code, runErr
 }
 
