@@ -6,12 +6,14 @@
 # Prints the median wall time of RUNS runs per cell, in seconds.
 #
 #   bench/run.sh [W1 W2 W3 W4]     env: RUNS=3 LBUILD=bin/lbuild WORK=/tmp/lbuild-bench
+#                                       SCENARIOS="cold noop change1 touchall"
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 LBUILD=${LBUILD:-$repo/bin/lbuild}
 GEN=${GEN:-$repo/../shared/bench/gen.py}
 WORK=${WORK:-/tmp/lbuild-bench}
 RUNS=${RUNS:-3}
+SCENARIOS=${SCENARIOS:-cold noop change1 touchall}
 ws=("$@"); [ ${#ws[@]} -gt 0 ] || ws=(W1 W2 W3 W4)
 [ -x "$LBUILD" ] || (cd "$repo" && go build -o "$LBUILD" ./cmd/lbuild)
 [ -f "$GEN" ] || { echo "workload generator not found at $GEN (set GEN)" >&2; exit 1; }
@@ -44,7 +46,7 @@ for w in "${ws[@]}"; do
   # shellcheck disable=SC1090
   . "$WORK/workloads/$w/meta.env"
   declare -A res=()
-  for sc in cold noop change1 touchall; do
+  for sc in $SCENARIOS; do
     times=()
     for _ in $(seq "$RUNS"); do
       restore "$w"
@@ -61,7 +63,7 @@ for w in "${ws[@]}"; do
     done
     res[$sc]=$(printf '%s\n' "${times[@]}" | median)
   done
-  printf '| %s | %.2f | %.2f | %.2f | %.2f |\n' "$w" "${res[cold]}" "${res[noop]}" "${res[change1]}" "${res[touchall]}"
+  printf '| %s | %s | %s | %s | %s |\n' "$w" "${res[cold]:--}" "${res[noop]:--}" "${res[change1]:--}" "${res[touchall]:--}"
   unset res
 done
 restore "${ws[@]}" >/dev/null 2>&1 || true

@@ -72,6 +72,10 @@ type Options struct {
 	// CacheFrom, when not nil, is asked for the steps the root's cache
 	// misses (--cache-from).
 	CacheFrom CacheSource
+	// Parallel is how many stages may build at the same time (0: the
+	// number of CPUs; 1: one after another). The image is the same either
+	// way.
+	Parallel int
 }
 
 // Result is what a build made.
@@ -117,18 +121,28 @@ func Build(ctx context.Context, r *system.Root, opts Options) (*Result, error) {
 		return nil, err
 	}
 	defer func() {
+		b.mu.Lock()
 		keys := make([]cache.Key, len(b.steps), len(b.steps)+len(b.memoKeys))
 		for i, s := range b.steps {
 			keys[i] = s.Key
 		}
-		r.Records.Touch(append(keys, b.memoKeys...), time.Now())
+		keys = append(keys, b.memoKeys...)
+		b.mu.Unlock()
+		r.Records.Touch(keys, time.Now())
 	}()
 	target, err := b.df.Target(opts.Target)
 	if err != nil {
 		return nil, err
 	}
+	ctx, cancel := context.WithCancelCause(ctx)
+	wait := b.prefetch(ctx, cancel, target, b.parallelism())
 	st, err := b.stage(ctx, target)
+	cancel(err) // a failure stops the stages still building
+	wait()
 	if err != nil {
+		if cause := context.Cause(ctx); errors.Is(err, context.Canceled) && cause != nil && !errors.Is(cause, context.Canceled) {
+			err = cause // another stage failed first
+		}
 		return nil, err
 	}
 	img, err := b.writeImage(st)
@@ -150,6 +164,8 @@ func Build(ctx context.Context, r *system.Root, opts Options) (*Result, error) {
 	}
 	b.warnUnusedArgs()
 	b.saveLast()
+	// In step order (stages built at once finish in any order).
+	sort.SliceStable(b.steps, func(i, j int) bool { return b.steps[i].ID < b.steps[j].ID })
 	return &Result{Image: img, Steps: b.steps, Records: b.records, CacheMounts: b.mounts, finished: time.Now()}, nil
 }
 
@@ -158,24 +174,29 @@ type build struct {
 	root     *system.Root
 	opts     Options
 	df       *parser.Dockerfile
-	lex      *shell.Lex
+	lex      lexer // expands Dockerfile words; safe for concurrent use
 	ignore   *parser.Ignore
 	ctxDir   string
 	files    *cache.FileIndex
 	prog     progress.Writer
-	stages   map[int]*stageState // built stages by index
-	building map[int]bool
 	metaArgs []kv // global ARGs with values after --build-arg
-	usedArgs map[string]bool
-	stepNo   int
-	steps    []StepResult
 	xp       explainState
 	time     buildTime
 
+	// mu guards what stages building at once share (see parallel.go):
+	// the fields below it and the notes in xp.
+	mu             sync.Mutex
+	flights        map[int]*flight // stages started, by index
+	flightsChanged chan struct{}   // closed (and replaced) when a stage starts
+	waiting        map[int]int     // stage -> the stage it waits for
+	usedArgs       map[string]bool
+	stepNo         int
+	steps          []StepResult
+	records        []*cache.Record // see Result.Records
+	memoKeys       []cache.Key     // records of COPY --from checksums used (fromsum.go)
+
 	exec executorFactory
 
-	records  []*cache.Record   // see Result.Records
-	memoKeys []cache.Key       // records of COPY --from checksums used (fromsum.go)
 	mountsMu sync.Mutex        // guards mounts
 	mounts   map[string]string // see Result.CacheMounts
 }
@@ -226,8 +247,9 @@ func newBuild(ctx context.Context, r *system.Root, opts Options) (*build, error)
 	}
 	logrus.Debugf("build time %s (from %s)", bt.t.Format(time.RFC3339), bt.from)
 	b := &build{
-		time: bt, root: r, opts: opts, df: df, lex: df.Lex(), ignore: ig, ctxDir: ctxDir, files: files,
-		prog: opts.Progress, stages: map[int]*stageState{}, building: map[int]bool{}, usedArgs: map[string]bool{},
+		time: bt, root: r, opts: opts, df: df, lex: lexer{df}, ignore: ig, ctxDir: ctxDir, files: files,
+		prog: opts.Progress, usedArgs: map[string]bool{},
+		flights: map[int]*flight{}, flightsChanged: make(chan struct{}), waiting: map[int]int{},
 	}
 	b.openExplain()
 	// BuildKit's automatic platform ARGs: in scope for FROM lines, and in a
@@ -310,6 +332,7 @@ type stageState struct {
 	cmdSet  bool     // CMD set in this stage (ENTRYPOINT keeps it)
 	total   int      // steps in the stage, for [name i/n]
 	index   int      // steps done so far
+	stepID  int      // progress ID of the step being dispatched
 	note    stepNote // the step being dispatched, for explanations
 }
 
@@ -352,33 +375,6 @@ func kvSlice(l []kv) []string {
 	return out
 }
 
-// stage builds stage s (once per build) and returns its final state.
-func (b *build) stage(ctx context.Context, s *parser.Stage) (*stageState, error) {
-	if st, ok := b.stages[s.Index]; ok {
-		return st, nil
-	}
-	if b.building[s.Index] {
-		return nil, &parser.Error{File: b.df.Path, Line: s.Line(), Err: fmt.Errorf("stage %q depends on itself", s.Name)}
-	}
-	b.building[s.Index] = true
-	defer delete(b.building, s.Index)
-
-	st, err := b.from(ctx, s)
-	if err != nil {
-		return nil, err
-	}
-	for _, c := range s.Commands {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		if err := b.dispatch(ctx, st, c); err != nil {
-			return nil, b.df.At(c, err)
-		}
-	}
-	b.stages[s.Index] = st
-	return st, nil
-}
-
 // from sets up a stage's state from its FROM line: scratch, an earlier stage,
 // or an image in the store. ONBUILD triggers of the base run right after.
 func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) {
@@ -403,8 +399,8 @@ func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) 
 		}
 	}
 	st := &stageState{st: s, name: name, total: len(s.Commands) + 1, index: 1}
-	b.stepNo++
-	fromID := b.stepNo
+	fromID := b.nextStep()
+	st.stepID = fromID
 	b.prog.Start(fromID, st.label("FROM "+base))
 	var triggers []string
 	var fromImage string
@@ -421,7 +417,7 @@ func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) 
 			st.args = append([]kv(nil), parent.args...) // ARGs in scope carry over, as in BuildKit
 			st.argOver = maps.Clone(parent.argOver)
 		} else {
-			img, err := b.baseImage(ctx, base, s)
+			img, err := b.baseImage(ctx, base, s, fromID)
 			if err != nil {
 				return nil, &parser.Error{File: b.df.Path, Line: s.Line(), Err: err}
 			}
@@ -446,7 +442,7 @@ func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) 
 	st.index = 1
 	b.prog.Done(fromID, nil)
 	b.noteFrom(st.key, fromID, fromImage)
-	b.steps = append(b.steps, StepResult{ID: fromID, Stage: name, Text: text, Key: st.key, Cached: true, ChainID: st.chainID})
+	b.addStep(StepResult{ID: fromID, Stage: name, Text: text, Key: st.key, Cached: true, ChainID: st.chainID})
 
 	for _, t := range triggers {
 		c, err := parser.ParseTrigger(t)
@@ -475,7 +471,7 @@ func (s *stageState) label(text string) string {
 
 // baseImage finds a FROM's image in the store, or pulls it from its registry
 // once (the next build finds it in the store).
-func (b *build) baseImage(ctx context.Context, ref string, s *parser.Stage) (*store.Image, error) {
+func (b *build) baseImage(ctx context.Context, ref string, s *parser.Stage, stepID int) (*store.Image, error) {
 	img, err := b.root.Store.Resolve(ref)
 	if err == nil || !errors.Is(err, store.ErrNotFound) {
 		return img, err
@@ -488,7 +484,7 @@ func (b *build) baseImage(ctx context.Context, ref string, s *parser.Stage) (*st
 		}
 		platform = p
 	}
-	out := &lineWriter{emit: func(line string) { b.prog.Log(b.stepNo, line) }}
+	out := &lineWriter{emit: func(line string) { b.prog.Log(stepID, line) }}
 	opts := []transfer.Opt{transfer.WithProgress(out), transfer.WithInsecure(b.opts.Insecure...)}
 	if platform != "" {
 		opts = append(opts, transfer.WithPlatform(platform))

@@ -81,7 +81,11 @@ func (b *build) needLayers(ctx context.Context, layers []v1.Descriptor) error {
 }
 
 // noteRecord remembers that the build ran or reused rec (Result.Records).
-func (b *build) noteRecord(rec *cache.Record) { b.records = append(b.records, rec) }
+func (b *build) noteRecord(rec *cache.Record) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.records = append(b.records, rec)
+}
 
 // noteMount remembers that the build used RUN cache mount id at dir
 // (Result.CacheMounts).

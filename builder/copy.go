@@ -780,7 +780,7 @@ func writeFile(p string, r io.Reader, m os.FileMode, uid, gid uint32, chmod os.F
 	if err != nil {
 		return err
 	}
-	if _, err := io.Copy(out, r); err != nil {
+	if err := copyContents(out, r); err != nil {
 		out.Close()
 		return err
 	}

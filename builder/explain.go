@@ -196,6 +196,8 @@ func (b *build) lastName() string {
 
 // noteFrom remembers a stage's FROM step.
 func (b *build) noteFrom(key cache.Key, id int, imageID string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if _, ok := b.xp.stepOf[key]; !ok {
 		b.xp.stepOf[key] = id
 	}
@@ -207,6 +209,8 @@ func (b *build) noteFrom(key cache.Key, id int, imageID string) {
 // noteStep remembers a step of this build, for its successors' explanations
 // and the next build's note.
 func (b *build) noteStep(st *stageState, id int, key cache.Key) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	if _, ok := b.xp.stepOf[key]; !ok {
 		b.xp.stepOf[key] = id
 	}

@@ -48,7 +48,7 @@ func (b *build) memoFromSum(chainID string, c copySpec) string {
 		return ""
 	}
 	b.noteRecord(rec)
-	b.memoKeys = append(b.memoKeys, key)
+	b.noteMemo(key)
 	return st.Sum
 }
 
@@ -60,7 +60,15 @@ func (b *build) rememberFromSum(chainID string, c copySpec, sum string) {
 		return
 	}
 	b.noteRecord(rec)
-	b.memoKeys = append(b.memoKeys, rec.Key)
+	b.noteMemo(rec.Key)
+}
+
+// noteMemo remembers a COPY --from checksum record the build used (stages
+// may build at once: b.mu guards memoKeys).
+func (b *build) noteMemo(k cache.Key) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.memoKeys = append(b.memoKeys, k)
 }
 
 // selectionSum is the checksum of the selected sources of a COPY --from:

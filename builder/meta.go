@@ -259,7 +259,7 @@ func (b *build) dispatchArg(ctx context.Context, st *stageState, c *instructions
 	names := make([]string, 0, len(c.Args))
 	shown := make([]string, 0, len(c.Args))
 	for _, a := range c.Args {
-		b.usedArgs[a.Key] = true
+		b.useArg(a.Key)
 		var val *string
 		if v, ok := b.opts.BuildArgs[a.Key]; ok {
 			val = &v

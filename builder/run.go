@@ -178,7 +178,7 @@ func (b *build) dispatchRun(ctx context.Context, st *stageState, c *instructions
 			}
 			meta.Mounts = append(meta.Mounts, executor.Mount{Type: "bind", Source: p, Destination: args[len(args)-1], Options: []string{"ro"}})
 		}
-		out := &lineWriter{emit: func(line string) { b.prog.Log(b.stepNo, line) }}
+		out := &lineWriter{emit: func(line string) { b.prog.Log(st.stepID, line) }}
 		meta.Stdout, meta.Stderr = out, out
 		err = ex.Run(ctx, root, meta)
 		out.flush()

@@ -28,8 +28,8 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 	// config (RUN's env, user, workdir; COPY's workdir) is in its inputs.
 	in.Parent, in.Base = st.key, st.chainID
 	key := in.Key()
-	b.stepNo++
-	id := b.stepNo
+	id := b.nextStep()
+	st.stepID = id
 	b.prog.Start(id, st.label(text))
 	res := StepResult{ID: id, Stage: st.name, Text: text, Key: key}
 	defer b.noteStep(st, id, key)
@@ -42,7 +42,7 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 			b.noteRecord(rec)
 			b.prog.Cached(id)
 			res.Cached, res.DiffID, res.ChainID = true, rec.DiffID, st.chainID
-			b.steps = append(b.steps, res)
+			b.addStep(res)
 			return nil
 		case err != nil && !errors.Is(err, cache.ErrNotFound):
 			logrus.Debugf("cache record %s unreadable, rebuilding: %v", key, err)
@@ -75,7 +75,7 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 	b.noteRecord(rec)
 	b.prog.Done(id, nil)
 	res.DiffID, res.ChainID = rec.DiffID, st.chainID
-	b.steps = append(b.steps, res)
+	b.addStep(res)
 	return nil
 }
 

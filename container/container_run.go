@@ -43,8 +43,44 @@ var initStubs = []struct {
 // the image chain plus a small layer holding the mount-point stubs the image
 // lacks (none: the chain itself). Parent directories in it keep the image's
 // mode, owner and mtime, so the container sees them unchanged. The layer is
-// made once per image (its name derives from its bytes) and shared.
+// made once per image (its name derives from its bytes) and shared; which
+// layer that is is remembered per chain (containers/.init/), so later
+// containers of the image skip mounting a view of it to look.
 func (r *Manager) initLayer(ctx context.Context, chain string) (string, error) {
+	if chain == "" {
+		return r.makeInitLayer(ctx, chain)
+	}
+	memo := filepath.Join(r.containersDir(), ".init", strings.TrimPrefix(chain, "sha256:"))
+	if b, err := os.ReadFile(memo); err == nil {
+		if name := string(b); name == chain || r.root.Snaps.Exists(name) {
+			return name, nil
+		}
+	}
+	name, err := r.makeInitLayer(ctx, chain)
+	if err == nil {
+		rememberInit(memo, name)
+	}
+	return name, err
+}
+
+// rememberInit records that chain's init layer is name (best effort: without
+// the record the next container looks again).
+func rememberInit(memo, name string) {
+	if err := os.MkdirAll(filepath.Dir(memo), 0o700); err != nil {
+		return
+	}
+	tmp := memo + ".tmp-" + randomHex(8)
+	if err := os.WriteFile(tmp, []byte(name), 0o600); err != nil {
+		return
+	}
+	if err := os.Rename(tmp, memo); err != nil {
+		os.Remove(tmp)
+	}
+}
+
+// makeInitLayer is initLayer without the record: it looks at the chain
+// through a view and applies the stubs it lacks.
+func (r *Manager) makeInitLayer(ctx context.Context, chain string) (string, error) {
 	key := "init-view-" + randomHex(8)
 	view, err := r.root.Snaps.View(ctx, key, chain)
 	if err != nil {
@@ -153,14 +189,20 @@ func (r *Manager) Run(ctx context.Context, nameOrID string, stdio Stdio) (int, e
 			}
 		}
 	}
-	r.updateContainer(c.ID, func(s *Container) {
-		s.Status, s.ExitCode, s.Error, s.Finished = StatusExited, code, msg, time.Now().UTC()
-	})
 	if c.AutoRemove {
-		if err := r.removeContainer(context.WithoutCancel(ctx), c); err != nil && runErr == nil {
+		// Removed at once: the exit is recorded only if that fails (a
+		// record written just to be deleted costs a synced write).
+		err := r.removeContainer(context.WithoutCancel(ctx), c)
+		if err == nil {
+			return code, runErr
+		}
+		if runErr == nil {
 			runErr = err
 		}
 	}
+	r.updateContainer(c.ID, func(s *Container) {
+		s.Status, s.ExitCode, s.Error, s.Finished = StatusExited, code, msg, time.Now().UTC()
+	})
 	return code, runErr
 }
 

@@ -259,7 +259,7 @@ func TestRemoveContainerKeepsImage(t *testing.T) {
 	if _, out := runFG(t, r, "img", "cat", "/data.txt"); out != "base\n" {
 		t.Errorf("image after rm: %q", out)
 	}
-	if ents, _ := os.ReadDir(filepath.Join(r.Dir, "containers")); len(ents) != 2 { // .lock and the last container
+	if ents, _ := os.ReadDir(filepath.Join(r.Dir, "containers")); len(ents) != 3 { // .lock, .init (init layers) and the last container
 		t.Errorf("containers dir holds %d entries", len(ents))
 	}
 }

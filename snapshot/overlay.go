@@ -247,6 +247,46 @@ func (s *snapshotter) probeOverlay() error {
 	return nil
 }
 
+// overlayMemo is the file in the root remembering a successful probe.
+const overlayMemo = "overlay-ok"
+
+// overlayStamp identifies what a probe's result depends on: the running
+// kernel and the filesystem holding the root ("" if unknown).
+func (s *snapshotter) overlayStamp() string {
+	var u unix.Utsname
+	var st unix.Stat_t
+	if unix.Uname(&u) != nil || unix.Stat(s.root, &st) != nil {
+		return ""
+	}
+	return fmt.Sprintf("%s %d\n", unix.ByteSliceToString(u.Release[:]), st.Dev)
+}
+
+// overlayProbed reports whether a probe succeeded before on this kernel and
+// filesystem (probeOverlay costs several directory creations and a mount
+// on every open).
+func (s *snapshotter) overlayProbed() bool {
+	b, err := os.ReadFile(filepath.Join(s.root, overlayMemo))
+	stamp := s.overlayStamp()
+	return err == nil && stamp != "" && string(b) == stamp
+}
+
+// rememberOverlay records a successful probe (best effort: without the
+// record the next open probes again).
+func (s *snapshotter) rememberOverlay() {
+	stamp := s.overlayStamp()
+	if stamp == "" {
+		return
+	}
+	p := filepath.Join(s.root, overlayMemo)
+	tmp := p + ".tmp-" + randomID(8)
+	if err := os.WriteFile(tmp, []byte(stamp), 0o644); err != nil {
+		return
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		os.Remove(tmp)
+	}
+}
+
 // mountInfo is one line of /proc/self/mountinfo.
 type mountInfo struct {
 	target string

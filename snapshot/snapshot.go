@@ -42,6 +42,7 @@
 //	  upper/ work/ merged/  overlay driver
 //	  fs/ manifest layer/   copy driver (view, manifest, the layer built by Diff)
 //	tmp/<random>[.lock]     layers being built and directories being removed
+//	overlay-ok              "auto" found overlay usable here (kernel release, st_dev)
 package snapshot
 
 import (
@@ -196,7 +197,10 @@ const (
 
 // New opens (creating) a snapshotter rooted at dir. driver is "overlay", "copy"
 // or "auto"; "auto" probes an overlay mount in dir once and falls back to
-// "copy" if it fails (logged at debug level).
+// "copy" if it fails (logged at debug level). A successful probe is
+// remembered in the root (overlay-ok, keyed by the kernel release and the
+// root's filesystem), so later opens on the same kernel and filesystem skip
+// it; a failed one is not, so a host that gains overlay support uses it.
 func New(dir, driver string) (Snapshotter, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
@@ -218,11 +222,14 @@ func New(dir, driver string) (Snapshotter, error) {
 	case DriverOverlay, DriverCopy:
 		s.driver = driver
 	case DriverAuto, "":
-		if err := s.probeOverlay(); err != nil {
+		if s.overlayProbed() {
+			s.driver = DriverOverlay
+		} else if err := s.probeOverlay(); err != nil {
 			logrus.WithError(err).Debug("snapshot: overlay not usable, falling back to the copy driver")
 			s.driver = DriverCopy
 		} else {
 			s.driver = DriverOverlay
+			s.rememberOverlay()
 		}
 	default:
 		return nil, fmt.Errorf("unknown snapshot driver %q", driver)

@@ -752,6 +752,52 @@ func TestNewAuto(t *testing.T) {
 	}
 }
 
+// A successful probe is remembered for the kernel and filesystem it ran on,
+// so the next open skips it; a record for another kernel is probed again
+// and replaced.
+func TestNewAutoRemembersProbe(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	s, err := New(dir, DriverAuto)
+	check(t, err)
+	memo := filepath.Join(dir, overlayMemo)
+	b, err := os.ReadFile(memo)
+	if err != nil {
+		t.Fatalf("no probe record: %v", err)
+	}
+	if want := s.(*snapshotter).overlayStamp(); string(b) != want || want == "" {
+		t.Fatalf("probe record %q, want %q", b, want)
+	}
+	if !s.(*snapshotter).overlayProbed() {
+		t.Fatal("the record is not recognized")
+	}
+	check(t, os.WriteFile(memo, []byte("0.0.0-other 1\n"), 0o644))
+	s, err = New(dir, DriverAuto)
+	check(t, err)
+	if s.Driver() != DriverOverlay {
+		t.Errorf("auto picked %s", s.Driver())
+	}
+	if b, _ := os.ReadFile(memo); string(b) != s.(*snapshotter).overlayStamp() {
+		t.Errorf("stale probe record kept: %q", b)
+	}
+	for _, e := range mustReadDir(t, dir) {
+		if strings.Contains(e, ".tmp-") {
+			t.Errorf("left %s", e)
+		}
+	}
+}
+
+func mustReadDir(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	check(t, err)
+	var out []string
+	for _, e := range ents {
+		out = append(out, e.Name())
+	}
+	return out
+}
+
 // Apply refuses a layer whose content does not give the chain ID it is
 // applied as, and installs nothing under that name; the same bytes under
 // their true name apply.

@@ -59,7 +59,13 @@ func craftImage(t *testing.T, st *store.Store, ref string, blobs [][]byte, mts [
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := st.Tag(ref, img); err != nil {
+	// The attacker's own store tags what it can: an image whose layer has
+	// another size than its manifest says is incomplete to a store, and
+	// the tests need only its blobs (WriteImage's entry keeps them).
+	if err := st.Tag(ref, img); errors.Is(err, store.ErrNotFound) {
+		img.Refs = []string{ref}
+		return img
+	} else if err != nil {
 		t.Fatal(err)
 	}
 	img, err = st.Resolve(ref)

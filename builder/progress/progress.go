@@ -1,14 +1,16 @@
 // Package progress shows a build's steps the way BuildKit's progress modes
 // do: "plain" prints one line per event (#N [stage i/n] INSTRUCTION, then
 // CACHED or DONE with the duration, RUN output as "#N 0.123 line"); "tty"
-// redraws the running step's line with its elapsed time and its last output
-// lines.
+// redraws the running steps' lines (several when stages build at once) with
+// their elapsed times and last output lines. Both are safe for concurrent
+// use, with any number of steps running.
 package progress
 
 import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -108,18 +110,24 @@ func (p *Plain) Done(id int, err error) {
 	fmt.Fprintf(p.out, "#%d DONE %.1fs\n\n", id, d)
 }
 
-// tty redraws the current step's line and its last output lines.
+// tty redraws the running steps (several when stages build at once), each
+// with its last output lines, and leaves one line per finished step (and
+// its explanation).
 type tty struct {
 	mu     sync.Mutex
 	out    io.Writer
-	id     int
-	label  string
-	start  time.Time
-	tail   []string
-	miss   string // the step's explanation, drawn under its line
-	drawn  int    // lines drawn by the last redraw, erased by the next
+	active []*ttyStep // running steps, in start order
+	drawn  int        // lines drawn by the last redraw, erased by the next
 	stop   chan struct{}
-	ticker *time.Ticker
+}
+
+// ttyStep is one running step on the tty.
+type ttyStep struct {
+	id    int
+	label string
+	start time.Time
+	tail  []string
+	miss  string // the step's explanation, drawn under its line
 }
 
 const ttyTail = 6
@@ -128,91 +136,134 @@ func newTTY(out io.Writer) *tty { return &tty{out: out} }
 
 func (t *tty) Start(id int, label string) {
 	t.mu.Lock()
-	t.id, t.label, t.start, t.tail, t.miss = id, label, time.Now(), nil, ""
-	t.redraw("")
-	t.mu.Unlock()
-	t.stop = make(chan struct{})
-	t.ticker = time.NewTicker(100 * time.Millisecond)
-	go func(stop chan struct{}, tk *time.Ticker) {
-		for {
-			select {
-			case <-stop:
-				return
-			case <-tk.C:
-				t.mu.Lock()
-				t.redraw("")
-				t.mu.Unlock()
+	defer t.mu.Unlock()
+	t.active = append(t.active, &ttyStep{id: id, label: label, start: time.Now()})
+	if t.stop == nil {
+		// Ticks while any step runs, to update the running times.
+		t.stop = make(chan struct{})
+		go func(stop chan struct{}) {
+			tk := time.NewTicker(100 * time.Millisecond)
+			defer tk.Stop()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-tk.C:
+					t.mu.Lock()
+					t.redraw()
+					t.mu.Unlock()
+				}
 			}
+		}(t.stop)
+	}
+	t.redraw()
+}
+
+// step returns running step id, or nil. Callers hold t.mu.
+func (t *tty) step(id int) *ttyStep {
+	for _, s := range t.active {
+		if s.id == id {
+			return s
 		}
-	}(t.stop, t.ticker)
+	}
+	return nil
 }
 
 func (t *tty) Log(id int, line string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.tail = append(t.tail, line)
-	if len(t.tail) > ttyTail {
-		t.tail = t.tail[len(t.tail)-ttyTail:]
+	s := t.step(id)
+	if s == nil {
+		return
 	}
-	t.redraw("")
+	s.tail = append(s.tail, line)
+	if len(s.tail) > ttyTail {
+		s.tail = s.tail[len(s.tail)-ttyTail:]
+	}
+	t.redraw()
 }
 
 func (t *tty) Explain(id int, line string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.miss = fmt.Sprintf("#%d MISS %s", id, line)
-	t.redraw("")
+	if s := t.step(id); s != nil {
+		s.miss = fmt.Sprintf("#%d MISS %s", id, line)
+		t.redraw()
+	}
 }
 
-func (t *tty) finish(status string) {
-	if t.stop != nil {
-		close(t.stop)
-		t.ticker.Stop()
-		t.stop = nil
-	}
+// finish ends step id: its line (and explanation) stays, with status,
+// above the steps still running.
+func (t *tty) finish(id int, status func(*ttyStep) string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.tail = nil
-	t.redraw(status)
+	i := slices.IndexFunc(t.active, func(s *ttyStep) bool { return s.id == id })
+	if i < 0 {
+		return
+	}
+	s := t.active[i]
+	t.active = slices.Delete(t.active, i, i+1)
+	var b strings.Builder
+	t.erase(&b)
+	s.tail = nil
+	s.draw(&b, status(s))
+	io.WriteString(t.out, b.String())
 	t.drawn = 0
+	if len(t.active) == 0 && t.stop != nil {
+		close(t.stop)
+		t.stop = nil
+	}
+	t.redraw()
 }
 
-func (t *tty) Cached(id int) { t.finish("CACHED") }
+func (t *tty) Cached(id int) { t.finish(id, func(*ttyStep) string { return "CACHED" }) }
 
 func (t *tty) Done(id int, err error) {
 	if err != nil {
-		t.finish("ERROR: " + err.Error())
+		t.finish(id, func(*ttyStep) string { return "ERROR: " + err.Error() })
 		return
 	}
-	t.finish(fmt.Sprintf("%.1fs", time.Since(t.start).Seconds()))
+	t.finish(id, func(s *ttyStep) string { return fmt.Sprintf("%.1fs", time.Since(s.start).Seconds()) })
 }
 
-// redraw erases what it drew last and draws the step line (with status, or
-// the running time) and the output tail. Callers hold t.mu.
-func (t *tty) redraw(status string) {
-	var b strings.Builder
+// erase erases what the last redraw drew. Callers hold t.mu.
+func (t *tty) erase(b *strings.Builder) {
 	for i := 0; i < t.drawn; i++ {
 		b.WriteString("\x1b[1A\x1b[2K")
 	}
-	if status == "" {
-		status = fmt.Sprintf("%.1fs", time.Since(t.start).Seconds())
+}
+
+// redraw erases what it drew last and draws every running step: its line
+// with the running time, its explanation and its output tail. Callers hold
+// t.mu.
+func (t *tty) redraw() {
+	var b strings.Builder
+	t.erase(&b)
+	t.drawn = 0
+	for _, s := range t.active {
+		t.drawn += s.draw(&b, fmt.Sprintf("%.1fs", time.Since(s.start).Seconds()))
 	}
-	fmt.Fprintf(&b, "\r\x1b[2K => #%d %s  %s\n", t.id, t.label, status)
+	io.WriteString(t.out, b.String())
+}
+
+// draw writes the step's line with status, its explanation and its output
+// tail, and returns how many lines that is.
+func (s *ttyStep) draw(b *strings.Builder, status string) int {
+	fmt.Fprintf(b, "\r\x1b[2K => #%d %s  %s\n", s.id, s.label, status)
 	drawn := 1
-	if t.miss != "" {
-		l := t.miss
+	if s.miss != "" {
+		l := s.miss
 		if r := []rune(l); len(r) > 120 {
 			l = string(r[:117]) + "..."
 		}
-		fmt.Fprintf(&b, "\x1b[2K    %s\n", l)
+		fmt.Fprintf(b, "\x1b[2K    %s\n", l)
 		drawn++
 	}
-	for _, l := range t.tail {
+	for _, l := range s.tail {
 		if len(l) > 120 {
 			l = l[:120]
 		}
-		fmt.Fprintf(&b, "\x1b[2K    %s\n", l)
+		fmt.Fprintf(b, "\x1b[2K    %s\n", l)
 	}
-	t.drawn = drawn + len(t.tail)
-	io.WriteString(t.out, b.String())
+	return drawn + len(s.tail)
 }

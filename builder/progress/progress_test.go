@@ -108,3 +108,49 @@ func TestExplain(t *testing.T) {
 		t.Errorf("final screen %q", screen)
 	}
 }
+
+// Steps of stages built at once run together: the tty view draws each
+// with its own output, and a step that ends leaves its line above the
+// ones still running; concurrent calls are safe (go test -race).
+func TestTTYConcurrentSteps(t *testing.T) {
+	var b bytes.Buffer
+	w, _ := New("tty", &b)
+	w.Start(1, "[a 2/2] RUN make a")
+	w.Start(2, "[b 2/2] RUN make b")
+	w.Log(1, "out of a")
+	w.Log(2, "out of b")
+	screen := render(b.String())
+	want := []string{" => #1 [a 2/2] RUN make a", "    out of a", " => #2 [b 2/2] RUN make b", "    out of b"}
+	if len(screen) != len(want) {
+		t.Fatalf("running screen %q", screen)
+	}
+	for i, w := range want {
+		if !strings.HasPrefix(screen[i], w) {
+			t.Errorf("running screen line %d = %q, want %q…", i, screen[i], w)
+		}
+	}
+	w.Done(2, nil)
+	screen = render(b.String())
+	if len(screen) != 3 || !strings.HasPrefix(screen[0], " => #2 [b 2/2] RUN make b  ") ||
+		!strings.HasPrefix(screen[1], " => #1 [a 2/2] RUN make a") || screen[2] != "    out of a" {
+		t.Errorf("after #2 ended: %q", screen)
+	}
+	done := make(chan struct{})
+	for i := range 4 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			id := 10 + i
+			w.Start(id, "step")
+			w.Log(id, "line")
+			w.Done(id, nil)
+		}()
+	}
+	for range 4 {
+		<-done
+	}
+	w.Done(1, nil)
+	screen = render(b.String())
+	if len(screen) != 6 || !strings.HasPrefix(screen[5], " => #1 [a 2/2] RUN make a  ") {
+		t.Errorf("final screen %q", screen)
+	}
+}

@@ -38,6 +38,7 @@ type buildFlags struct {
 	epoch     string
 	check     bool
 	cache     cacheFlags
+	parallel  int
 }
 
 func (f *buildFlags) register(cmd *cobra.Command) {
@@ -60,6 +61,7 @@ func (f *buildFlags) register(cmd *cobra.Command) {
 	fl.StringVar(&f.epoch, "source-date-epoch", "", "build time in seconds since 1970, or \"now\" for the wall clock (default: --build-arg SOURCE_DATE_EPOCH, else $SOURCE_DATE_EPOCH, else the git commit time of the context, else 0)")
 	fl.BoolVar(&f.check, "check-reproducible", false, "build a second time without the cache and fail, naming the first difference, if the images differ")
 	f.cache.register(fl)
+	fl.IntVar(&f.parallel, "parallel", 0, "how many independent stages build at the same time (0: the number of CPUs; 1: one after another)")
 }
 
 func newBuildCmd(g *globals) *cobra.Command {
@@ -91,6 +93,10 @@ func runBuild(cmd *cobra.Command, g *globals, f *buildFlags, args []string) erro
 		Secrets:    map[string]string{},
 		Platform:   f.platform,
 		Insecure:   f.insecure,
+		Parallel:   f.parallel,
+	}
+	if f.parallel < 0 {
+		return fmt.Errorf("--parallel %d: give 0 (the number of CPUs) or more", f.parallel)
 	}
 	if opts.Explain, err = explainMode(f.explain); err != nil {
 		return err
