@@ -196,7 +196,7 @@ func (m *Manifests) Files(d string) ([]FileRow, error) {
 	if err != nil {
 		return nil, err
 	}
-	zr, err := gzip.NewReader(bytes.NewReader(b))
+	zr, err := compression.Reader(bytes.NewReader(b), compression.Gzip)
 	if err != nil {
 		return nil, fmt.Errorf("file list %s: %w: %v", d, ErrCorrupt, err)
 	}

@@ -16,8 +16,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/klauspost/compress/gzip"
-
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
@@ -330,8 +328,8 @@ func Load(ctx context.Context, st *store.Store, r io.Reader, opts ...Opt) ([]*st
 	cr := &compression.Counter{R: r}
 	name, size := archiveName(r)
 	br := bufio.NewReaderSize(cr, 1<<20)
-	if magic, _ := br.Peek(2); len(magic) == 2 && magic[0] == 0x1f && magic[1] == 0x8b {
-		zr, err := gzip.NewReader(br)
+	if compression.Detect(br) == compression.Gzip { // docker save | gzip
+		zr, err := compression.Reader(br, compression.Gzip)
 		if err != nil {
 			return nil, fmt.Errorf("load: %w", err)
 		}
@@ -690,13 +688,12 @@ func detectLayerType(st *store.Store, h v1.Hash) (types.MediaType, error) {
 		return "", err
 	}
 	defer rc.Close()
-	magic := make([]byte, 4)
+	magic := make([]byte, 6)
 	n, _ := io.ReadFull(rc, magic)
-	magic = magic[:n]
-	switch {
-	case bytes.HasPrefix(magic, []byte{0x1f, 0x8b}):
+	switch compression.DetectBytes(magic[:n]) {
+	case compression.Gzip:
 		return types.OCILayer, nil
-	case bytes.HasPrefix(magic, []byte{0x28, 0xb5, 0x2f, 0xfd}):
+	case compression.Zstd:
 		return types.OCILayerZStd, nil
 	}
 	return types.OCIUncompressedLayer, nil
