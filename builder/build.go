@@ -110,7 +110,31 @@ type StepResult struct {
 // The build holds a lease on the root throughout, so a prune waits for it
 // and never removes a blob or snapshot it uses; at its end every record it
 // made or hit is marked used (for least-recently-used pruning).
+//
+// A layer of --cache-from that turns out unusable when it is fetched (a
+// blob gone or corrupt since the cache was read) is a miss, not a failure:
+// the build warns and runs again without it (the steps already done are
+// cached by then), at most a few times.
 func Build(ctx context.Context, r *system.Root, opts Options) (*Result, error) {
+	if opts.CacheFrom != nil {
+		if _, ok := opts.CacheFrom.(*guardedSource); !ok {
+			opts.CacheFrom = &guardedSource{CacheSource: opts.CacheFrom, bad: map[v1.Hash]bool{}}
+		}
+	}
+	for attempt := 1; ; attempt++ {
+		res, err := buildOnce(ctx, r, opts)
+		if err == nil || !errors.Is(err, errCacheLayer) || attempt == maxCacheRetries {
+			return res, err
+		}
+		logrus.Warnf("%v: building again without it", err)
+	}
+}
+
+// maxCacheRetries bounds the builds Build runs when --cache-from layers
+// fail one after another.
+const maxCacheRetries = 4
+
+func buildOnce(ctx context.Context, r *system.Root, opts Options) (*Result, error) {
 	release, err := r.Lease()
 	if err != nil {
 		return nil, err

@@ -2,7 +2,9 @@ package builder
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/sirupsen/logrus"
@@ -96,4 +98,36 @@ func (b *build) noteMount(id, dir string) {
 		b.mounts = map[string]string{}
 	}
 	b.mounts[id] = dir
+}
+
+// errCacheLayer marks a --cache-from layer that could not be fetched: Build
+// runs again without it.
+var errCacheLayer = errors.New("a layer of --cache-from cannot be used")
+
+// guardedSource remembers the layers of a CacheSource whose fetch failed,
+// so that a build run again after one treats their steps as misses.
+type guardedSource struct {
+	CacheSource
+	mu  sync.Mutex
+	bad map[v1.Hash]bool
+}
+
+// HasLayer implements CacheSource.
+func (g *guardedSource) HasLayer(h v1.Hash) bool {
+	g.mu.Lock()
+	bad := g.bad[h]
+	g.mu.Unlock()
+	return !bad && g.CacheSource.HasLayer(h)
+}
+
+// FetchLayer implements CacheSource.
+func (g *guardedSource) FetchLayer(ctx context.Context, st *store.Store, h v1.Hash) error {
+	err := g.CacheSource.FetchLayer(ctx, st, h)
+	if err == nil || ctx.Err() != nil {
+		return err
+	}
+	g.mu.Lock()
+	g.bad[h] = true
+	g.mu.Unlock()
+	return fmt.Errorf("%w (%v)", errCacheLayer, err)
 }

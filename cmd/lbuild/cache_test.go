@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
@@ -434,5 +435,51 @@ func TestCacheImportIsLazy(t *testing.T) {
 		if fi, err := e.Info(); err == nil && fi.Size() >= 1<<20 {
 			t.Errorf("the build stage's layer %s was brought into the store", e.Name())
 		}
+	}
+}
+
+// A layer of --cache-from that is corrupt when the build fetches it (same
+// size, so reading the cache did not catch it) is a miss: the build warns,
+// runs that step again and gives the exporter's very image (builds are
+// reproducible).
+func TestCacheFromCorruptLayerIsAMiss(t *testing.T) {
+	root1, root2 := t.TempDir(), t.TempDir()
+	cacheDir := filepath.Join(t.TempDir(), "cache")
+	dir := ctxDir(t, "FROM scratch\nCOPY a /a\nCOPY b /b\n", map[string]string{"a": "content of a", "b": "content of b"})
+	out, stderr, code := run(t, root1, "build", "-q", "--cache-to", "type=local,dest="+cacheDir, dir)
+	if code != 0 {
+		t.Fatalf("exporting build: %s", stderr)
+	}
+	want := strings.TrimSpace(out)
+	// Replace (not modify: it is a hard link to root1's blob) the biggest
+	// layer blob with bytes of the same size.
+	var victim string
+	var size int64
+	ents, _ := os.ReadDir(filepath.Join(cacheDir, "blobs", "sha256"))
+	for _, e := range ents {
+		p := filepath.Join(cacheDir, "blobs", "sha256", e.Name())
+		b, _ := os.ReadFile(p)
+		if bytes.Contains(b, []byte("content of a")) {
+			victim, size = p, int64(len(b))
+		}
+	}
+	if victim == "" {
+		t.Fatal("no layer blob holding a in the cache dir")
+	}
+	b, _ := os.ReadFile(victim)
+	b = bytes.Replace(b, []byte("content of a"), []byte("CONTENT OF A"), 1)
+	os.Remove(victim)
+	if err := os.WriteFile(victim, b, 0o444); err != nil || int64(len(b)) != size {
+		t.Fatal(err)
+	}
+	out, stderr, code = run(t, root2, "build", "-q", "--cache-from", "type=local,src="+cacheDir, dir)
+	if code != 0 {
+		t.Fatalf("a corrupt cached layer failed the build: %s", stderr)
+	}
+	if got := strings.TrimSpace(out); got != want {
+		t.Errorf("image %s, want the exporter's %s", got, want)
+	}
+	if !strings.Contains(stderr, "cannot be used") || !strings.Contains(stderr, "building again without it") {
+		t.Errorf("no warning about the corrupt layer:\n%s", stderr)
 	}
 }
