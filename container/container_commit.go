@@ -2,6 +2,7 @@ package container
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"github.com/google/go-containerregistry/pkg/v1/types"
 
 	"github.com/lbuild/lbuild/internal/imagecfg"
+	"github.com/lbuild/lbuild/runtime/runc"
 	"github.com/lbuild/lbuild/snapshot"
 	"github.com/lbuild/lbuild/store"
 )
@@ -118,6 +120,9 @@ func (r *Manager) diffLive(ctx context.Context, c *Container, w io.Writer, pause
 
 // pause pauses the running container c and returns the function that
 // resumes it. A container paused already (or exited) is left alone.
+// pauseTries bounds the attempts to freeze a container for commit.
+const pauseTries = 5
+
 func (r *Manager) pause(ctx context.Context, c *Container) (resume func() error, err error) {
 	rt, err := r.runtime(c)
 	if err != nil {
@@ -130,7 +135,16 @@ func (r *Manager) pause(ctx context.Context, c *Container) (resume func() error,
 	if st.Status != "running" {
 		return func() error { return nil }, nil
 	}
-	if err := rt.Pause(ctx, c.ID); err != nil {
+	// The cgroup freezer gives up ("unable to freeze") when the container's
+	// processes are busy in the kernel at that moment: try a few times.
+	for attempt := 1; ; attempt++ {
+		err = rt.Pause(ctx, c.ID)
+		if err == nil || errors.Is(err, runc.ErrNoContainer) || attempt == pauseTries || ctx.Err() != nil {
+			break
+		}
+		time.Sleep(time.Duration(attempt) * 20 * time.Millisecond)
+	}
+	if err != nil {
 		return nil, fmt.Errorf("pause container %s: %w (commit without pausing to read it running)", c.Name, err)
 	}
 	return func() error {

