@@ -1,6 +1,8 @@
 # make demo: install what is missing, build lbuild and run the layer-sharing demo.
 # make test: install what is missing, run every test, then fuzz a little.
-# make fuzz: run each fuzz target for FUZZTIME (make fuzz FUZZTIME=5m to hunt).
+# make fuzz: run each fuzz target for FUZZTIME, a count of inputs (make fuzz FUZZTIME=5m to hunt;
+# a count, not a duration, in make test: a duration can end a clean run with
+# "context deadline exceeded").
 GO ?= go
 BIN := bin/lbuild
 
@@ -8,7 +10,7 @@ BIN := bin/lbuild
 # each with the build); FUZZ_MORE only in make fuzz-more. Inputs a run finds
 # new go to the Go build cache; a crasher is written to
 # PKG/testdata/fuzz/TARGET/: fix it and commit the file.
-FUZZTIME ?= 2s
+FUZZTIME ?= 1500x
 FUZZ_TARGETS ?= parser:FuzzParse snapshot:FuzzApplyTar transfer:FuzzLoad cache:FuzzNewKey cache:FuzzChecksum
 FUZZ_MORE ?= parser:FuzzParseTrigger cache:FuzzDecodeIndex cache:FuzzRecordGet
 
