@@ -948,6 +948,10 @@ func TestRunPrivateNetworkCrash(t *testing.T) {
 	if n := len(slirpProcs(state)); n != 1 {
 		t.Fatalf("%d slirp4netns processes during the run, want 1", n)
 	}
+	// "up" comes before the shell starts sleep: wait for the RUN process.
+	for deadline := time.Now().Add(10 * time.Second); len(procsWithArg(marker)) == 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	helper.Process.Kill()
 	helper.Wait()
 	for deadline := time.Now().Add(10 * time.Second); len(slirpProcs(state)) > 0 && time.Now().Before(deadline); {
