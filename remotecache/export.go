@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -414,7 +415,19 @@ func exportRegistry(ctx context.Context, st *store.Store, src *Source, b Build, 
 		return Stats{}, err
 	}
 	blobs := append([]v1.Descriptor{cfgDesc}, blobsOf(merged)...)
-	n, err := transfer.PushArtifact(ctx, st, spec.Ref, mb, types.OCIManifestSchema1, blobs, topts...)
+	// Another runner may be exporting to the same ref this very moment: a
+	// registry can answer one of two concurrent uploads of the same blob
+	// with an error. Every step of a push is idempotent (blobs it finds
+	// there are skipped), so try it again.
+	var n int
+	for attempt := 1; ; attempt++ {
+		n, err = transfer.PushArtifact(ctx, st, spec.Ref, mb, types.OCIManifestSchema1, blobs, topts...)
+		if err == nil || attempt == pushTries || ctx.Err() != nil {
+			break
+		}
+		warn(fmt.Sprintf("--cache-to %s: %v; trying again", spec.Ref, err))
+		time.Sleep(time.Duration(attempt) * 250 * time.Millisecond)
+	}
 	if err != nil {
 		return Stats{}, err
 	}
@@ -424,6 +437,9 @@ func exportRegistry(ctx context.Context, st *store.Store, src *Source, b Build, 
 	}
 	return stats, nil
 }
+
+// pushTries bounds the attempts to push a cache manifest and its blobs.
+const pushTries = 3
 
 // repoOf returns the repository ("host/repo") of ref.
 func repoOf(ref string) (string, error) {

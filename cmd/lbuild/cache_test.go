@@ -283,9 +283,11 @@ func TestCacheRegistry(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			cmd := exec.Command(lbuildBin, "--root", t.TempDir(), "build", "-q", "--cache-to", to, ctx)
+			var stderr bytes.Buffer
+			cmd.Stderr = &stderr
 			out, err := cmd.Output()
 			if err != nil {
-				t.Errorf("concurrent export %d: %v", i, err)
+				t.Errorf("concurrent export %d: %v: %s", i, err, stderr.String())
 			}
 			ids[i] = strings.TrimSpace(string(out))
 		}()
@@ -294,7 +296,7 @@ func TestCacheRegistry(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	if n := cnt.take(); n["manifest PUT"] != 2 {
+	if n := cnt.take(); n["manifest PUT"] < 2 { // a retried push may put it again
 		t.Errorf("want both builds to put the manifest, got %v", n)
 	}
 
