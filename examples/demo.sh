@@ -27,13 +27,7 @@ containers=()
 registry_pid=
 cleanup() {
   local rc=$?
-  for c in "${containers[@]}"; do
-    "$LBUILD" rm -f "$c" >/dev/null 2>&1 || true
-  done
-  if [ -n "$registry_pid" ]; then
-    kill "$registry_pid" 2>/dev/null || true
-    wait "$registry_pid" 2>/dev/null || true
-  fi
+  stop_started
   if [ -n "$own_root" ] && grep -q " $work/" /proc/self/mountinfo; then
     echo "demo: something is still mounted under $work; leaving it" >&2
   else
@@ -44,10 +38,6 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-lb() { "$LBUILD" "$@"; }
-if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold= plain=; fi
-step() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
-say() { printf '%s\n' "$@" | fold -s -w 78; }
 
 # page PORT: the page a container serves, waiting for its server to come up.
 page() {

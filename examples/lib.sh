@@ -1,5 +1,24 @@
 # Helpers the demos share (sourced by demo.sh and nginx/demo.sh).
 
+# lb runs lbuild; step and say print a section title and wrapped prose.
+lb() { "$LBUILD" "$@"; }
+if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold= plain=; fi
+step() { printf '\n%s== %s%s\n' "$bold" "$*" "$plain"; }
+say() { printf '%s\n' "$@" | fold -s -w 78; }
+
+# stop_started removes the containers in ${containers[@]} and stops the
+# registry start_registry started (for the demos' EXIT traps).
+stop_started() {
+  local c
+  for c in "${containers[@]}"; do
+    "$LBUILD" rm -f "$c" >/dev/null 2>&1 || true
+  done
+  if [ -n "${registry_pid:-}" ]; then
+    kill "$registry_pid" 2>/dev/null || true
+    wait "$registry_pid" 2>/dev/null || true
+  fi
+}
+
 # free_port N: the first port from N up that nothing listens on.
 free_port() {
   local p=$1
