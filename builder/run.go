@@ -115,7 +115,19 @@ func (b *build) dispatchRun(ctx context.Context, st *stageState, c *instructions
 		return fmt.Errorf("RUN --security=insecure is not supported: every RUN runs with Docker's default capabilities and seccomp profile")
 	}
 	var mounts []runMount
+	lockedIDs := map[string]bool{}
 	for _, m := range instructions.GetMounts(c) {
+		// A locked cache mount twice in one RUN would wait for itself.
+		if m.Type == instructions.MountTypeCache && m.CacheSharing == instructions.MountSharingLocked {
+			id := m.CacheID
+			if id == "" {
+				id = m.Target
+			}
+			if lockedIDs[id] {
+				return fmt.Errorf("RUN mounts cache %q twice with sharing=locked: mount it once, or use sharing=shared", id)
+			}
+			lockedIDs[id] = true
+		}
 		rm, err := b.runMount(ctx, m)
 		if err != nil {
 			return err

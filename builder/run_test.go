@@ -485,3 +485,15 @@ func TestRunBindHonoursDockerignore(t *testing.T) {
 		t.Errorf("bind mount showed %q, want only app.txt", e.body)
 	}
 }
+
+// A RUN that mounts one cache id twice with sharing=locked fails in one
+// line instead of waiting for itself forever.
+func TestRunLockedCacheTwice(t *testing.T) {
+	r := openRoot(t)
+	dir := t.TempDir()
+	_, _, err := tryBuild(r, dir, "FROM scratch\nRUN --mount=type=cache,id=x,target=/a,sharing=locked --mount=type=cache,id=x,target=/b,sharing=locked true\n",
+		func(o *Options) { o.Executor = &fakeExecutor{} })
+	if err == nil || !strings.Contains(err.Error(), `cache "x" twice with sharing=locked`) || strings.Contains(err.Error(), "\n") {
+		t.Fatalf("got %v, want one line naming the twice-locked cache", err)
+	}
+}

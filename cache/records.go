@@ -185,5 +185,34 @@ func (r *Records) Walk(fn func(*Record) error) error {
 	return nil
 }
 
+// Corrupt lists the keys whose record files cannot be decoded (truncated,
+// not JSON, holding another key): Walk skips them; fsck reports them and
+// Delete removes them.
+func (r *Records) Corrupt() ([]Key, error) {
+	ents, err := os.ReadDir(r.dir)
+	if err != nil {
+		return nil, fmt.Errorf("list cache records: %w", err)
+	}
+	var out []Key
+	for _, e := range ents {
+		n := e.Name()
+		if !e.Type().IsRegular() || !strings.HasSuffix(n, ".json") || strings.HasPrefix(n, ".") {
+			continue
+		}
+		k := Key("sha256:" + strings.TrimSuffix(n, ".json"))
+		if k.Validate() != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(r.dir, n))
+		if err != nil {
+			continue // deleted meanwhile
+		}
+		if _, err := decodeRecord(k, b); err != nil {
+			out = append(out, k)
+		}
+	}
+	return out, nil
+}
+
 // writeFileAtomic writes b to path through a synced temp file beside it.
 func writeFileAtomic(path string, b []byte) error { return fsx.WriteFile(path, "", b, 0o644) }

@@ -2,6 +2,7 @@ package system
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
@@ -43,6 +44,18 @@ func (r *Root) Fsck(ctx context.Context, repair bool) ([]string, error) {
 	})
 	if err != nil {
 		return problems, err
+	}
+	corrupt, err := r.Records.Corrupt()
+	if err != nil {
+		return problems, err
+	}
+	for _, k := range corrupt {
+		problems = append(problems, fmt.Sprintf("step record %s: corrupt (not a record lbuild can read)", k))
+		if repair {
+			if err := r.Records.Delete(k); err != nil && !errors.Is(err, cache.ErrNotFound) {
+				return problems, err
+			}
+		}
 	}
 	bad, err := r.Snaps.Check()
 	if err != nil {

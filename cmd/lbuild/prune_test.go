@@ -223,6 +223,9 @@ func TestCLIFsck(t *testing.T) {
 	}
 	os.RemoveAll(filepath.Join(root, "snapshots", "layers", parentOfOther))
 
+	// A record file that is not a record.
+	os.WriteFile(filepath.Join(root, "cache", "records", strings.Repeat("ab", 32)+".json"), []byte("{trunc"), 0o644)
+
 	out, _, code := run(t, root, "system", "fsck")
 	if code != 1 {
 		t.Errorf("fsck of a damaged store: exit %d", code)
@@ -233,6 +236,7 @@ func TestCLIFsck(t *testing.T) {
 		"its layer " + z[len(z)-1] + " is missing",
 		"its parent sha256:" + parentOfOther + " is missing",
 		"image app:1:",
+		"step record sha256:" + strings.Repeat("ab", 32) + ": corrupt",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("fsck output lacks %q:\n%s", want, out)
