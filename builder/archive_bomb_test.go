@@ -4,56 +4,15 @@ import (
 	"archive/tar"
 	"bytes"
 	"errors"
-	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/gzip"
+
+	"github.com/lbuild/lbuild/internal/tartest"
 )
-
-// paxRecord formats one PAX extended header record.
-func paxRecord(k, v string) string {
-	s := " " + k + "=" + v + "\n"
-	n := len(s)
-	for l := 0; l != n; {
-		l, n = n, len(strconv.Itoa(n))+len(s)
-	}
-	return strconv.Itoa(n) + s
-}
-
-// sparseTar is a 2 KiB plain tar whose one file, "big", is a GNU sparse
-// file (PAX format 0.1) of size bytes, all hole: Go's tar reader expands it.
-// Go's tar writer cannot write one, so the 'x' header is patched in.
-func sparseTar(t *testing.T, size int64) []byte {
-	body := paxRecord("GNU.sparse.major", "0") + paxRecord("GNU.sparse.minor", "1") +
-		paxRecord("GNU.sparse.size", strconv.FormatInt(size, 10)) + paxRecord("GNU.sparse.numblocks", "1") +
-		paxRecord("GNU.sparse.map", "0,0") + paxRecord("GNU.sparse.name", "big")
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	if err := tw.WriteHeader(&tar.Header{Name: "PaxHeaders/big", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body)), Format: tar.FormatUSTAR}); err != nil {
-		t.Fatal(err)
-	}
-	io.WriteString(tw, body)
-	if err := tw.WriteHeader(&tar.Header{Name: "big", Typeflag: tar.TypeReg, Mode: 0o644, Format: tar.FormatUSTAR}); err != nil {
-		t.Fatal(err)
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	b := buf.Bytes()
-	b[156] = tar.TypeXHeader
-	copy(b[148:156], "        ")
-	sum := 0
-	for _, c := range b[:512] {
-		sum += int(c)
-	}
-	copy(b[148:156], fmt.Sprintf("%06o\x00 ", sum))
-	return b
-}
 
 // ADD of a local archive that expands beyond maxArchiveRatio× its size
 // (and the floor, lowered here from 1 GiB to 1 MiB) fails with one error
@@ -96,7 +55,7 @@ func TestAddArchiveBomb(t *testing.T) {
 	}
 
 	sparse := filepath.Join(dir, "sparse.tar")
-	if err := os.WriteFile(sparse, sparseTar(t, 1<<40), 0o644); err != nil {
+	if err := os.WriteFile(sparse, tartest.Sparse(1<<40), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	for _, src := range []string{gz("bomb.tar.gz", map[string]int{"zeros": 32 << 20}), sparse} {

@@ -1,17 +1,15 @@
 package snapshot
 
 import (
-	"archive/tar"
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/lbuild/lbuild/internal/tartest"
 )
 
 // A later entry replaces an earlier one of another type, as GNU tar and
@@ -53,51 +51,11 @@ func TestApplySparseBomb(t *testing.T) {
 	defer func(f int64) { applyExpansionFloor = f }(applyExpansionFloor)
 	applyExpansionFloor = 1 << 20
 	dir := t.TempDir()
-	err := applyTar(context.Background(), dir, bytes.NewReader(sparseTar(t, 1<<40)), false)
+	err := applyTar(context.Background(), dir, bytes.NewReader(tartest.Sparse(1<<40)), false)
 	if !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), `"big"`) || strings.Contains(err.Error(), "\n") {
 		t.Fatalf("got %v, want one line wrapping ErrTooLarge naming the entry", err)
 	}
 	if fi, err := os.Stat(filepath.Join(dir, "big")); err == nil && fi.Size() > 2<<20 {
 		t.Fatalf("wrote %d bytes", fi.Size())
 	}
-}
-
-// paxRecord formats one PAX extended header record.
-func paxRecord(k, v string) string {
-	s := " " + k + "=" + v + "\n"
-	n := len(s)
-	for l := 0; l != n; {
-		l, n = n, len(strconv.Itoa(n))+len(s)
-	}
-	return strconv.Itoa(n) + s
-}
-
-// sparseTar is a 2 KiB tar whose one file, "big", is a GNU sparse file (PAX
-// format 0.1) of size bytes, all hole. Go's tar writer cannot write one, so
-// the 'x' header is patched in.
-func sparseTar(t testing.TB, size int64) []byte {
-	body := paxRecord("GNU.sparse.major", "0") + paxRecord("GNU.sparse.minor", "1") +
-		paxRecord("GNU.sparse.size", strconv.FormatInt(size, 10)) + paxRecord("GNU.sparse.numblocks", "1") +
-		paxRecord("GNU.sparse.map", "0,0") + paxRecord("GNU.sparse.name", "big")
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	if err := tw.WriteHeader(&tar.Header{Name: "PaxHeaders/big", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body)), Format: tar.FormatUSTAR}); err != nil {
-		t.Fatal(err)
-	}
-	io.WriteString(tw, body)
-	if err := tw.WriteHeader(&tar.Header{Name: "big", Typeflag: tar.TypeReg, Mode: 0o644, Format: tar.FormatUSTAR}); err != nil {
-		t.Fatal(err)
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	b := buf.Bytes()
-	b[156] = tar.TypeXHeader
-	copy(b[148:156], "        ")
-	sum := 0
-	for _, c := range b[:512] {
-		sum += int(c)
-	}
-	copy(b[148:156], fmt.Sprintf("%06o\x00 ", sum))
-	return b
 }

@@ -11,6 +11,8 @@ import (
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/lbuild/lbuild/internal/tartest"
 )
 
 // FuzzApplyTar: applying any bytes as a layer tar, in overlay form or merged
@@ -36,7 +38,7 @@ func FuzzApplyTar(f *testing.F) {
 		f.Add(mkTar(f, s...), false)
 		f.Add(mkTar(f, s...), true)
 	}
-	f.Add(sparseTar(f, 1<<40), false)
+	f.Add(tartest.Sparse(1<<40), false)
 	f.Fuzz(func(t *testing.T, data []byte, merge bool) {
 		base := t.TempDir()
 		outside := filepath.Join(base, "outside")

@@ -1,20 +1,17 @@
 package transfer
 
 import (
-	"archive/tar"
-	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/klauspost/compress/gzip"
 
+	"github.com/lbuild/lbuild/internal/tartest"
 	"github.com/lbuild/lbuild/store"
 )
 
@@ -89,7 +86,7 @@ func TestLoadDecompressionBomb(t *testing.T) {
 
 	// A 2 KiB plain tar holding a 1 TiB sparse file.
 	sparse := filepath.Join(t.TempDir(), "sparse.tar")
-	if err := os.WriteFile(sparse, sparseTar(t, 1<<40), 0o644); err != nil {
+	if err := os.WriteFile(sparse, tartest.Sparse(1<<40), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	sf, err := os.Open(sparse)
@@ -100,44 +97,4 @@ func TestLoadDecompressionBomb(t *testing.T) {
 	if _, err := Load(context.Background(), dst, sf); !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), "sparse.tar") {
 		t.Fatalf("sparse entry: got %v, want ErrTooLarge naming the file", err)
 	}
-}
-
-// paxRecord formats one PAX extended header record.
-func paxRecord(k, v string) string {
-	s := " " + k + "=" + v + "\n"
-	n := len(s)
-	for l := 0; l != n; {
-		l, n = n, len(strconv.Itoa(n))+len(s)
-	}
-	return strconv.Itoa(n) + s
-}
-
-// sparseTar is a 2 KiB plain tar whose one file, "big", is a GNU sparse
-// file (PAX format 0.1) of size bytes, all hole: Go's tar reader expands it.
-// Go's tar writer cannot write one, so the 'x' header is patched in.
-func sparseTar(t *testing.T, size int64) []byte {
-	body := paxRecord("GNU.sparse.major", "0") + paxRecord("GNU.sparse.minor", "1") +
-		paxRecord("GNU.sparse.size", strconv.FormatInt(size, 10)) + paxRecord("GNU.sparse.numblocks", "1") +
-		paxRecord("GNU.sparse.map", "0,0") + paxRecord("GNU.sparse.name", "big")
-	var buf bytes.Buffer
-	tw := tar.NewWriter(&buf)
-	if err := tw.WriteHeader(&tar.Header{Name: "PaxHeaders/big", Typeflag: tar.TypeReg, Mode: 0o644, Size: int64(len(body)), Format: tar.FormatUSTAR}); err != nil {
-		t.Fatal(err)
-	}
-	io.WriteString(tw, body)
-	if err := tw.WriteHeader(&tar.Header{Name: "big", Typeflag: tar.TypeReg, Mode: 0o644, Format: tar.FormatUSTAR}); err != nil {
-		t.Fatal(err)
-	}
-	if err := tw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	b := buf.Bytes()
-	b[156] = tar.TypeXHeader
-	copy(b[148:156], "        ")
-	sum := 0
-	for _, c := range b[:512] {
-		sum += int(c)
-	}
-	copy(b[148:156], fmt.Sprintf("%06o\x00 ", sum))
-	return b
 }
