@@ -2,93 +2,21 @@ package transfer
 
 import (
 	"context"
-	"fmt"
-	"net"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
+
+	"github.com/lbuild/lbuild/internal/registrytest"
 )
 
-const dockerRegistryBin = "/usr/bin/docker-registry"
-
-// startDockerRegistry runs Debian's docker-registry (distribution 2.x) on a
-// free 127.0.0.1 port with storage in a temp dir, behind a counting reverse
-// proxy. It returns the proxy's host:port.
+// startDockerRegistry runs Debian's docker-registry behind a counting
+// reverse proxy and returns the proxy's host:port.
 func startDockerRegistry(t *testing.T, cnt *counter) string {
 	t.Helper()
-	if _, err := os.Stat(dockerRegistryBin); err != nil {
-		t.Skipf("%s not installed (hack/deps.sh installs it)", dockerRegistryBin)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	dir := t.TempDir()
-	cfg := fmt.Sprintf(`version: 0.1
-log:
-  level: info
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %s
-  delete:
-    enabled: true
-http:
-  addr: %s
-`, filepath.Join(dir, "data"), addr)
-	cfgPath := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.Create(filepath.Join(dir, "registry.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(dockerRegistryBin, "serve", cfgPath)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		logf.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("registry log:\n%s", b)
-		}
-	})
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		resp, err := http.Get("http://" + addr + "/v2/")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("docker-registry did not answer on %s: %v", addr, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	target, _ := url.Parse("http://" + addr)
-	// The proxy keeps the client's Host header, so the registry's upload
-	// Locations point back at the proxy and every request is counted.
-	proxy := httptest.NewServer(cnt.wrap(httputil.NewSingleHostReverseProxy(target)))
-	t.Cleanup(proxy.Close)
-	u, _ := url.Parse(proxy.URL)
-	return u.Host
+	return registrytest.Proxy(t, registrytest.Start(t, "", http.StatusOK), cnt.wrap)
 }
 
 func TestDockerRegistry(t *testing.T) {

@@ -5,11 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,6 +15,7 @@ import (
 	"time"
 
 	"github.com/lbuild/lbuild/builder/buildertest"
+	"github.com/lbuild/lbuild/internal/registrytest"
 )
 
 // cacheDockerfile builds its own busybox base, so a fresh store needs
@@ -230,41 +227,9 @@ func (c *regCounter) take() map[string]int {
 // a counting proxy and returns the proxy's host:port.
 func startCountingRegistry(t *testing.T, cnt *regCounter) string {
 	t.Helper()
-	if _, err := os.Stat(dockerRegistryBin); err != nil {
-		t.Skipf("%s not installed (hack/deps.sh installs it)", dockerRegistryBin)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	dir := t.TempDir()
-	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\nhttp:\n  addr: %s\n", filepath.Join(dir, "data"), addr)
-	os.WriteFile(filepath.Join(dir, "config.yml"), []byte(cfg), 0o644)
-	cmd := exec.Command(dockerRegistryBin, "serve", filepath.Join(dir, "config.yml"))
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		resp, err := http.Get("http://" + addr + "/v2/")
-		if err == nil {
-			resp.Body.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("docker-registry did not answer on %s: %v", addr, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-	target, _ := url.Parse("http://" + addr)
+	addr := registrytest.Start(t, "", http.StatusOK)
 	cnt.n = map[string]int{}
-	proxy := httptest.NewServer(cnt.wrap(httputil.NewSingleHostReverseProxy(target)))
-	t.Cleanup(proxy.Close)
-	u, _ := url.Parse(proxy.URL)
-	return u.Host
+	return registrytest.Proxy(t, addr, cnt.wrap)
 }
 
 // TestCacheRegistry: two builds exporting to one registry ref at once both

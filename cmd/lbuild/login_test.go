@@ -5,96 +5,32 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"golang.org/x/crypto/bcrypt"
-)
 
-const dockerRegistryBin = "/usr/bin/docker-registry"
+	"github.com/lbuild/lbuild/internal/registrytest"
+)
 
 // startAuthRegistry runs Debian's docker-registry on a free 127.0.0.1 port
 // with htpasswd auth for user:password and returns its host:port. It waits
 // until the registry refuses anonymous requests.
 func startAuthRegistry(t *testing.T, user, password string) string {
 	t.Helper()
-	if _, err := os.Stat(dockerRegistryBin); err != nil {
-		t.Skipf("%s not installed (hack/deps.sh installs it)", dockerRegistryBin)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	dir := t.TempDir()
 	hash, err := bcrypt.GenerateFromPassword([]byte(password), bcrypt.MinCost)
 	if err != nil {
 		t.Fatal(err)
 	}
-	htpasswd := filepath.Join(dir, "htpasswd")
+	htpasswd := filepath.Join(t.TempDir(), "htpasswd")
 	if err := os.WriteFile(htpasswd, []byte(user+":"+string(hash)+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cfg := fmt.Sprintf(`version: 0.1
-log:
-  level: info
-  accesslog:
-    disabled: true
-storage:
-  filesystem:
-    rootdirectory: %s
-auth:
-  htpasswd:
-    realm: lbuild-test
-    path: %s
-http:
-  addr: %s
-`, filepath.Join(dir, "data"), htpasswd, addr)
-	cfgPath := filepath.Join(dir, "config.yml")
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	logf, err := os.Create(filepath.Join(dir, "registry.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(dockerRegistryBin, "serve", cfgPath)
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		logf.Close()
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("registry log:\n%s", b)
-		}
-	})
-	deadline := time.Now().Add(15 * time.Second)
-	for {
-		resp, err := http.Get("http://" + addr + "/v2/")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusUnauthorized {
-				return addr
-			}
-			t.Fatalf("docker-registry answers anonymous requests with %s, want 401", resp.Status)
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("docker-registry did not answer on %s: %v", addr, err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	return registrytest.Start(t, "auth:\n  htpasswd:\n    realm: lbuild-test\n    path: "+htpasswd+"\n", http.StatusUnauthorized)
 }
 
 // credHelperScript is a docker credential helper speaking the protocol of
