@@ -200,12 +200,7 @@ func exportLocal(ctx context.Context, st *store.Store, src *Source, b Build, spe
 			cur.Mounts = append(cur.Mounts, Mount{ID: id, Blob: d})
 		}
 	}
-	merged := merge(cur, prev, spec.MaxSize)
-	cb, err := json.Marshal(merged)
-	if err != nil {
-		return Stats{}, err
-	}
-	cfgDesc, mb, err := manifest(cb, blobsOf(merged))
+	merged, cb, cfgDesc, mb, err := seal(cur, prev, spec.MaxSize)
 	if err != nil {
 		return Stats{}, err
 	}
@@ -402,12 +397,7 @@ func exportRegistry(ctx context.Context, st *store.Store, src *Source, b Build, 
 			cur.Mounts = append(cur.Mounts, Mount{ID: id, Blob: v1.Descriptor{MediaType: MountMediaType, Digest: h, Size: n}})
 		}
 	}
-	merged := merge(cur, prev, spec.MaxSize)
-	cb, err := json.Marshal(merged)
-	if err != nil {
-		return Stats{}, err
-	}
-	cfgDesc, mb, err := manifest(cb, blobsOf(merged))
+	merged, cb, cfgDesc, mb, err := seal(cur, prev, spec.MaxSize)
 	if err != nil {
 		return Stats{}, err
 	}
@@ -436,6 +426,19 @@ func exportRegistry(ctx context.Context, st *store.Store, src *Source, b Build, 
 		stats.Size += d.Size
 	}
 	return stats, nil
+}
+
+// seal merges the build's config cur with the previous cache's under max
+// and returns the merged config, its bytes, their descriptor and the cache
+// manifest over them: what both kinds of export write.
+func seal(cur, prev *Config, max int64) (*Config, []byte, v1.Descriptor, []byte, error) {
+	merged := merge(cur, prev, max)
+	cb, err := json.Marshal(merged)
+	if err != nil {
+		return nil, nil, v1.Descriptor{}, nil, err
+	}
+	cfgDesc, mb, err := manifest(cb, blobsOf(merged))
+	return merged, cb, cfgDesc, mb, err
 }
 
 // pushTries bounds the attempts to push a cache manifest and its blobs.
