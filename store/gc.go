@@ -33,6 +33,11 @@ func (s *Store) GC(keep func(v1.Hash) bool) (int64, error) {
 	return freed, err
 }
 
+// Collect is GC that also returns the digests it deleted.
+func (s *Store) Collect(keep func(v1.Hash) bool) ([]v1.Hash, int64, error) {
+	return s.gc(keep, false)
+}
+
 // Unreferenced lists the blobs GC(keep) would delete now, with their total
 // size, deleting nothing. It takes no lock: the answer may be stale.
 func (s *Store) Unreferenced(keep func(v1.Hash) bool) ([]v1.Hash, int64, error) {

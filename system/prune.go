@@ -255,12 +255,11 @@ func (r *Root) Prune(ctx context.Context, opts PruneOptions) (*PruneReport, erro
 		}
 		rep.Blobs, rep.BlobBytes = len(gone), n
 	} else {
-		before, _, _ := r.Store.Unreferenced(keep)
-		n, err := r.Store.GC(keep)
+		gone, n, err := r.Store.Collect(keep)
 		if err != nil {
 			return rep, err
 		}
-		rep.Blobs, rep.BlobBytes = len(before), n
+		rep.Blobs, rep.BlobBytes = len(gone), n
 	}
 	names, n, err := r.Snaps.Prune(ctx, func(name string) bool { return keepChain[name] }, opts.DryRun)
 	if err != nil {
