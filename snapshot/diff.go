@@ -436,22 +436,33 @@ func (w *tarWriter) unchangedDir(n *node) (bool, error) {
 		if err != nil {
 			return false, err
 		}
-		same, err := sameDir(n, ln)
+		same, err := w.sameDir(n, ln)
 		ln.close()
+		if err == nil && same {
+			// What the layer leaves out must read as the lower one in a
+			// view of it too.
+			_, err = w.mtime(n.rel, &n.st)
+		}
 		return same, err
 	}
 	return false, nil
 }
 
 // sameDir reports whether the upper directory u has the mode, owner, mtime
-// and xattrs of l.
-func sameDir(u, l *node) (bool, error) {
+// and xattrs of l. The mtime compared is the one the layer would hold
+// (clamped): so a second pass over an upperdir whose times the first one
+// clamped on disk (Freeze, then Diff) decides as the first did.
+func (w *tarWriter) sameDir(u, l *node) (bool, error) {
 	us, ls := &u.st, &l.st
 	if ls.Mode&unix.S_IFMT != unix.S_IFDIR {
 		return false, nil // a whiteout or a file: the dir is new here
 	}
+	um := time.Unix(us.Mtime.Sec, int64(us.Mtime.Nsec))
+	if !w.clamp.IsZero() && um.After(w.clamp) {
+		um = w.clamp
+	}
 	if ls.Mode != us.Mode || ls.Uid != us.Uid || ls.Gid != us.Gid ||
-		ls.Mtime.Sec != us.Mtime.Sec || ls.Mtime.Nsec != us.Mtime.Nsec {
+		!um.Equal(time.Unix(ls.Mtime.Sec, int64(ls.Mtime.Nsec))) {
 		return false, nil
 	}
 	ua, err := u.xattrs()

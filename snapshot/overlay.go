@@ -190,6 +190,7 @@ func (s *snapshotter) unmountActive(a *active) error {
 		return err
 	}
 	a.mounted = false
+	s.unuse(a)
 	return nil
 }
 

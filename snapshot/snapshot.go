@@ -88,6 +88,16 @@ type Snapshotter interface {
 	// Remove it when done. Diff and Commit fail on views. The copy driver does
 	// not enforce read-only.
 	View(ctx context.Context, key, parent string) (string, error)
+	// Freeze ends the changes to active snapshot key: it unmounts the view
+	// and settles on disk what Diff would (bookkeeping xattrs stripped,
+	// times clamped with the same DiffOpts), so the layer is final before
+	// its tar is written. A frozen snapshot can be the parent of another
+	// active one (Prepare with OverFrozen) while its Diff and Commit run, in
+	// another goroutine of the same process: that is how a build starts a
+	// step before the layer of the step before is stored. Diff must be given
+	// the same options as Freeze. The copy driver does not freeze: it returns
+	// an error wrapping errors.ErrUnsupported.
+	Freeze(ctx context.Context, key string, opts ...DiffOpt) error
 	// Diff writes the active snapshot's changes relative to its parent to w as
 	// an uncompressed OCI layer tar: entries in a stable order (sorted by name
 	// within each directory, parents before children), numeric uid/gid, mtimes
@@ -161,6 +171,19 @@ type Opt func(*prepareConfig)
 
 type prepareConfig struct {
 	persistent bool
+	overFrozen string
+}
+
+// OverFrozen makes Prepare stack the new active snapshot on frozen active
+// snapshot key (see Freeze) instead of on a committed parent; Prepare's
+// parent argument must then be "". Until key is committed, the new
+// snapshot can be changed, frozen, diffed and removed but not committed;
+// when key is committed (as name), name becomes its parent. A snapshot
+// stacked on key keeps key's files readable until it is unmounted (by its
+// own Freeze, Diff or Remove), even if key's Commit finds its name already
+// taken; Remove of key fails while such a snapshot is mounted.
+func OverFrozen(key string) Opt {
+	return func(c *prepareConfig) { c.overFrozen = key }
 }
 
 // WithPersistent makes the active snapshot survive its process (containers):

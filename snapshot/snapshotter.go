@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/lbuild/lbuild/internal/fsx"
 
 	"golang.org/x/sys/unix"
@@ -30,6 +32,11 @@ type snapshotter struct {
 
 	mu      sync.Mutex
 	actives map[string]*active // by key, the active snapshots this process owns
+
+	// stackMu keeps the upperdir of a frozen snapshot where it is while a
+	// snapshot stacked on it is mounted or diffed (read), and Commit from
+	// moving it meanwhile (write).
+	stackMu sync.RWMutex
 }
 
 var _ Snapshotter = (*snapshotter)(nil)
@@ -47,6 +54,15 @@ type active struct {
 	gone    bool // removed or committed
 
 	manifest manifest // copy driver; nil until loaded
+
+	// Stacking on frozen snapshots (OverFrozen), guarded by the
+	// snapshotter's mu: uses are the frozen snapshots whose upperdirs this
+	// one's mount stacks on (each counts it in users while it is mounted);
+	// a frozen snapshot committed under a name that already existed is
+	// retired: its directory stays until its users are gone.
+	uses    []*active
+	users   int
+	retired bool
 }
 
 // activeMeta is stored as active/<id>/meta.json.
@@ -56,6 +72,10 @@ type activeMeta struct {
 	Driver     string `json:"driver"`
 	Persistent bool   `json:"persistent,omitempty"`
 	ReadOnly   bool   `json:"readOnly,omitempty"`
+	// ParentKey is the frozen active snapshot this one is stacked on
+	// (OverFrozen) until that is committed and becomes Parent.
+	ParentKey string `json:"parentKey,omitempty"`
+	Frozen    bool   `json:"frozen,omitempty"`
 }
 
 // layerRef is one committed layer of a chain.
@@ -159,19 +179,31 @@ func (s *snapshotter) prepare(ctx context.Context, key, parent string, cfg prepa
 	if key == "" {
 		return "", errors.New("prepare: empty key")
 	}
+	a := &active{
+		activeMeta: activeMeta{Key: key, Parent: parent, Driver: s.driver, Persistent: cfg.persistent, ReadOnly: readOnly, ParentKey: cfg.overFrozen},
+		id:         keyID(key),
+	}
+	a.dir = filepath.Join(s.root, "active", a.id)
 	var refs []layerRef
-	if parent != "" {
+	if cfg.overFrozen != "" {
+		if parent != "" || readOnly || cfg.persistent || s.driver != DriverOverlay {
+			return "", fmt.Errorf("prepare %s: a snapshot over frozen %s must be a plain overlay one with no other parent", key, cfg.overFrozen)
+		}
+		// Held until mounted: the frozen upperdirs stay where refs say.
+		s.stackMu.RLock()
+		defer s.stackMu.RUnlock()
+		var err error
+		if refs, a.uses, err = s.frozenRefs(cfg.overFrozen); err != nil {
+			return "", fmt.Errorf("prepare %s: %w", key, err)
+		}
+	} else if parent != "" {
 		var err error
 		if refs, err = s.chain(parent); err != nil {
 			return "", fmt.Errorf("prepare %s: %w", key, err)
 		}
 	}
-	a := &active{
-		activeMeta: activeMeta{Key: key, Parent: parent, Driver: s.driver, Persistent: cfg.persistent, ReadOnly: readOnly},
-		id:         keyID(key),
-	}
-	a.dir = filepath.Join(s.root, "active", a.id)
 	if err := s.createActive(a); err != nil {
+		s.unuse(a)
 		return "", err
 	}
 	var view string
@@ -194,6 +226,100 @@ func (s *snapshotter) prepare(ctx context.Context, key, parent string, cfg prepa
 	s.actives[key] = a
 	s.mu.Unlock()
 	return view, nil
+}
+
+// frozenRefs returns the layers a snapshot stacked on frozen active key
+// stands on (the frozen upperdirs, then the committed chain below them),
+// counting the new snapshot among the users of each frozen one. The
+// caller holds stackMu.
+func (s *snapshotter) frozenRefs(key string) ([]layerRef, []*active, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var refs []layerRef
+	var uses []*active
+	for key != "" {
+		if len(refs) >= maxChain {
+			return nil, nil, fmt.Errorf("snapshot %s: chain longer than %d layers", key, maxChain)
+		}
+		p := s.actives[key]
+		if p == nil || p.gone || !p.Frozen {
+			return nil, nil, fmt.Errorf("snapshot %s is no frozen snapshot of this process: %w", key, ErrNotFound)
+		}
+		rel := filepath.Join("active", p.id, "upper")
+		refs = append(refs, layerRef{fs: filepath.Join(s.root, rel), link: rel})
+		uses = append(uses, p)
+		if p.ParentKey == "" && p.Parent != "" {
+			below, err := s.chain(p.Parent)
+			if err != nil {
+				return nil, nil, err
+			}
+			refs = append(refs, below...)
+		}
+		key = p.ParentKey
+	}
+	for _, p := range uses {
+		p.users++
+	}
+	return refs, uses, nil
+}
+
+// unuse ends a's stacking on frozen snapshots (its mount is gone); a retired
+// one nobody stacks on any more is deleted.
+func (s *snapshotter) unuse(a *active) {
+	s.mu.Lock()
+	uses := a.uses
+	a.uses = nil
+	var done []*active
+	for _, p := range uses {
+		p.users--
+		if p.retired && p.users == 0 {
+			done = append(done, p)
+		}
+	}
+	s.mu.Unlock()
+	for _, p := range done {
+		if err := s.removeDir(p.dir); err != nil {
+			logrus.Debugf("snapshot: remove retired %s: %v", p.Key, err)
+		}
+		p.lock.Close()
+	}
+}
+
+// lowerDirs returns the directories (top first) active snapshot a's
+// upperdir stands on. The caller holds stackMu for reading if a is
+// stacked on a frozen snapshot.
+func (s *snapshotter) lowerDirs(a *active) ([]string, error) {
+	s.mu.Lock()
+	pk, parent := a.ParentKey, a.Parent
+	s.mu.Unlock()
+	if pk == "" {
+		if parent == "" {
+			return nil, nil
+		}
+		return s.LowerDirs(parent)
+	}
+	refs, uses, err := s.frozenRefs(pk)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	for _, p := range uses {
+		p.users-- // only read, not mounted
+	}
+	s.mu.Unlock()
+	dirs := make([]string, len(refs))
+	for i, r := range refs {
+		dirs[i] = r.fs
+	}
+	return dirs, nil
+}
+
+// saveMeta rewrites a's meta.json.
+func (s *snapshotter) saveMeta(a *active) error {
+	s.mu.Lock()
+	b, _ := json.Marshal(a.activeMeta)
+	s.mu.Unlock()
+	return fsx.WriteFile(filepath.Join(a.dir, "meta.json"), a.dir, b, 0o600)
 }
 
 // createActive makes a's directory, takes its lock and writes its metadata,
@@ -253,7 +379,7 @@ func (s *snapshotter) lookup(key string) (*active, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lock active snapshot: %w", err)
 	}
-	a.mounted = a.Driver == DriverOverlay
+	a.mounted = a.Driver == DriverOverlay && !a.Frozen
 	s.actives[key] = a
 	return a, nil
 }
@@ -287,18 +413,7 @@ func (s *snapshotter) Diff(ctx context.Context, key string, w io.Writer, opts ..
 	}
 	defer a.mu.Unlock()
 	if a.Driver == DriverOverlay {
-		if err := s.unmountActive(a); err != nil {
-			return err
-		}
-		var lowers []string
-		if a.Parent != "" {
-			if lowers, err = s.LowerDirs(a.Parent); err != nil {
-				return err
-			}
-		}
-		tw := newTarWriter(w, true)
-		tw.clamp = cfg.clamp
-		if err := tw.writeUpper(ctx, filepath.Join(a.dir, "upper"), lowers...); err != nil {
+		if err := s.writeUpper(ctx, a, w, false, cfg.clamp); err != nil {
 			return fmt.Errorf("diff %s: %w", key, err)
 		}
 		a.diffed = true
@@ -306,6 +421,58 @@ func (s *snapshotter) Diff(ctx context.Context, key string, w io.Writer, opts ..
 	}
 	if err := s.diffCopy(ctx, a, w, cfg.clamp); err != nil {
 		return fmt.Errorf("diff %s: %w", key, err)
+	}
+	return nil
+}
+
+// writeUpper unmounts overlay snapshot a (locked by the caller) and writes
+// its upperdir as a layer tar to w (with noData, without file contents),
+// settling on disk what the tar says (stripped xattrs, clamped times).
+func (s *snapshotter) writeUpper(ctx context.Context, a *active, w io.Writer, noData bool, clamp time.Time) error {
+	if err := s.unmountActive(a); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	stacked := a.ParentKey != ""
+	s.mu.Unlock()
+	if stacked {
+		s.stackMu.RLock()
+		defer s.stackMu.RUnlock()
+	}
+	lowers, err := s.lowerDirs(a)
+	if err != nil {
+		return err
+	}
+	tw := newTarWriter(w, true)
+	tw.clamp, tw.noData = clamp, noData
+	return tw.writeUpper(ctx, filepath.Join(a.dir, "upper"), lowers...)
+}
+
+func (s *snapshotter) Freeze(ctx context.Context, key string, opts ...DiffOpt) error {
+	var cfg diffConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	a, err := s.acquire(key, true)
+	if err != nil {
+		return err
+	}
+	defer a.mu.Unlock()
+	if a.Driver != DriverOverlay {
+		return fmt.Errorf("freeze %s: the %s driver cannot stack snapshots: %w", key, a.Driver, errors.ErrUnsupported)
+	}
+	if a.Frozen {
+		return nil
+	}
+	if err := s.writeUpper(ctx, a, io.Discard, true, cfg.clamp); err != nil {
+		return fmt.Errorf("freeze %s: %w", key, err)
+	}
+	a.diffed = true
+	s.mu.Lock()
+	a.Frozen = true
+	s.mu.Unlock()
+	if err := s.saveMeta(a); err != nil {
+		return fmt.Errorf("freeze %s: %w", key, err)
 	}
 	return nil
 }
@@ -320,8 +487,18 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string) error {
 		return err
 	}
 	defer a.mu.Unlock()
+	s.mu.Lock()
+	pk := a.ParentKey
+	s.mu.Unlock()
+	if pk != "" {
+		return fmt.Errorf("commit %s: it stands on %s, which is not committed yet", key, pk)
+	}
+	// Nothing stacked on a is mounted or diffed while its upperdir moves
+	// and its children learn their new parent.
+	s.stackMu.Lock()
+	defer s.stackMu.Unlock()
 	if s.Exists(name) {
-		return s.removeActive(a)
+		return s.retire(a, name)
 	}
 	if a.Parent != "" && !s.Exists(a.Parent) {
 		return fmt.Errorf("commit %s: parent %s: %w", key, a.Parent, ErrNotFound)
@@ -359,6 +536,50 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string) error {
 	}
 	if err := s.install(t, h, a.Parent); err != nil {
 		return fmt.Errorf("commit %s: %w", key, err)
+	}
+	if err := s.adopt(a, name); err != nil {
+		return err
+	}
+	return s.removeActive(a)
+}
+
+// adopt makes committed name the parent of the snapshots stacked on a.
+func (s *snapshotter) adopt(a *active, name string) error {
+	s.mu.Lock()
+	var kids []*active
+	for _, c := range s.actives {
+		if c.ParentKey == a.Key && !c.gone {
+			c.ParentKey, c.Parent = "", name
+			kids = append(kids, c)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range kids {
+		if err := s.saveMeta(c); err != nil {
+			return fmt.Errorf("commit %s: %w", a.Key, err)
+		}
+	}
+	return nil
+}
+
+// retire discards active a, whose layer exists already as name: the
+// snapshots stacked on it stand on name from now on, and a's directory
+// goes once none of them is mounted on it any more.
+func (s *snapshotter) retire(a *active, name string) error {
+	if err := s.adopt(a, name); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	inUse := a.users > 0
+	if inUse {
+		a.retired, a.gone = true, true
+		if s.actives[a.Key] == a {
+			delete(s.actives, a.Key)
+		}
+	}
+	s.mu.Unlock()
+	if inUse {
+		return nil
 	}
 	return s.removeActive(a)
 }
@@ -418,6 +639,12 @@ func (s *snapshotter) Remove(ctx context.Context, key string) error {
 	a, err := s.acquire(key, false)
 	if err == nil {
 		defer a.mu.Unlock()
+		s.mu.Lock()
+		users := a.users
+		s.mu.Unlock()
+		if users > 0 {
+			return fmt.Errorf("remove %s: a snapshot stacked on it is still mounted", key)
+		}
 		return s.removeActive(a)
 	}
 	if !errors.Is(err, ErrNotFound) {
@@ -446,6 +673,7 @@ func (s *snapshotter) discard(a *active) {
 	if a.mounted {
 		unmount(filepath.Join(a.dir, "merged"))
 	}
+	s.unuse(a)
 	os.RemoveAll(a.dir)
 	if a.lock != nil {
 		a.lock.Close()

@@ -1,0 +1,167 @@
+package snapshot
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// clampAt is the build time the freeze tests clamp layers to: the base
+// layer's time, as when the base was built with the same build time.
+var clampAt = t0
+
+// stepChanges is one build step's changes: a new file, a changed one, a
+// deletion, and a copied-up directory whose only change is its mtime (a
+// file made and removed in it), which the clamp makes no change at all.
+func stepChanges(t *testing.T, v string) {
+	mustWrite(t, filepath.Join(v, "new.txt"), "new", 0o644)
+	mustWrite(t, filepath.Join(v, "keep.txt"), "changed", 0o644)
+	check(t, os.Remove(filepath.Join(v, "del.txt")))
+	stub := filepath.Join(v, "dir", "sub", "stub")
+	check(t, os.WriteFile(stub, nil, 0o644))
+	check(t, os.Remove(stub))
+}
+
+// serialLayer is the tar one step gives the usual way (Prepare, change,
+// Diff), on a fresh store.
+func serialLayer(t *testing.T) []byte {
+	ctx := context.Background()
+	s, _ := newTestSnapshotter(t, DriverOverlay)
+	base := applyBase(t, s)
+	v, err := s.Prepare(ctx, "k", base)
+	check(t, err)
+	stepChanges(t, v)
+	var buf bytes.Buffer
+	check(t, s.Diff(ctx, "k", &buf, WithSourceDateEpoch(clampAt)))
+	check(t, s.Remove(ctx, "k"))
+	return buf.Bytes()
+}
+
+// A step stacked on a frozen one runs while the frozen one's tar is written
+// and committed, and both layers are what Prepare-Diff-Commit one after the
+// other gives.
+func TestFreezeThenStack(t *testing.T) {
+	ctx := context.Background()
+	want := serialLayer(t)
+	if got := names(readTar(t, want)); strings.Join(got, " ") != ".wh.del.txt keep.txt new.txt" {
+		t.Fatalf("serial diff = %q: the clamped, copied-up dir/sub should be no change", got)
+	}
+
+	s, _ := newTestSnapshotter(t, DriverOverlay)
+	base := applyBase(t, s)
+	v1, err := s.Prepare(ctx, "k1", base)
+	check(t, err)
+	stepChanges(t, v1)
+	check(t, s.Freeze(ctx, "k1", WithSourceDateEpoch(clampAt)))
+
+	// The next step sees the frozen one's files and changes its own view.
+	v2, err := s.Prepare(ctx, "k2", "", OverFrozen("k1"))
+	check(t, err)
+	if got := mustRead(t, filepath.Join(v2, "keep.txt")); got != "changed" {
+		t.Fatalf("keep.txt over the frozen step = %q", got)
+	}
+	if exists(filepath.Join(v2, "del.txt")) {
+		t.Fatal("del.txt, deleted by the frozen step, is visible over it")
+	}
+	mustWrite(t, filepath.Join(v2, "second.txt"), "2", 0o644)
+
+	// Meanwhile the frozen step's layer is written and committed.
+	var l1 bytes.Buffer
+	check(t, s.Diff(ctx, "k1", &l1, WithSourceDateEpoch(clampAt)))
+	if !bytes.Equal(l1.Bytes(), want) {
+		t.Fatalf("frozen step's layer differs from the serial one:\n got %q\nwant %q", names(readTar(t, l1.Bytes())), names(readTar(t, want)))
+	}
+	if err := s.Commit(ctx, "sha256:"+strings.Repeat("2", 64), "k2"); err == nil {
+		t.Fatal("a step committed before the step it stands on")
+	}
+	if err := s.Remove(ctx, "k1"); err == nil {
+		t.Fatal("Remove of a frozen step while a step stacked on it is mounted succeeded")
+	}
+	n1 := ChainID(base, diffID(l1.Bytes()))
+	check(t, s.Commit(ctx, n1, "k1"))
+
+	// The stacked view still reads through the moved upperdir.
+	if got := mustRead(t, filepath.Join(v2, "new.txt")); got != "new" {
+		t.Fatalf("new.txt after the commit below = %q", got)
+	}
+	mustWrite(t, filepath.Join(v2, "third.txt"), "3", 0o644)
+	var l2 bytes.Buffer
+	check(t, s.Diff(ctx, "k2", &l2, WithSourceDateEpoch(clampAt)))
+	if got := names(readTar(t, l2.Bytes())); strings.Join(got, " ") != "second.txt third.txt" {
+		t.Fatalf("stacked step's diff = %q", got)
+	}
+	n2 := ChainID(n1, diffID(l2.Bytes()))
+	check(t, s.Commit(ctx, n2, "k2"))
+	dirs, err := s.LowerDirs(n2)
+	check(t, err)
+	if len(dirs) != 3 {
+		t.Fatalf("chain of the stacked step has %d layers, want 3", len(dirs))
+	}
+	if ents, _ := os.ReadDir(filepath.Join(s.root, "active")); len(ents) != 0 {
+		t.Errorf("active snapshots left: %d", len(ents))
+	}
+}
+
+// A frozen step whose layer another build committed first is discarded only
+// once the step stacked on it is unmounted, and that step then stands on
+// the other build's layer.
+func TestFreezeCommitExistingKeepsStack(t *testing.T) {
+	ctx := context.Background()
+	s, root := newTestSnapshotter(t, DriverOverlay)
+	base := applyBase(t, s)
+	layer := func(key string) []byte {
+		var b bytes.Buffer
+		check(t, s.Diff(ctx, key, &b, WithSourceDateEpoch(clampAt)))
+		return b.Bytes()
+	}
+	v, err := s.Prepare(ctx, "other", base)
+	check(t, err)
+	stepChanges(t, v)
+	l := layer("other")
+	n1 := ChainID(base, diffID(l))
+	check(t, s.Commit(ctx, n1, "other"))
+
+	v1, err := s.Prepare(ctx, "k1", base)
+	check(t, err)
+	stepChanges(t, v1)
+	check(t, s.Freeze(ctx, "k1", WithSourceDateEpoch(clampAt)))
+	v2, err := s.Prepare(ctx, "k2", "", OverFrozen("k1"))
+	check(t, err)
+	if !bytes.Equal(layer("k1"), l) {
+		t.Fatal("the frozen step's layer differs from the same step's")
+	}
+	check(t, s.Commit(ctx, n1, "k1"))
+	if got := mustRead(t, filepath.Join(v2, "new.txt")); got != "new" {
+		t.Fatalf("new.txt over the discarded step = %q", got)
+	}
+	if n := len(mustReadDir(t, filepath.Join(root, "active"))); n != 2 {
+		t.Fatalf("%d active dirs while the stacked step is mounted, want 2 (it and the retired one)", n)
+	}
+	mustWrite(t, filepath.Join(v2, "x"), "x", 0o644)
+	if got := names(readTar(t, layer("k2"))); strings.Join(got, " ") != "x" {
+		t.Fatalf("stacked diff = %q", got)
+	}
+	if n := len(mustReadDir(t, filepath.Join(root, "active"))); n != 1 {
+		t.Fatalf("%d active dirs once the stacked step is unmounted, want 1", n)
+	}
+	check(t, s.Commit(ctx, ChainID(n1, "sha256:"+strings.Repeat("3", 64)), "k2"))
+}
+
+func TestFreezeCopyDriverUnsupported(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newTestSnapshotter(t, DriverCopy)
+	base := applyBase(t, s)
+	_, err := s.Prepare(ctx, "k", base)
+	check(t, err)
+	if err := s.Freeze(ctx, "k"); !errors.Is(err, errors.ErrUnsupported) {
+		t.Fatalf("Freeze on the copy driver: %v, want ErrUnsupported", err)
+	}
+	if _, err := s.Prepare(ctx, "k2", "", OverFrozen("k")); err == nil {
+		t.Fatal("Prepare over a snapshot of the copy driver succeeded")
+	}
+	check(t, s.Remove(ctx, "k"))
+}
