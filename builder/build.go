@@ -76,6 +76,10 @@ type Options struct {
 	// number of CPUs; 1: one after another). The image is the same either
 	// way.
 	Parallel int
+	// NoPipeline makes each layer step store its layer before the next step
+	// starts, instead of in the background while it runs (the image is the
+	// same either way; for comparison).
+	NoPipeline bool
 }
 
 // Result is what a build made.
@@ -346,7 +350,10 @@ type stageState struct {
 	name    string // shown in progress: the stage name, "stage-N", or "" for a single-stage file
 	cfg     *v1.ConfigFile
 	layers  []v1.Descriptor // one per cfg.RootFS.DiffIDs
-	chainID string          // snapshot chain ID of the top layer ("" = empty)
+	chainID string          // snapshot chain ID of the top stored layer ("" = empty)
+	// pending are the layer steps run whose layers are still being stored,
+	// oldest first (layer.go); layers and chainID do not hold them yet.
+	pending []*layerJob
 	key     cache.Key       // cache key of the last step
 	args    []kv            // ARGs in scope with a value
 	// argOver names the ARGs declared after the last ENV of the same name:
@@ -475,6 +482,7 @@ func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) 
 		}
 		st.total++
 		if err := b.dispatch(ctx, st, c); err != nil {
+			b.abandon(st)
 			return nil, &parser.Error{File: b.df.Path, Line: s.Line(), Err: fmt.Errorf("ONBUILD trigger %q: %w", t, err)}
 		}
 	}

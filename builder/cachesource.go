@@ -45,14 +45,17 @@ func (b *build) hasLayer(h v1.Hash) bool {
 }
 
 // record returns the record of key from the store root's cache or, when
-// that has none usable, from --cache-from.
-func (b *build) record(key cache.Key, layer bool) (*cache.Record, error) {
+// that has none usable, from --cache-from; fits (nil: any) is asked last,
+// of a record usable otherwise. A record found but not usable is returned
+// with an error wrapping cache.ErrNotFound.
+func (b *build) record(key cache.Key, layer bool, fits func(*cache.Record) bool) (*cache.Record, error) {
+	ok := func(r *cache.Record) bool { return b.usable(r, layer) && (fits == nil || fits(r)) }
 	rec, err := b.root.Records.Get(key)
-	if err == nil && b.usable(rec, layer) {
+	if err == nil && ok(rec) {
 		return rec, nil
 	}
 	if b.opts.CacheFrom != nil {
-		if r := b.opts.CacheFrom.Record(key); r != nil && b.usable(r, layer) {
+		if r := b.opts.CacheFrom.Record(key); r != nil && ok(r) {
 			// Kept in the root's cache too, so a later build without
 			// --cache-from finds it (once the layer is in the store).
 			if err := b.root.Records.Put(r); err != nil {
@@ -61,7 +64,10 @@ func (b *build) record(key cache.Key, layer bool) (*cache.Record, error) {
 			return r, nil
 		}
 	}
-	return rec, err
+	if err == nil {
+		return nil, fmt.Errorf("record %s cannot be used here: %w", key, cache.ErrNotFound)
+	}
+	return nil, err
 }
 
 // needLayers makes sure the store holds the blobs of layers, fetching those

@@ -39,7 +39,7 @@ type fromSumState struct {
 // filesystem chainID, "" if none is.
 func (b *build) memoFromSum(chainID string, c copySpec) string {
 	key := fromSumKey(chainID, c)
-	rec, err := b.record(key, false)
+	rec, err := b.record(key, false, nil)
 	if err != nil || rec == nil {
 		return ""
 	}

@@ -10,55 +10,131 @@ import (
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 
+	"github.com/lbuild/lbuild/cache"
 	"github.com/lbuild/lbuild/snapshot"
+	"github.com/lbuild/lbuild/system"
 )
 
-// commitLayer runs fn on a fresh snapshot over the stage's filesystem and
-// stores what it changed as a layer blob: the snapshot's diff streams into
-// the blob writer, which hashes it as it writes (the diff ID), so the layer is
-// never read back. The snapshot is then committed under its chain ID.
-func (b *build) commitLayer(ctx context.Context, st *stageState, fn layerFunc) (v1.Hash, int64, error) {
-	if err := b.needLayers(ctx, st.layers); err != nil {
-		return v1.Hash{}, 0, err
-	}
-	if err := b.root.EnsureChain(ctx, st.cfg.RootFS.DiffIDs, st.layers); err != nil {
-		return v1.Hash{}, 0, err
-	}
-	key := fmt.Sprintf("build-%d-%d", os.Getpid(), activeSeq.Add(1))
-	dir, err := b.root.Snaps.Prepare(ctx, key, st.chainID)
-	if err != nil {
-		return v1.Hash{}, 0, fmt.Errorf("prepare snapshot: %w", err)
-	}
-	committed := false
-	defer func() {
-		if !committed {
-			b.root.Snaps.Remove(context.Background(), key)
+// maxPending bounds the layers of a stage being stored in the background
+// while later steps run.
+const maxPending = 2
+
+// layerJob is a layer step whose filesystem is final (its snapshot frozen)
+// and whose layer is being stored: the snapshot's diff streams into the
+// blob writer, which hashes it as it writes (the diff ID), so the layer is
+// never read back; then the snapshot is committed under its chain ID. Jobs
+// of a stage run in step order, each after the one before (its chain ID
+// stands on that one's).
+type layerJob struct {
+	snapKey string
+	prev    *layerJob // the stage's job before, nil if none was pending
+	base    string    // chain ID below, if prev is nil
+	dopts   []snapshot.DiffOpt
+	done    chan struct{}
+
+	// Set by run before done is closed.
+	diffID    v1.Hash
+	size      int64
+	chainID   string
+	committed bool
+	err       error
+
+	// Kept for drain.
+	rec  *cache.Record
+	step int // index in the build's steps
+}
+
+// errBelowFailed fails a job whose layer stands on a layer that failed.
+var errBelowFailed = errors.New("the layer below failed")
+
+func (j *layerJob) run(ctx context.Context, root *system.Root) {
+	defer close(j.done)
+	base := j.base
+	if j.prev != nil {
+		<-j.prev.done
+		if j.prev.err != nil {
+			j.err = errBelowFailed
+			return
 		}
-	}()
-	if err := fn(ctx, dir); err != nil {
-		return v1.Hash{}, 0, inImage(err, dir)
+		base = j.prev.chainID
 	}
-	w, err := b.root.Store.Writer()
+	j.diffID, j.size, j.err = storeLayer(ctx, root, j.snapKey, j.dopts)
+	if j.err != nil {
+		return
+	}
+	j.chainID = snapshot.ChainID(base, j.diffID.String())
+	if err := root.Snaps.Commit(ctx, j.chainID, j.snapKey); err != nil {
+		j.err = fmt.Errorf("commit snapshot: %w", err)
+		return
+	}
+	j.committed = true
+}
+
+// storeLayer writes the diff of active snapshot key into a blob of the
+// store.
+func storeLayer(ctx context.Context, root *system.Root, key string, dopts []snapshot.DiffOpt) (v1.Hash, int64, error) {
+	w, err := root.Store.Writer()
 	if err != nil {
 		return v1.Hash{}, 0, err
 	}
 	defer w.Close()
-	var dopts []snapshot.DiffOpt
-	if b.time.fixed {
-		dopts = append(dopts, snapshot.WithSourceDateEpoch(b.time.t))
-	}
-	if err := b.root.Snaps.Diff(ctx, key, w, dopts...); err != nil {
+	if err := root.Snaps.Diff(ctx, key, w, dopts...); err != nil {
 		return v1.Hash{}, 0, fmt.Errorf("diff snapshot: %w", err)
 	}
 	diffID, size, err := w.Commit()
 	if err != nil {
 		return v1.Hash{}, 0, fmt.Errorf("store layer: %w", err)
 	}
-	if err := b.root.Snaps.Commit(ctx, snapshot.ChainID(st.chainID, diffID.String()), key); err != nil {
-		return v1.Hash{}, 0, fmt.Errorf("commit snapshot: %w", err)
-	}
-	committed = true
 	return diffID, size, nil
+}
+
+// commitLayer runs fn on a fresh snapshot over the stage's filesystem (the
+// last pending step's, if one is pending) and returns the job storing its
+// layer, started in the background once the snapshot is frozen. Where the
+// snapshot driver cannot freeze (copy), the job has run when it returns.
+func (b *build) commitLayer(ctx context.Context, st *stageState, fn layerFunc) (*layerJob, error) {
+	key := fmt.Sprintf("build-%d-%d", os.Getpid(), activeSeq.Add(1))
+	var dir string
+	var err error
+	j := &layerJob{snapKey: key, base: st.chainID, done: make(chan struct{})}
+	if n := len(st.pending); n > 0 {
+		j.prev = st.pending[n-1]
+		dir, err = b.root.Snaps.Prepare(ctx, key, "", snapshot.OverFrozen(j.prev.snapKey))
+	} else {
+		if err := b.needLayers(ctx, st.layers); err != nil {
+			return nil, err
+		}
+		if err := b.root.EnsureChain(ctx, st.cfg.RootFS.DiffIDs, st.layers); err != nil {
+			return nil, err
+		}
+		dir, err = b.root.Snaps.Prepare(ctx, key, st.chainID)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("prepare snapshot: %w", err)
+	}
+	started := false
+	defer func() {
+		if !started {
+			b.root.Snaps.Remove(context.Background(), key)
+		}
+	}()
+	if err := fn(ctx, dir); err != nil {
+		return nil, inImage(err, dir)
+	}
+	if b.time.fixed {
+		j.dopts = append(j.dopts, snapshot.WithSourceDateEpoch(b.time.t))
+	}
+	err = b.root.Snaps.Freeze(ctx, key, j.dopts...)
+	switch {
+	case errors.Is(err, errors.ErrUnsupported) && j.prev == nil:
+		j.run(ctx, b.root) // one after the other
+	case err != nil:
+		return nil, fmt.Errorf("freeze snapshot: %w", err)
+	default:
+		go j.run(ctx, b.root)
+	}
+	started = true
+	return j, nil
 }
 
 // inImage rewrites the paths of file errors from inside the snapshot at

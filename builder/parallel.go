@@ -105,11 +105,17 @@ func (b *build) buildStage(ctx context.Context, s *parser.Stage) (*stageState, e
 	}
 	for _, c := range s.Commands {
 		if err := ctx.Err(); err != nil {
+			b.abandon(st)
 			return nil, err
 		}
 		if err := b.dispatch(ctx, st, c); err != nil {
+			b.abandon(st)
 			return nil, b.df.At(c, err)
 		}
+	}
+	// Others read a stage's layers only once they are all stored.
+	if err := b.drain(ctx, st, true); err != nil {
+		return nil, err
 	}
 	return st, nil
 }
@@ -259,11 +265,20 @@ func (b *build) nextStep() int {
 	return b.stepNo
 }
 
-// addStep records what happened to a step (Result.Steps).
-func (b *build) addStep(res StepResult) {
+// addStep records what happened to a step (Result.Steps) and returns its
+// index there.
+func (b *build) addStep(res StepResult) int {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.steps = append(b.steps, res)
+	return len(b.steps) - 1
+}
+
+// setStepLayer fills in the layer of step i once it is stored.
+func (b *build) setStepLayer(i int, diffID, chainID string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.steps[i].DiffID, b.steps[i].ChainID = diffID, chainID
 }
 
 // useArg notes that build arg k was declared (warnUnusedArgs).

@@ -3,7 +3,9 @@
 //   - A Key names the result of one build step. It is derived by NewKey, a
 //     pure function of the parent step's key and the step's inputs (the
 //     instruction, its arguments, checksums of copied content, ...), the way
-//     identity.ChainID chains diff IDs. Equal keys mean equal results.
+//     identity.ChainID chains diff IDs. Equal keys mean the same step on
+//     the same parent step; the record says which filesystem (chain ID)
+//     the step ran on, and is reused only on that one.
 //   - A Record is what a step left in the cache: the diff ID of its layer
 //     (whose blob lives in store) or nothing for a metadata-only step,
 //     plus opaque builder state. Records persists them, one file per key.
@@ -35,7 +37,9 @@ var ErrCorrupt = errors.New("cache: corrupt record")
 // Key is a step's cache key: "sha256:<64 hex digits>".
 type Key string
 
-const keyDomain = "lbuild cache key v1"
+// keyDomain v2: the chain ID a step stands on left the key for Record.Base
+// (a build can then look a step up before the layer below it is stored).
+const keyDomain = "lbuild cache key v2"
 
 // NewKey derives the key of a step from its parent's key ("" for the first
 // step of a stage) and the parts that define the step. It is sha256 over a
@@ -60,8 +64,6 @@ type Inputs struct {
 	// Parent is the key of the filesystem step before (FROM, COPY, RUN…;
 	// metadata steps do not chain).
 	Parent Key `json:"parent,omitempty"`
-	// Base is the chain ID of the filesystem the step stands on.
-	Base string `json:"base,omitempty"`
 	// Instruction is the step as expanded: its text, or for COPY/ADD the
 	// canonical JSON of its flags and sources.
 	Instruction string `json:"instruction"`

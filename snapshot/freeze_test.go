@@ -84,6 +84,17 @@ func TestFreezeThenStack(t *testing.T) {
 	n1 := ChainID(base, diffID(l1.Bytes()))
 	check(t, s.Commit(ctx, n1, "k1"))
 
+	// A step stacked on k1 just after its commit stands on the committed layer.
+	v3, err := s.Prepare(ctx, "k3", "", OverFrozen("k1"))
+	check(t, err)
+	if got := mustRead(t, filepath.Join(v3, "new.txt")); got != "new" {
+		t.Fatalf("new.txt over the committed step = %q", got)
+	}
+	if a, err := s.lookup("k3"); err != nil || a.Parent != n1 || a.ParentKey != "" {
+		t.Fatalf("step stacked on a committed one: parent %q, parent key %q, %v", a.Parent, a.ParentKey, err)
+	}
+	check(t, s.Remove(ctx, "k3"))
+
 	// The stacked view still reads through the moved upperdir.
 	if got := mustRead(t, filepath.Join(v2, "new.txt")); got != "new" {
 		t.Fatalf("new.txt after the commit below = %q", got)

@@ -32,6 +32,9 @@ type snapshotter struct {
 
 	mu      sync.Mutex
 	actives map[string]*active // by key, the active snapshots this process owns
+	// committedAs maps the keys of frozen snapshots this process committed
+	// to their names (OverFrozen of a key committed meanwhile).
+	committedAs map[string]string
 
 	// stackMu keeps the upperdir of a frozen snapshot where it is while a
 	// snapshot stacked on it is mounted or diffed (read), and Commit from
@@ -193,8 +196,12 @@ func (s *snapshotter) prepare(ctx context.Context, key, parent string, cfg prepa
 		s.stackMu.RLock()
 		defer s.stackMu.RUnlock()
 		var err error
-		if refs, a.uses, err = s.frozenRefs(cfg.overFrozen); err != nil {
+		var committed string
+		if refs, a.uses, committed, err = s.frozenRefs(cfg.overFrozen); err != nil {
 			return "", fmt.Errorf("prepare %s: %w", key, err)
+		}
+		if committed != "" {
+			a.ParentKey, a.Parent = "", committed
 		}
 	} else if parent != "" {
 		var err error
@@ -230,20 +237,25 @@ func (s *snapshotter) prepare(ctx context.Context, key, parent string, cfg prepa
 
 // frozenRefs returns the layers a snapshot stacked on frozen active key
 // stands on (the frozen upperdirs, then the committed chain below them),
-// counting the new snapshot among the users of each frozen one. The
-// caller holds stackMu.
-func (s *snapshotter) frozenRefs(key string) ([]layerRef, []*active, error) {
+// counting the new snapshot among the users of each frozen one. If key
+// itself has been committed meanwhile, it returns its name too (and the
+// committed chain). The caller holds stackMu.
+func (s *snapshotter) frozenRefs(key string) ([]layerRef, []*active, string, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if name, ok := s.committedAs[key]; ok {
+		refs, err := s.chain(name)
+		return refs, nil, name, err
+	}
 	var refs []layerRef
 	var uses []*active
 	for key != "" {
 		if len(refs) >= maxChain {
-			return nil, nil, fmt.Errorf("snapshot %s: chain longer than %d layers", key, maxChain)
+			return nil, nil, "", fmt.Errorf("snapshot %s: chain longer than %d layers", key, maxChain)
 		}
 		p := s.actives[key]
 		if p == nil || p.gone || !p.Frozen {
-			return nil, nil, fmt.Errorf("snapshot %s is no frozen snapshot of this process: %w", key, ErrNotFound)
+			return nil, nil, "", fmt.Errorf("snapshot %s is no frozen snapshot of this process: %w", key, ErrNotFound)
 		}
 		rel := filepath.Join("active", p.id, "upper")
 		refs = append(refs, layerRef{fs: filepath.Join(s.root, rel), link: rel})
@@ -251,7 +263,7 @@ func (s *snapshotter) frozenRefs(key string) ([]layerRef, []*active, error) {
 		if p.ParentKey == "" && p.Parent != "" {
 			below, err := s.chain(p.Parent)
 			if err != nil {
-				return nil, nil, err
+				return nil, nil, "", err
 			}
 			refs = append(refs, below...)
 		}
@@ -260,7 +272,7 @@ func (s *snapshotter) frozenRefs(key string) ([]layerRef, []*active, error) {
 	for _, p := range uses {
 		p.users++
 	}
-	return refs, uses, nil
+	return refs, uses, "", nil
 }
 
 // unuse ends a's stacking on frozen snapshots (its mount is gone); a retired
@@ -298,7 +310,7 @@ func (s *snapshotter) lowerDirs(a *active) ([]string, error) {
 		}
 		return s.LowerDirs(parent)
 	}
-	refs, uses, err := s.frozenRefs(pk)
+	refs, uses, _, err := s.frozenRefs(pk)
 	if err != nil {
 		return nil, err
 	}
@@ -546,6 +558,10 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string) error {
 // adopt makes committed name the parent of the snapshots stacked on a.
 func (s *snapshotter) adopt(a *active, name string) error {
 	s.mu.Lock()
+	if s.committedAs == nil {
+		s.committedAs = map[string]string{}
+	}
+	s.committedAs[a.Key] = name
 	var kids []*active
 	for _, c := range s.actives {
 		if c.ParentKey == a.Key && !c.gone {

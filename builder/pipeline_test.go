@@ -1,0 +1,126 @@
+package builder
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/lbuild/lbuild/builder/executor"
+	"github.com/lbuild/lbuild/snapshot"
+	"github.com/lbuild/lbuild/system"
+)
+
+// pipelineDockerfile has layer steps back to back (RUN, COPY, RUN reading
+// what the step before wrote, a deletion, a directory touched and restored)
+// in two stages, one copying from the other, with metadata steps between.
+const pipelineDockerfile = `FROM local/busybox AS lib
+RUN mkdir -p /lib/x && echo lib > /lib/x/lib.txt
+RUN cat /lib/x/lib.txt > /lib/copy.txt && rm /lib/x/lib.txt
+
+FROM local/busybox
+ENV A=1
+RUN echo one > /one && mkdir /d && echo keep > /d/keep
+COPY data.txt /d/data.txt
+RUN cat /one /d/data.txt > /two && rm /one
+LABEL x=y
+RUN touch /tmp/stub && rm /tmp/stub && echo three > /three
+COPY --from=lib /lib /lib
+RUN cat /two /three /lib/copy.txt > /all
+`
+
+// A build whose layers are stored while later steps run gives the same
+// image, byte for byte, as one storing each layer before the next step,
+// one stage at a time (each in a fresh store: nothing cached).
+func TestPipelinedBuildSameImageAsSerial(t *testing.T) {
+	needRunc(t)
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"data.txt": "data\n"})
+	var ids []string
+	for _, serial := range []bool{true, false} {
+		r := openRoot(t)
+		withBusybox(t, r)
+		res, out := mustBuild(t, r, dir, pipelineDockerfile, func(o *Options) {
+			if serial {
+				o.NoPipeline, o.Parallel = true, 1
+			}
+		})
+		ids = append(ids, res.Image.ID.String())
+		for _, s := range res.Steps {
+			layer := strings.HasPrefix(s.Text, "RUN") || strings.HasPrefix(s.Text, "COPY")
+			if layer && (s.DiffID == "" || s.ChainID == "") {
+				t.Errorf("serial=%v: step %q has no layer in the result", serial, s.Text)
+			}
+		}
+		// Cached the second time, and the same image.
+		again, _ := mustBuild(t, r, dir, pipelineDockerfile)
+		if again.Image.ID != res.Image.ID {
+			t.Errorf("serial=%v: a cached rebuild gave %s, first build %s\n%s", serial, again.Image.ID, res.Image.ID, out)
+		}
+		for _, s := range again.Steps {
+			if !s.Cached {
+				t.Errorf("serial=%v: rebuild ran %q again", serial, s.Text)
+			}
+		}
+		assertNoActiveSnapshots(t, r)
+	}
+	if ids[0] != ids[1] {
+		t.Errorf("serial build %s, pipelined build %s", ids[0], ids[1])
+	}
+}
+
+// recordCounter is an executor that notes, for each RUN, how many cache
+// records the store holds when it runs, and writes a file as fakeExecutor
+// does.
+type recordCounter struct {
+	r      *system.Root
+	counts []int
+}
+
+func (c *recordCounter) Run(ctx context.Context, rootfs string, meta executor.Meta) error {
+	ents, err := os.ReadDir(c.r.Records.Dir())
+	if err != nil {
+		return err
+	}
+	c.counts = append(c.counts, len(ents))
+	return os.WriteFile(filepath.Join(rootfs, "ran"), []byte(meta.Args[len(meta.Args)-1]), 0o644)
+}
+
+// The step after a layer step starts before that step's layer is stored:
+// its record (written once the layer is) is not there yet when the next
+// RUN runs; with NoPipeline it is.
+func TestPipelinedNextStepStartsBeforeLayerStored(t *testing.T) {
+	for _, serial := range []bool{true, false} {
+		r := openRoot(t)
+		if r.Snaps.Driver() != snapshot.DriverOverlay {
+			t.Skip("pipelined commits need the overlay snapshot driver")
+		}
+		dir := t.TempDir()
+		c := &recordCounter{r: r}
+		_, out, err := tryBuild(r, dir, "FROM scratch\nRUN first\nRUN second\n", func(o *Options) {
+			o.Executor, o.NoPipeline = c, serial
+		})
+		if err != nil {
+			t.Fatalf("serial=%v: %v\n%s", serial, err, out)
+		}
+		if len(c.counts) != 2 {
+			t.Fatalf("serial=%v: %d RUNs", serial, len(c.counts))
+		}
+		grew := c.counts[1] > c.counts[0]
+		if grew != serial {
+			t.Errorf("serial=%v: records at each RUN %v: the first step's record was stored before the second ran: %v", serial, c.counts, grew)
+		}
+	}
+}
+
+func assertNoActiveSnapshots(t *testing.T, r *system.Root) {
+	t.Helper()
+	ents, err := os.ReadDir(filepath.Join(r.Dir, "snapshots", "active"))
+	if err != nil && !os.IsNotExist(err) {
+		t.Fatal(err)
+	}
+	if len(ents) != 0 {
+		t.Errorf("%d active snapshots left after the build", len(ents))
+	}
+}
