@@ -354,8 +354,8 @@ type stageState struct {
 	// pending are the layer steps run whose layers are still being stored,
 	// oldest first (layer.go); layers and chainID do not hold them yet.
 	pending []*layerJob
-	key     cache.Key       // cache key of the last step
-	args    []kv            // ARGs in scope with a value
+	key     cache.Key // cache key of the last step
+	args    []kv      // ARGs in scope with a value
 	// argOver names the ARGs declared after the last ENV of the same name:
 	// as in BuildKit (an ARG with a value sets the build state's env), they
 	// win over that ENV in expansions and RUN, not in the image config.

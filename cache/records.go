@@ -18,16 +18,16 @@ import (
 
 // Record is what a step left in the cache.
 type Record struct {
-	Key        Key             `json:"key"`
-	DiffID     string          `json:"diffID,omitempty"` // "sha256:…" of the uncompressed layer; "" for a metadata step
-	Size       int64           `json:"size,omitempty"`   // uncompressed layer size in bytes
+	Key    Key    `json:"key"`
+	DiffID string `json:"diffID,omitempty"` // "sha256:…" of the uncompressed layer; "" for a metadata step
+	Size   int64  `json:"size,omitempty"`   // uncompressed layer size in bytes
 	// Base is the chain ID of the filesystem a layer step ran on ("" for
 	// the empty one and for metadata steps): a layer is reused only on the
 	// same filesystem (a --no-cache build may have put another result
 	// under the parent's key since).
-	Base string `json:"base,omitempty"`
-	Created    time.Time       `json:"created"`          // when the step was first built
-	CreatedBy  string          `json:"createdBy"`        // the instruction, as shown in image history
+	Base       string          `json:"base,omitempty"`
+	Created    time.Time       `json:"created"`   // when the step was first built
+	CreatedBy  string          `json:"createdBy"` // the instruction, as shown in image history
 	EmptyLayer bool            `json:"emptyLayer,omitempty"`
 	Config     json.RawMessage `json:"config,omitempty"` // opaque state for the builder
 	// Manifest is the digest of what went into the key (a Manifest in
