@@ -151,11 +151,13 @@ func LockFunc(path string) (func(), error) {
 
 // TreeSize sums the sizes of the regular files below root, not following
 // symlinks and not crossing into other filesystems (a container's overlay
-// mounted under the root is the layers below it again, not more bytes);
-// 0 if root is missing; unreadable parts are skipped.
+// mounted under the root is the layers below it again, not more bytes),
+// a file with several names once (an indexed layer's tar is a hard link
+// to its blob); 0 if root is missing; unreadable parts are skipped.
 func TreeSize(root string) int64 {
 	var n int64
 	var dev uint64
+	seen := map[uint64]bool{} // inodes with several links
 	if fi, err := os.Lstat(root); err == nil {
 		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 			dev = st.Dev
@@ -171,6 +173,12 @@ func TreeSize(root string) int64 {
 		}
 		if err == nil && d.Type().IsRegular() {
 			if fi, err := d.Info(); err == nil {
+				if st, ok := fi.Sys().(*syscall.Stat_t); ok && st.Nlink > 1 {
+					if seen[st.Ino] {
+						return nil // another name of a file counted already
+					}
+					seen[st.Ino] = true
+				}
 				n += fi.Size()
 			}
 		}

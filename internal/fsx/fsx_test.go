@@ -54,3 +54,18 @@ func TestWriteFileAndLock(t *testing.T) {
 		t.Error("Held = true after release")
 	}
 }
+
+// A file with two names is counted once.
+func TestTreeSizeCountsHardLinksOnce(t *testing.T) {
+	root := t.TempDir()
+	if err := os.WriteFile(filepath.Join(root, "a"), make([]byte, 3000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(filepath.Join(root, "a"), filepath.Join(root, "b")); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(root, "c"), make([]byte, 10), 0o644)
+	if n := TreeSize(root); n != 3010 {
+		t.Errorf("TreeSize = %d, want 3010", n)
+	}
+}
