@@ -25,6 +25,7 @@ const (
 	incompatDeviceTable = 0x8
 
 	layoutFlatPlain  = 0
+	layoutFlatInline = 2
 	layoutChunkBased = 4
 
 	chunkFormatIndexes = 0x20
@@ -158,6 +159,9 @@ func chunkBits(size int64) uint {
 // and (regular files) its chunk indexes, 8-byte aligned after the xattrs.
 func (n *inode) recordSize(xattrLen int) int64 {
 	sz := int64(inodeSize + xattrLen)
+	if n.datalayout == layoutFlatInline {
+		sz += n.size
+	}
 	if n.datalayout == layoutChunkBased {
 		cb := chunkBits(n.size) + blkBits
 		chunks := (n.size + 1<<cb - 1) >> cb
@@ -203,20 +207,35 @@ func (t *tree) layout() (*layout, error) {
 	walk(t.root)
 	pos := int64(metaStart)
 	for _, n := range l.order {
-		switch {
-		case n.mode&syscall.S_IFMT == syscall.S_IFREG && n.size > 0:
-			n.datalayout = layoutChunkBased
-			if (n.off>>blkBits)+(n.size>>blkBits) >= 1<<32 {
-				return nil, fmt.Errorf("file data beyond 2 TiB into the tar: %w", errors.ErrUnsupported)
-			}
-		default:
-			n.datalayout = layoutFlatPlain
-		}
 		x := n.xattrBody()
 		if len(x) > 0 && (len(x)-xattrHeader)/4+1 > 65535 {
 			return nil, fmt.Errorf("too many xattrs on one file: %w", errors.ErrUnsupported)
 		}
 		l.xattrs[n] = x
+		n.datalayout = layoutFlatPlain
+		switch n.mode & syscall.S_IFMT {
+		case syscall.S_IFREG:
+			if n.size > 0 {
+				n.datalayout = layoutChunkBased
+				if (n.off>>blkBits)+(n.size>>blkBits) >= 1<<32 {
+					return nil, fmt.Errorf("file data beyond 2 TiB into the tar: %w", errors.ErrUnsupported)
+				}
+			}
+		case syscall.S_IFDIR, syscall.S_IFLNK:
+			if n.isDir() {
+				n.size = dirSize(dirBlocks(n.entries(l.parents[n])))
+			} else {
+				n.size = int64(len(n.target))
+			}
+			// Data that fits one block with its inode follows the inode
+			// (the kernel wants the inline part within one block).
+			if head := int64(inodeSize + len(x)); head+n.size <= blkSize {
+				n.datalayout = layoutFlatInline
+				if (pos+head)%blkSize+n.size > blkSize {
+					pos = (pos + blkSize - 1) &^ (blkSize - 1)
+				}
+			}
+		}
 		n.nid = uint64(pos / 32)
 		pos += (n.recordSize(len(x)) + 31) &^ 31
 	}
@@ -225,23 +244,39 @@ func (t *tree) layout() (*layout, error) {
 	}
 	blk := (pos + blkSize - 1) >> blkBits
 	for _, n := range l.order {
-		switch n.mode & syscall.S_IFMT {
-		case syscall.S_IFDIR:
-			blocks := dirBlocks(n.entries(l.parents[n]))
-			n.size = dirSize(blocks)
-			n.blk = uint32(blk)
-			blk += int64(len(blocks))
-		case syscall.S_IFLNK:
-			n.size = int64(len(n.target))
+		if (n.isDir() || n.mode&syscall.S_IFMT == syscall.S_IFLNK) && n.datalayout == layoutFlatPlain {
 			n.blk = uint32(blk)
 			blk += (n.size + blkSize - 1) >> blkBits
-		}
-		if blk >= 1<<32 {
-			return nil, fmt.Errorf("image larger than 2 TiB: %w", errors.ErrUnsupported)
+			if blk >= 1<<32 {
+				return nil, fmt.Errorf("image larger than 2 TiB: %w", errors.ErrUnsupported)
+			}
 		}
 	}
 	l.blocks = uint32(blk)
 	return l, nil
+}
+
+// data returns the content of a directory (its dirent blocks) or symlink.
+func (l *layout) data(n *inode) []byte {
+	if !n.isDir() {
+		return []byte(n.target)
+	}
+	le := binary.LittleEndian
+	var out []byte
+	for _, b := range dirBlocks(n.entries(l.parents[n])) {
+		out = append(out, make([]byte, -len(out)&(blkSize-1))...) // blocks but the last are full
+		blk := make([]byte, blkSize)
+		nameoff := direntSize * len(b)
+		for i, e := range b {
+			d := blk[i*direntSize:]
+			le.PutUint64(d[0:], e.n.nid)
+			le.PutUint16(d[8:], uint16(nameoff))
+			d[10] = fileType(e.n.mode)
+			nameoff += copy(blk[nameoff:], e.name)
+		}
+		out = append(out, blk[:nameoff]...)
+	}
+	return out
 }
 
 // write writes the image of t, whose tar (device 1) is tarSize bytes long.
@@ -301,7 +336,7 @@ func (t *tree) write(w io.Writer, tarSize int64) error {
 		case n.datalayout == layoutChunkBased:
 			cb = chunkBits(n.size)
 			le.PutUint16(ino[16:], chunkFormatIndexes|uint16(cb))
-		case n.isDir() || n.mode&syscall.S_IFMT == syscall.S_IFLNK:
+		case n.datalayout == layoutFlatPlain && (n.isDir() || n.mode&syscall.S_IFMT == syscall.S_IFLNK):
 			le.PutUint32(ino[16:], n.blk)
 		case n.mode&syscall.S_IFMT == syscall.S_IFCHR || n.mode&syscall.S_IFMT == syscall.S_IFBLK:
 			le.PutUint32(ino[16:], n.rdev)
@@ -314,6 +349,9 @@ func (t *tree) write(w io.Writer, tarSize int64) error {
 		le.PutUint32(ino[44:], n.nlink)
 		put(ino)
 		put(x)
+		if n.datalayout == layoutFlatInline {
+			put(l.data(n))
+		}
 		if n.datalayout == layoutChunkBased {
 			pad((pos + 7) &^ 7)
 			chunk := int64(blkSize) << cb
@@ -328,28 +366,10 @@ func (t *tree) write(w io.Writer, tarSize int64) error {
 		}
 	}
 
-	blk := make([]byte, blkSize)
 	for _, n := range l.order {
-		switch n.mode & syscall.S_IFMT {
-		case syscall.S_IFDIR:
+		if n.datalayout == layoutFlatPlain && (n.isDir() || n.mode&syscall.S_IFMT == syscall.S_IFLNK) {
 			pad(int64(n.blk) << blkBits)
-			for _, b := range dirBlocks(n.entries(l.parents[n])) {
-				clear(blk)
-				nameoff := direntSize * len(b)
-				for i, e := range b {
-					d := blk[i*direntSize:]
-					le.PutUint64(d[0:], e.n.nid)
-					le.PutUint16(d[8:], uint16(nameoff))
-					d[10] = fileType(e.n.mode)
-					nameoff += copy(blk[nameoff:], e.name)
-				}
-				put(blk[:nameoff])
-				pad((pos + blkSize - 1) &^ (blkSize - 1))
-			}
-		case syscall.S_IFLNK:
-			pad(int64(n.blk) << blkBits)
-			bw.WriteString(n.target)
-			pos += int64(len(n.target))
+			put(l.data(n))
 		}
 	}
 	pad(int64(l.blocks) << blkBits)
