@@ -147,6 +147,9 @@ func layerEntries() []entry {
 		file("rep/d", 0o644, []byte("a file now")),
 		file("rep/f", 0o644, []byte("a file first")),
 		dir("rep/f/", 0o711),
+		file("rep/skipped", 0o644, []byte("removed by an entry the applier skips")),
+		{hdr: tar.Header{Typeflag: tar.TypeCont, Name: "rep/skipped", Mode: 0o644, ModTime: t0, Format: tar.FormatPAX}},
+		{hdr: tar.Header{Typeflag: tar.TypeCont, Name: "skipped/in/missing/dirs", Mode: 0o644, ModTime: t0, Format: tar.FormatPAX}},
 		file("rep/wh", 0o644, []byte("whited out later")),
 		file("rep/.wh.wh", 0o644, nil),
 		file("rep/.wh.back", 0o644, nil),
@@ -157,6 +160,8 @@ func layerEntries() []entry {
 		file(deep+"leaf", 0o644, []byte("deep")),
 		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "gnu-long/" + long, Mode: 0o644, ModTime: time.Unix(1600000000, 0), Format: tar.FormatGNU}, content: []byte("gnu")},
 		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "ustar", Mode: 0o644, ModTime: time.Unix(1600000000, 0), Format: tar.FormatUSTAR}, content: randBytes(6, 1000)},
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "old/1960", Mode: 0o644, ModTime: time.Date(1960, 5, 6, 7, 8, 9, 500, time.UTC), Format: tar.FormatPAX}},
+		{hdr: tar.Header{Typeflag: tar.TypeReg, Name: "old/epoch", Mode: 0o644, ModTime: time.Unix(0, 0), Format: tar.FormatUSTAR}},
 		dir("many/", 0o755),
 	}
 	for i := range 10000 {
@@ -345,7 +350,7 @@ func TestMatchesApplier(t *testing.T) {
 			defer f.Close()
 			got := snapshotTree(t, mounted(t, tarPath, tc.open(f)), since)
 			compareTrees(t, want, got)
-			for _, p := range []string{"opq", "hl/b", "many/file-with-a-longer-name-00007", "sizes/60M", "twice"} {
+			for _, p := range []string{"opq", "hl/b", "many/file-with-a-longer-name-00007", "sizes/60M", "twice", "skipped/in/missing"} {
 				if want[p] == "" {
 					t.Errorf("the applier made no %s: the test tar lost its point", p)
 				}
@@ -414,6 +419,7 @@ func TestUnsupported(t *testing.T) {
 		"hard link to dir":  {dir("d/", 0o755), special(tar.TypeLink, "l", "d")},
 		"dangling link":     {special(tar.TypeLink, "l", "nothing")},
 		"through a file":    {file("f", 0o644, nil), file("f/g", 0o644, nil)},
+		"empty symlink":     {special(tar.TypeSymlink, "l", "")},
 		"system xattr":      {withXattrs(file("f", 0o644, nil), "system.posix_acl_access", "x")},
 		"user xattr on dev": {withXattrs(special(tar.TypeFifo, "p", ""), "user.x", "y")},
 	} {

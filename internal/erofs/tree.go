@@ -178,8 +178,8 @@ func (t *tree) add(hdr *tar.Header, off int64) error {
 	case tar.TypeReg:
 		n = &inode{mode: syscall.S_IFREG, size: hdr.Size, off: off}
 	case tar.TypeSymlink:
-		if len(hdr.Linkname) >= 4096 {
-			return unsupported(hdr, "symlink target too long")
+		if hdr.Linkname == "" || len(hdr.Linkname) >= 4096 {
+			return unsupported(hdr, "symlink target empty or too long") // symlinkat fails
 		}
 		n = &inode{mode: syscall.S_IFLNK | 0o777, target: hdr.Linkname}
 	case tar.TypeLink:
