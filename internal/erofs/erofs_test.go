@@ -453,3 +453,42 @@ func TestUnsupported(t *testing.T) {
 		}
 	})
 }
+
+// TestMountRefusesMismatch: Mount checks the image is one of ours and the
+// tar is the size of the one it was built from.
+func TestMountRefusesMismatch(t *testing.T) {
+	needErofs(t)
+	tmp := t.TempDir()
+	tarPath, other, img, mnt := filepath.Join(tmp, "a.tar"), filepath.Join(tmp, "b.tar"), filepath.Join(tmp, "a.erofs"), filepath.Join(tmp, "mnt")
+	writeTar(t, tarPath, []entry{file("f", 0o644, []byte("a"))})
+	writeTar(t, other, []entry{file("f", 0o644, make([]byte, 20000))})
+	var b bytes.Buffer
+	f, err := os.Open(tarPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := erofs.Build(&b, f); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(img, b.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := erofs.Mount(img, other, mnt); err == nil || !strings.Contains(err.Error(), "blocks") {
+		erofs.Unmount(mnt)
+		t.Fatalf("Mount with another tar: %v, want a size mismatch", err)
+	}
+	if err := erofs.Mount(tarPath, tarPath, mnt); err == nil {
+		erofs.Unmount(mnt)
+		t.Fatal("Mount of a tar as the image succeeded")
+	}
+	if err := erofs.Mount(img, tarPath, mnt); err != nil {
+		t.Fatal(err)
+	}
+	if err := erofs.Unmount(mnt); err != nil {
+		t.Fatal(err)
+	}
+}

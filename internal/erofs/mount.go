@@ -3,7 +3,9 @@ package erofs
 import (
 	"archive/tar"
 	"bytes"
+	"encoding/binary"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"sync"
@@ -14,8 +16,12 @@ import (
 // Mount mounts image (a file Build wrote) read-only at target, with tar (the
 // file Build read) as its device 1. Both files must stay unchanged while
 // mounted. It needs CAP_SYS_ADMIN and a kernel with file-backed EROFS mounts
-// (see Supported).
+// (see Supported). A tar whose size is not the one image was built from is
+// refused.
 func Mount(image, tar, target string) error {
+	if err := checkPair(image, tar); err != nil {
+		return err
+	}
 	fd, err := unix.Fsopen("erofs", unix.FSOPEN_CLOEXEC)
 	if err != nil {
 		return fmt.Errorf("mount erofs %s: fsopen: %w", image, err)
@@ -36,6 +42,33 @@ func Mount(image, tar, target string) error {
 	defer unix.Close(mfd)
 	if err := unix.MoveMount(mfd, "", unix.AT_FDCWD, target, unix.MOVE_MOUNT_F_EMPTY_PATH); err != nil {
 		return fmt.Errorf("mount erofs %s on %s: %w", image, target, err)
+	}
+	return nil
+}
+
+// checkPair checks that image is an image Build wrote and tar has the size
+// of the tar it was built from.
+func checkPair(image, tar string) error {
+	f, err := os.Open(image)
+	if err != nil {
+		return fmt.Errorf("mount erofs: %w", err)
+	}
+	defer f.Close()
+	b := make([]byte, slotOffset+slotSize)
+	if _, err := io.ReadFull(f, b); err != nil {
+		return fmt.Errorf("mount erofs %s: not an image of a layer tar: %w", image, err)
+	}
+	le := binary.LittleEndian
+	if le.Uint32(b[superOffset:]) != superMagic || le.Uint16(b[superOffset+86:]) != 1 {
+		return fmt.Errorf("mount erofs %s: not an image of a layer tar", image)
+	}
+	blocks := int64(le.Uint32(b[slotOffset+64:])) | int64(le.Uint16(b[slotOffset+72:]))<<32
+	st, err := os.Stat(tar)
+	if err != nil {
+		return fmt.Errorf("mount erofs %s: %w", image, err)
+	}
+	if got := (st.Size() + blkSize - 1) >> blkBits; got != blocks {
+		return fmt.Errorf("mount erofs %s: %s has %d blocks, the image was built from a tar of %d: rebuild the image from this tar", image, tar, got, blocks)
 	}
 	return nil
 }
