@@ -3,6 +3,10 @@ package erofs_test
 import (
 	"archive/tar"
 	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -12,6 +16,7 @@ import (
 	"time"
 
 	"github.com/lbuild/lbuild/internal/erofs"
+	"github.com/lbuild/lbuild/snapshot"
 )
 
 // w2Tar writes a layer like workload W2: 10,000 files of 0.5-3.5 KB in 100
@@ -87,6 +92,25 @@ func BenchmarkW2(b *testing.B) {
 			}
 		})
 	}
+	// For comparison: what indexing replaces, unpacking with the applier.
+	b.Run("applier-unpack", func(b *testing.B) {
+		b.SetBytes(size)
+		raw, err := os.ReadFile(tarPath)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sum := sha256.Sum256(raw)
+		name := snapshot.ChainID("", "sha256:"+hex.EncodeToString(sum[:]))
+		for b.Loop() {
+			s, err := snapshot.New(b.TempDir(), snapshot.DriverCopy)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := s.Apply(context.Background(), name, "", bytes.NewReader(raw)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 	b.Run("mount", func(b *testing.B) {
 		needErofs(b)
 		dir := b.TempDir()
