@@ -77,8 +77,9 @@ type Options struct {
 	// way.
 	Parallel int
 	// NoPipeline makes each layer step store its layer before the next step
-	// starts, instead of in the background while it runs (the image is the
-	// same either way; for comparison).
+	// starts, instead of in the background while it runs, and write a
+	// COPY's files to disk before its layer, not to memory (the image is
+	// the same either way; for comparison).
 	NoPipeline bool
 }
 

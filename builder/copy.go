@@ -219,15 +219,25 @@ func (b *build) dispatchCopy(ctx context.Context, st *stageState, c copySpec) er
 		groups = append(groups, group{name: path.Base(hc.Path), data: &data})
 	}
 	var all []cache.Entry
+	writes, known := int64(0), true
 	for i, g := range groups {
 		if g.data != nil {
 			in.Heredocs = append(in.Heredocs, g.name+"\x00"+*g.data)
+			writes += pageRound(int64(len(*g.data)))
 			continue
 		}
 		for _, e := range g.entries {
 			e.Rel = strconv.Itoa(i) + "/" + e.Rel
 			all = append(all, e)
+			if e.Info == nil {
+				known = false
+			} else {
+				writes += pageRound(e.Info.Size())
+			}
 		}
+	}
+	if !c.Add && known {
+		st.note.writes = writes // ADD may unpack archives: unknown
 	}
 	sum, files, err := cache.ChecksumSet(b.files, all)
 	if err != nil {

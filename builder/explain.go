@@ -137,6 +137,10 @@ type stepNote struct {
 	rows  []cache.FileRow     // files listed (on a miss, once)
 	// fromKey is the last step of the stage a COPY --from copies from.
 	fromKey cache.Key
+	// writes bounds what the step adds to the filesystem, in bytes of
+	// memory (COPY from the context: its sources, a page a file at least);
+	// 0: unknown. See memoryLimit.
+	writes int64
 }
 
 // explainState is a build's part in explaining: the manifest store, which

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/sirupsen/logrus"
 
 	"github.com/lbuild/lbuild/cache"
 	"github.com/lbuild/lbuild/snapshot"
@@ -63,11 +65,52 @@ func (j *layerJob) run(ctx context.Context, root *system.Root) {
 		return
 	}
 	j.chainID = snapshot.ChainID(base, j.diffID.String())
-	if err := root.Snaps.Commit(ctx, j.chainID, j.snapKey); err != nil {
+	if err := root.Snaps.Commit(ctx, j.chainID, j.snapKey, snapshot.WithBlob(root.Store.BlobPath(j.diffID))); err != nil {
 		j.err = fmt.Errorf("commit snapshot: %w", err)
 		return
 	}
 	j.committed = true
+}
+
+// memoryLimit is the size of the tmpfs a step that adds writes bytes gets
+// as its upperdir (snapshot.InMemory: its files cost no disk inodes, and
+// its layer is written to disk once, as its blob), or 0 to write it on
+// disk: when the size is unknown, when EROFS indexes cannot be mounted
+// here, or when the step would take more than a quarter of the memory
+// available (at most 1 GiB).
+func (b *build) memoryLimit(writes int64) int64 {
+	if writes <= 0 || b.opts.NoPipeline || !b.root.Snaps.Indexes() {
+		return 0
+	}
+	limit := writes + 64<<20 // directories, and what overlay copies up
+	if limit > 1<<30 || limit > memAvailable()/4 {
+		return 0
+	}
+	return limit
+}
+
+// memAvailable is MemAvailable of /proc/meminfo in bytes (0 if unknown).
+func memAvailable() int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(l, "MemAvailable:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 10, 64)
+			if err == nil {
+				return kb << 10
+			}
+		}
+	}
+	return 0
+}
+
+// pageRound is n rounded up to whole memory pages (a tmpfs file takes at
+// least one).
+func pageRound(n int64) int64 {
+	const page = 4096
+	return (n + page) / page * page
 }
 
 // storeLayer writes the diff of active snapshot key into a blob of the
@@ -97,9 +140,13 @@ func (b *build) commitLayer(ctx context.Context, st *stageState, fn layerFunc) (
 	var dir string
 	var err error
 	j := &layerJob{snapKey: key, base: st.chainID, done: make(chan struct{})}
+	var popts []snapshot.Opt
+	if limit := b.memoryLimit(st.note.writes); limit > 0 {
+		popts = append(popts, snapshot.InMemory(limit))
+	}
 	if n := len(st.pending); n > 0 {
 		j.prev = st.pending[n-1]
-		dir, err = b.root.Snaps.Prepare(ctx, key, "", snapshot.OverFrozen(j.prev.snapKey))
+		dir, err = b.root.Snaps.Prepare(ctx, key, "", append(popts, snapshot.OverFrozen(j.prev.snapKey))...)
 	} else {
 		if err := b.needLayers(ctx, st.layers); err != nil {
 			return nil, err
@@ -107,7 +154,16 @@ func (b *build) commitLayer(ctx context.Context, st *stageState, fn layerFunc) (
 		if err := b.root.EnsureChain(ctx, st.cfg.RootFS.DiffIDs, st.layers); err != nil {
 			return nil, err
 		}
-		dir, err = b.root.Snaps.Prepare(ctx, key, st.chainID)
+		dir, err = b.root.Snaps.Prepare(ctx, key, st.chainID, popts...)
+	}
+	if err != nil && len(popts) > 0 && ctx.Err() == nil {
+		// No tmpfs here (or none of that size): on disk, as without.
+		logrus.Debugf("memory snapshot for step: %v: writing it on disk", err)
+		if j.prev != nil {
+			dir, err = b.root.Snaps.Prepare(ctx, key, "", snapshot.OverFrozen(j.prev.snapKey))
+		} else {
+			dir, err = b.root.Snaps.Prepare(ctx, key, st.chainID)
+		}
 	}
 	if err != nil {
 		return nil, fmt.Errorf("prepare snapshot: %w", err)

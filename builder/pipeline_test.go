@@ -38,6 +38,8 @@ func TestPipelinedBuildSameImageAsSerial(t *testing.T) {
 	dir := t.TempDir()
 	writeFiles(t, dir, map[string]string{"data.txt": "data\n"})
 	var ids []string
+	var indexed []int
+	canIndex := false
 	for _, serial := range []bool{true, false} {
 		r := openRoot(t)
 		withBusybox(t, r)
@@ -64,6 +66,14 @@ func TestPipelinedBuildSameImageAsSerial(t *testing.T) {
 			}
 		}
 		assertNoActiveSnapshots(t, r)
+		indexed = append(indexed, indexedLayers(t, r))
+		canIndex = r.Snaps.Indexes()
+	}
+	// The pipelined build wrote its COPY from the context to memory and
+	// kept the layer as its blob and an index; the serial one unpacked it
+	// (the busybox base, built the default way, is indexed in both).
+	if canIndex && indexed[1] != indexed[0]+1 {
+		t.Errorf("indexed layers: serial build %d, pipelined %d, want one more", indexed[0], indexed[1])
 	}
 	if ids[0] != ids[1] {
 		t.Errorf("serial build %s, pipelined build %s", ids[0], ids[1])
@@ -112,6 +122,13 @@ func TestPipelinedNextStepStartsBeforeLayerStored(t *testing.T) {
 			t.Errorf("serial=%v: records at each RUN %v: the first step's record was stored before the second ran: %v", serial, c.counts, grew)
 		}
 	}
+}
+
+// indexedLayers counts the committed layers kept as their tar and an index.
+func indexedLayers(t *testing.T, r *system.Root) int {
+	t.Helper()
+	m, _ := filepath.Glob(filepath.Join(r.Dir, "snapshots", "layers", "*", "layer.erofs"))
+	return len(m)
 }
 
 func assertNoActiveSnapshots(t *testing.T, r *system.Root) {

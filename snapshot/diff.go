@@ -335,8 +335,10 @@ func (w *tarWriter) writeUpper(ctx context.Context, root string, lowers ...strin
 		return err
 	}
 	defer rn.close()
-	if w.lowers, err = openTrees(lowers); err != nil {
-		return err
+	if w.lowers == nil {
+		if w.lowers, err = openTrees(lowers); err != nil {
+			return err
+		}
 	}
 	defer w.lowers.close()
 	if err := w.walkUpper(ctx, rn); err != nil {

@@ -118,8 +118,8 @@ func TestFreezeThenStack(t *testing.T) {
 }
 
 // A frozen step whose layer another build committed first is discarded only
-// once the step stacked on it is unmounted, and that step then stands on
-// the other build's layer.
+// once the step stacked on it is gone, and that step then stands on the
+// other build's layer.
 func TestFreezeCommitExistingKeepsStack(t *testing.T) {
 	ctx := context.Background()
 	s, root := newTestSnapshotter(t, DriverOverlay)
@@ -156,10 +156,13 @@ func TestFreezeCommitExistingKeepsStack(t *testing.T) {
 	if got := names(readTar(t, layer("k2"))); strings.Join(got, " ") != "x" {
 		t.Fatalf("stacked diff = %q", got)
 	}
-	if n := len(mustReadDir(t, filepath.Join(root, "active"))); n != 1 {
-		t.Fatalf("%d active dirs once the stacked step is unmounted, want 1", n)
+	if n := len(mustReadDir(t, filepath.Join(root, "active"))); n != 2 {
+		t.Fatalf("%d active dirs after the stacked step's diff, want 2 (its lowers are read until it is committed)", n)
 	}
 	check(t, s.Commit(ctx, ChainID(n1, "sha256:"+strings.Repeat("3", 64)), "k2"))
+	if n := len(mustReadDir(t, filepath.Join(root, "active"))); n != 0 {
+		t.Fatalf("%d active dirs once the stacked step is committed, want 0", n)
+	}
 }
 
 func TestFreezeCopyDriverUnsupported(t *testing.T) {
@@ -175,4 +178,83 @@ func TestFreezeCopyDriverUnsupported(t *testing.T) {
 		t.Fatal("Prepare over a snapshot of the copy driver succeeded")
 	}
 	check(t, s.Remove(ctx, "k"))
+}
+
+// A memory snapshot's layer is kept as the blob its diff was written to and
+// an EROFS index over it: nothing of it is unpacked on disk, views and
+// steps over it read it through the index, and a step stacked on it while
+// it is frozen gives the same layer as one over the committed layer.
+func TestInMemoryLayerIsItsBlob(t *testing.T) {
+	ctx := context.Background()
+	s, root := newTestSnapshotter(t, DriverOverlay)
+	if !s.Indexes() {
+		t.Skip("EROFS indexes cannot be mounted here")
+	}
+	base := applyBase(t, s)
+	v, err := s.Prepare(ctx, "mem", base, InMemory(64<<20))
+	check(t, err)
+	mustWrite(t, filepath.Join(v, "dir", "new.txt"), "new", 0o640)
+	check(t, os.Remove(filepath.Join(v, "del.txt")))
+	check(t, os.Mkdir(filepath.Join(v, "big"), 0o755))
+	big := strings.Repeat("0123456789abcdef", 1<<16) // 1 MiB
+	mustWrite(t, filepath.Join(v, "big", "f"), big, 0o644)
+	check(t, os.Link(filepath.Join(v, "big", "f"), filepath.Join(v, "big", "g")))
+	check(t, s.Freeze(ctx, "mem", WithSourceDateEpoch(clampAt)))
+	v2, err := s.Prepare(ctx, "over", "", OverFrozen("mem"))
+	check(t, err)
+
+	blob := filepath.Join(t.TempDir(), "blob")
+	f, err := os.Create(blob)
+	check(t, err)
+	check(t, s.Diff(ctx, "mem", f, WithSourceDateEpoch(clampAt)))
+	check(t, f.Close())
+	b, err := os.ReadFile(blob)
+	check(t, err)
+	name := ChainID(base, diffID(b))
+	check(t, s.Commit(ctx, name, "mem", WithBlob(blob)))
+	h, _ := nameHex(name)
+	if ents := mustReadDir(t, filepath.Join(root, "layers", h, "fs")); len(ents) != 0 {
+		t.Errorf("the layer was unpacked: fs/ holds %v", ents)
+	}
+	if indexed, whole := isIndexed(filepath.Join(root, "layers", h)); !indexed || !whole {
+		t.Fatalf("committed memory layer: indexed %v, whole %v", indexed, whole)
+	}
+	if probs, err := s.Check(); err != nil || len(probs) != 0 {
+		t.Fatalf("Check: %v %v", probs, err)
+	}
+
+	// The stacked step reads through the frozen tmpfs, then commits on the indexed layer.
+	if got := mustRead(t, filepath.Join(v2, "big", "g")); got != big {
+		t.Fatal("big/g over the memory step differs")
+	}
+	mustWrite(t, filepath.Join(v2, "dir", "new.txt"), "newer", 0o640)
+	var l2 bytes.Buffer
+	check(t, s.Diff(ctx, "over", &l2, WithSourceDateEpoch(clampAt)))
+	if got := names(readTar(t, l2.Bytes())); strings.Join(got, " ") != "dir/ dir/new.txt" {
+		t.Fatalf("stacked diff = %q", got)
+	}
+	check(t, s.Commit(ctx, ChainID(name, diffID(l2.Bytes())), "over"))
+
+	// A view of the indexed layer shows it as its tar says.
+	view, err := s.View(ctx, "view", name)
+	check(t, err)
+	if got := mustRead(t, filepath.Join(view, "dir", "new.txt")); got != "new" {
+		t.Errorf("dir/new.txt = %q", got)
+	}
+	if exists(filepath.Join(view, "del.txt")) {
+		t.Error("del.txt, deleted in the layer, shows in its view")
+	}
+	if st, gt := statT(t, filepath.Join(view, "big", "f")), statT(t, filepath.Join(view, "big", "g")); st.Ino != gt.Ino || st.Nlink != 2 {
+		t.Errorf("big/f and big/g are not one file with 2 links (%d/%d, nlink %d)", st.Ino, gt.Ino, st.Nlink)
+	}
+	if got := mustRead(t, filepath.Join(view, "keep.txt")); got != "keep" {
+		t.Errorf("keep.txt from the base = %q", got)
+	}
+	check(t, s.Remove(ctx, "view"))
+	if m := mountsUnder(t, root); len(m) != 0 {
+		t.Errorf("mounts left under the root: %v", m)
+	}
+	if ents := mustReadDir(t, filepath.Join(root, "active")); len(ents) != 0 {
+		t.Errorf("active snapshots left: %v", ents)
+	}
 }

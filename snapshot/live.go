@@ -85,12 +85,9 @@ func copyChanges(ctx context.Context, la *liveActive) ([]change, manifest, error
 
 func (s *snapshotter) writeLive(ctx context.Context, la *liveActive, w io.Writer, noData bool) error {
 	if la.Driver == DriverOverlay {
-		var lowers []string
-		if la.Parent != "" {
-			var err error
-			if lowers, err = s.LowerDirs(la.Parent); err != nil {
-				return err
-			}
+		lowers, err := s.metaLowers(la.activeMeta)
+		if err != nil {
+			return err
 		}
 		return writeUpperTarOpts(ctx, filepath.Join(la.dir, "upper"), w, false, noData, lowers...)
 	}
@@ -127,11 +124,9 @@ func (s *snapshotter) Changes(ctx context.Context, key string) ([]Change, error)
 		}
 		return copyChangeList(changes, m), nil
 	}
-	var lowers []string
-	if la.Parent != "" {
-		if lowers, err = s.LowerDirs(la.Parent); err != nil {
-			return nil, err
-		}
+	lowers, err := s.metaLowers(la.activeMeta)
+	if err != nil {
+		return nil, err
 	}
 	lt, err := openTrees(lowers)
 	if err != nil {

@@ -26,21 +26,27 @@ const volatileOpt = ",volatile"
 // option strings (tests).
 var forceNewMountAPI = false
 
-// mountActive creates upper/work/merged for a and mounts the overlay.
-func (s *snapshotter) mountActive(a *active, refs []layerRef) (string, error) {
+// mountActive creates upper/work/merged for a (on the tmpfs at mem/ for
+// a memory snapshot) and mounts the overlay over lowers (relative to the
+// root, top first).
+func (s *snapshotter) mountActive(a *active, lowers []string) (string, error) {
 	rel := filepath.Join("active", a.id)
+	if a.Memory {
+		rel = filepath.Join(rel, "mem")
+	}
 	for _, d := range []struct {
 		name string
 		mode os.FileMode
 	}{{"upper", 0o755}, {"work", 0o700}, {"merged", 0o755}} {
-		if err := os.Mkdir(filepath.Join(a.dir, d.name), d.mode); err != nil {
+		dir := filepath.Join(s.root, rel, d.name)
+		if d.name == "merged" {
+			dir = filepath.Join(a.dir, d.name)
+		}
+		if err := os.Mkdir(dir, d.mode); err != nil {
 			return "", fmt.Errorf("create overlay dirs: %w", err)
 		}
 	}
-	lowers := make([]string, 0, len(refs)+2)
-	for _, r := range refs {
-		lowers = append(lowers, r.link)
-	}
+	lowers = append([]string(nil), lowers...)
 	var upper, work string
 	if a.ReadOnly {
 		// Overlay without upperdir is read-only but wants two lowerdirs.
@@ -190,7 +196,6 @@ func (s *snapshotter) unmountActive(a *active) error {
 		return err
 	}
 	a.mounted = false
-	s.unuse(a)
 	return nil
 }
 

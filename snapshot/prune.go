@@ -11,14 +11,12 @@ import (
 	"sort"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/lbuild/lbuild/internal/fsx"
 )
 
 // layerInfo is a committed snapshot as found on disk.
 type layerInfo struct {
 	name, parent string
-	ok           bool // parent, link and fs are all present
+	ok           bool // parent, link and fs are all present (and, indexed, its index and tar)
 }
 
 // layers reads every committed snapshot under layers/.
@@ -38,7 +36,8 @@ func (s *snapshotter) layers() (map[string]layerInfo, error) {
 		p, perr := os.ReadFile(filepath.Join(dir, "parent"))
 		_, lerr := os.Stat(filepath.Join(dir, "link"))
 		_, ferr := os.Stat(filepath.Join(dir, "fs"))
-		l.parent, l.ok = string(p), perr == nil && lerr == nil && ferr == nil
+		indexed, whole := isIndexed(dir)
+		l.parent, l.ok = string(p), perr == nil && lerr == nil && ferr == nil && (!indexed || whole)
 		out[name] = l
 	}
 	return out, nil
@@ -115,7 +114,7 @@ func (s *snapshotter) Prune(ctx context.Context, keep func(name string) bool, dr
 			return removed, freed, err
 		}
 		h, _ := nameHex(name)
-		size := fsx.TreeSize(s.layerDir(h))
+		size := layerBytes(s.layerDir(h))
 		if !dryRun {
 			link, _ := os.ReadFile(filepath.Join(s.layerDir(h), "link"))
 			if err := s.removeDirLocked(s.layerDir(h)); err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -20,6 +20,15 @@
 //
 // Lifecycle: Prepare (or View) -> [the caller changes the view] -> Diff -> Commit
 // or Remove. Apply creates a committed snapshot directly from a layer tar.
+// A build may Freeze a snapshot and Prepare the next one over it (OverFrozen)
+// while the frozen one's Diff and Commit run.
+//
+// A committed layer is unpacked (fs/ holds its files) or, made from an
+// InMemory snapshot, indexed: kept as its layer tar (a hard link to the blob
+// the caller stored it as) and an EROFS index whose files' data is that tar,
+// mounted read-only under each active snapshot that stands on it. Its bytes
+// are then written to disk once, and the files of a COPY cost no disk inodes
+// (they are made on a tmpfs and dropped once the layer is committed).
 //
 // Two drivers implement the same contract. "overlay" mounts an overlayfs whose
 // lowerdirs are the committed layers and whose upperdir collects the changes.
@@ -32,14 +41,19 @@
 //
 //	lock                    flock: shared while creating entries, exclusive in Cleanup
 //	empty/                  an empty directory, the lowerdir of views over ""
-//	layers/<hex>/fs/        one committed layer in overlay form
+//	layers/<hex>/fs/        one committed layer in overlay form (empty if indexed)
+//	layers/<hex>/layer.tar  an indexed layer's tar: a hard link to its blob
+//	layers/<hex>/layer.erofs  the EROFS index over it
 //	layers/<hex>/parent     the parent's chain ID ("" for a base layer)
 //	layers/<hex>/link       the short id of the layer's entry in l/
 //	l/<short id>            symlink -> ../layers/<hex>/fs (keeps mount options short)
 //	active/<id>/            one active snapshot; <id> is derived from its key
 //	  lock                  flock held by the owning process
-//	  meta.json             key, parent, driver, persistent, read-only
+//	  meta.json             key, parent, driver, persistent, read-only, lowers
 //	  upper/ work/ merged/  overlay driver
+//	  mem/upper mem/work    an InMemory snapshot's, on a tmpfs mounted at mem/
+//	  lower/<i>             indexed layers of its chain, mounted
+//	  layer.erofs           an InMemory snapshot's index, made by Diff
 //	  fs/ manifest layer/   copy driver (view, manifest, the layer built by Diff)
 //	tmp/<random>[.lock]     layers being built and directories being removed
 //	overlay-ok              "auto" found overlay usable here (kernel release, st_dev)
@@ -111,7 +125,12 @@ type Snapshotter interface {
 	// the active snapshot's parent); containerd's argument order, name first. If name exists already (another build made it),
 	// the active one is discarded and Commit returns nil. Atomic: the layer is
 	// built under tmp/ and renamed into place.
-	Commit(ctx context.Context, name, key string) error
+	//
+	// An InMemory snapshot's layer is kept as the blob named WithBlob and
+	// an EROFS index over it (or, without one, copied to disk).
+	Commit(ctx context.Context, name, key string, opts ...CommitOpt) error
+	// Indexes reports whether Prepare can make InMemory snapshots here.
+	Indexes() bool
 	// Remove discards an active snapshot (unmounting it) or a committed one. A
 	// committed snapshot that is the parent of another cannot be removed.
 	Remove(ctx context.Context, key string) error
@@ -142,8 +161,9 @@ type Snapshotter interface {
 	// of its own (the overlay upperdir; for the copy driver, the changed
 	// files), not counting its parent layers.
 	Usage(ctx context.Context, key string) (int64, error)
-	// LowerDirs returns the directories (top layer first) a view over committed
-	// name is made of: the fs directories of name and its ancestors.
+	// LowerDirs returns the fs directories of committed name and its
+	// ancestors (top layer first). An indexed layer's is empty: a view
+	// mounts the layer's index where it needs it.
 	LowerDirs(name string) ([]string, error)
 	// Cleanup unmounts and removes active snapshots left by processes that died
 	// (crash recovery), stale temp dirs, and overlay mounts under the root that
@@ -170,8 +190,10 @@ type Snapshotter interface {
 type Opt func(*prepareConfig)
 
 type prepareConfig struct {
-	persistent bool
-	overFrozen string
+	persistent  bool
+	overFrozen  string
+	memory      bool
+	memoryLimit int64
 }
 
 // OverFrozen makes Prepare stack the new active snapshot on frozen active

@@ -15,8 +15,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/sirupsen/logrus"
-
 	"github.com/lbuild/lbuild/internal/fsx"
 
 	"golang.org/x/sys/unix"
@@ -59,13 +57,15 @@ type active struct {
 	manifest manifest // copy driver; nil until loaded
 
 	// Stacking on frozen snapshots (OverFrozen), guarded by the
-	// snapshotter's mu: uses are the frozen snapshots whose upperdirs this
-	// one's mount stacks on (each counts it in users while it is mounted);
-	// a frozen snapshot committed under a name that already existed is
-	// retired: its directory stays until its users are gone.
+	// snapshotter's mu: uses are the frozen snapshots this one stands on
+	// (each counts it in users until it is committed or removed); a frozen
+	// snapshot committed while others stand on it is retired: its
+	// directory (and what is mounted in it) stays until they are gone.
 	uses    []*active
 	users   int
 	retired bool
+
+	index string // memory snapshot: its layer's EROFS index, once Diff built one
 }
 
 // activeMeta is stored as active/<id>/meta.json.
@@ -79,14 +79,26 @@ type activeMeta struct {
 	// (OverFrozen) until that is committed and becomes Parent.
 	ParentKey string `json:"parentKey,omitempty"`
 	Frozen    bool   `json:"frozen,omitempty"`
+	// Lowers are the directories (relative to the root, top first) the
+	// snapshot's view stands on, as mounted: committed layers' fs dirs,
+	// frozen snapshots' upperdirs, indexed layers mounted in lower/<i>.
+	// Empty in snapshots made before lbuild kept them: then the parent's
+	// chain.
+	Lowers []string `json:"lowers,omitempty"`
+	// Memory puts the upperdir on a tmpfs (mem/), for a layer that is
+	// stored as its tar blob and an index over it (InMemory).
+	Memory bool `json:"memory,omitempty"`
 }
 
 // layerRef is one committed layer of a chain.
 type layerRef struct {
 	name string
 	hex  string
-	fs   string // absolute path of the layer's fs dir
+	fs   string // absolute path of the layer's fs dir (or of a frozen upperdir)
 	link string // "l/<short id>", relative to the root
+	// indexed: the layer is its tar (fs/../layer.tar) and an EROFS index
+	// over it (layer.erofs), mounted where a view needs it, not unpacked.
+	indexed bool
 }
 
 func (s *snapshotter) Driver() string { return s.driver }
@@ -145,7 +157,11 @@ func (s *snapshotter) chain(name string) ([]layerRef, error) {
 		if err != nil {
 			return nil, fmt.Errorf("read link: %w", err)
 		}
-		refs = append(refs, layerRef{name: name, hex: h, fs: filepath.Join(dir, "fs"), link: "l/" + string(link)})
+		ref := layerRef{name: name, hex: h, fs: filepath.Join(dir, "fs"), link: "l/" + string(link)}
+		if _, err := os.Lstat(filepath.Join(dir, indexFile)); err == nil {
+			ref.indexed = true
+		}
+		refs = append(refs, ref)
 		name = string(parent)
 	}
 	return refs, nil
@@ -187,21 +203,33 @@ func (s *snapshotter) prepare(ctx context.Context, key, parent string, cfg prepa
 		id:         keyID(key),
 	}
 	a.dir = filepath.Join(s.root, "active", a.id)
+	if cfg.memory {
+		if readOnly || cfg.persistent || s.driver != DriverOverlay || !s.Indexes() {
+			return "", fmt.Errorf("prepare %s: a memory snapshot needs the overlay driver and EROFS, and cannot be a view or persistent", key)
+		}
+		a.Memory = true
+	}
 	var refs []layerRef
+	var lowers []string // the frozen parent's, if over one
 	if cfg.overFrozen != "" {
 		if parent != "" || readOnly || cfg.persistent || s.driver != DriverOverlay {
 			return "", fmt.Errorf("prepare %s: a snapshot over frozen %s must be a plain overlay one with no other parent", key, cfg.overFrozen)
 		}
-		// Held until mounted: the frozen upperdirs stay where refs say.
+		// Held until a is known: the frozen upperdirs stay where lowers
+		// say, and a Commit of one updates a's lowers.
 		s.stackMu.RLock()
 		defer s.stackMu.RUnlock()
 		var err error
 		var committed string
-		if refs, a.uses, committed, err = s.frozenRefs(cfg.overFrozen); err != nil {
+		if lowers, a.uses, committed, err = s.frozenLowers(cfg.overFrozen); err != nil {
 			return "", fmt.Errorf("prepare %s: %w", key, err)
 		}
 		if committed != "" {
 			a.ParentKey, a.Parent = "", committed
+			if refs, err = s.chain(committed); err != nil {
+				s.unuse(a)
+				return "", fmt.Errorf("prepare %s: %w", key, err)
+			}
 		}
 	} else if parent != "" {
 		var err error
@@ -213,13 +241,7 @@ func (s *snapshotter) prepare(ctx context.Context, key, parent string, cfg prepa
 		s.unuse(a)
 		return "", err
 	}
-	var view string
-	var err error
-	if a.Driver == DriverOverlay {
-		view, err = s.mountActive(a, refs)
-	} else {
-		view, err = s.materialize(ctx, a, refs)
-	}
+	view, err := s.setUp(ctx, a, refs, lowers, cfg.memoryLimit)
 	if err != nil {
 		s.discard(a)
 		return "", fmt.Errorf("prepare %s: %w", key, err)
@@ -233,97 +255,6 @@ func (s *snapshotter) prepare(ctx context.Context, key, parent string, cfg prepa
 	s.actives[key] = a
 	s.mu.Unlock()
 	return view, nil
-}
-
-// frozenRefs returns the layers a snapshot stacked on frozen active key
-// stands on (the frozen upperdirs, then the committed chain below them),
-// counting the new snapshot among the users of each frozen one. If key
-// itself has been committed meanwhile, it returns its name too (and the
-// committed chain). The caller holds stackMu.
-func (s *snapshotter) frozenRefs(key string) ([]layerRef, []*active, string, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if name, ok := s.committedAs[key]; ok {
-		refs, err := s.chain(name)
-		return refs, nil, name, err
-	}
-	var refs []layerRef
-	var uses []*active
-	for key != "" {
-		if len(refs) >= maxChain {
-			return nil, nil, "", fmt.Errorf("snapshot %s: chain longer than %d layers", key, maxChain)
-		}
-		p := s.actives[key]
-		if p == nil || p.gone || !p.Frozen {
-			return nil, nil, "", fmt.Errorf("snapshot %s is no frozen snapshot of this process: %w", key, ErrNotFound)
-		}
-		rel := filepath.Join("active", p.id, "upper")
-		refs = append(refs, layerRef{fs: filepath.Join(s.root, rel), link: rel})
-		uses = append(uses, p)
-		if p.ParentKey == "" && p.Parent != "" {
-			below, err := s.chain(p.Parent)
-			if err != nil {
-				return nil, nil, "", err
-			}
-			refs = append(refs, below...)
-		}
-		key = p.ParentKey
-	}
-	for _, p := range uses {
-		p.users++
-	}
-	return refs, uses, "", nil
-}
-
-// unuse ends a's stacking on frozen snapshots (its mount is gone); a retired
-// one nobody stacks on any more is deleted.
-func (s *snapshotter) unuse(a *active) {
-	s.mu.Lock()
-	uses := a.uses
-	a.uses = nil
-	var done []*active
-	for _, p := range uses {
-		p.users--
-		if p.retired && p.users == 0 {
-			done = append(done, p)
-		}
-	}
-	s.mu.Unlock()
-	for _, p := range done {
-		if err := s.removeDir(p.dir); err != nil {
-			logrus.Debugf("snapshot: remove retired %s: %v", p.Key, err)
-		}
-		p.lock.Close()
-	}
-}
-
-// lowerDirs returns the directories (top first) active snapshot a's
-// upperdir stands on. The caller holds stackMu for reading if a is
-// stacked on a frozen snapshot.
-func (s *snapshotter) lowerDirs(a *active) ([]string, error) {
-	s.mu.Lock()
-	pk, parent := a.ParentKey, a.Parent
-	s.mu.Unlock()
-	if pk == "" {
-		if parent == "" {
-			return nil, nil
-		}
-		return s.LowerDirs(parent)
-	}
-	refs, uses, _, err := s.frozenRefs(pk)
-	if err != nil {
-		return nil, err
-	}
-	s.mu.Lock()
-	for _, p := range uses {
-		p.users-- // only read, not mounted
-	}
-	s.mu.Unlock()
-	dirs := make([]string, len(refs))
-	for i, r := range refs {
-		dirs[i] = r.fs
-	}
-	return dirs, nil
 }
 
 // saveMeta rewrites a's meta.json.
@@ -425,7 +356,12 @@ func (s *snapshotter) Diff(ctx context.Context, key string, w io.Writer, opts ..
 	}
 	defer a.mu.Unlock()
 	if a.Driver == DriverOverlay {
-		if err := s.writeUpper(ctx, a, w, false, cfg.clamp); err != nil {
+		if a.Memory {
+			err = s.writeIndexed(ctx, a, w, cfg.clamp)
+		} else {
+			err = s.writeUpper(ctx, a, w, false, cfg.clamp)
+		}
+		if err != nil {
 			return fmt.Errorf("diff %s: %w", key, err)
 		}
 		a.diffed = true
@@ -444,20 +380,21 @@ func (s *snapshotter) writeUpper(ctx context.Context, a *active, w io.Writer, no
 	if err := s.unmountActive(a); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	stacked := a.ParentKey != ""
-	s.mu.Unlock()
-	if stacked {
-		s.stackMu.RLock()
-		defer s.stackMu.RUnlock()
-	}
+	// The lowers are opened before a Commit can move one (their
+	// descriptors then stay good).
+	s.stackMu.RLock()
 	lowers, err := s.lowerDirs(a)
+	var lt nodeTree
+	if err == nil {
+		lt, err = openTrees(lowers)
+	}
+	s.stackMu.RUnlock()
 	if err != nil {
 		return err
 	}
 	tw := newTarWriter(w, true)
-	tw.clamp, tw.noData = clamp, noData
-	return tw.writeUpper(ctx, filepath.Join(a.dir, "upper"), lowers...)
+	tw.clamp, tw.noData, tw.lowers = clamp, noData, lt
+	return tw.writeUpper(ctx, filepath.Join(s.root, a.upperRel()))
 }
 
 func (s *snapshotter) Freeze(ctx context.Context, key string, opts ...DiffOpt) error {
@@ -489,7 +426,11 @@ func (s *snapshotter) Freeze(ctx context.Context, key string, opts ...DiffOpt) e
 	return nil
 }
 
-func (s *snapshotter) Commit(ctx context.Context, name, key string) error {
+func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...CommitOpt) error {
+	var cfg commitConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
 	h, err := nameHex(name)
 	if err != nil {
 		return err
@@ -505,34 +446,15 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string) error {
 	if pk != "" {
 		return fmt.Errorf("commit %s: it stands on %s, which is not committed yet", key, pk)
 	}
-	// Nothing stacked on a is mounted or diffed while its upperdir moves
-	// and its children learn their new parent.
+	// Nothing is stacked on a meanwhile (Prepare OverFrozen) while its
+	// upperdir moves and its children learn their new parent.
 	s.stackMu.Lock()
 	defer s.stackMu.Unlock()
 	if s.Exists(name) {
-		return s.retire(a, name)
+		return s.retire(a, name, "")
 	}
 	if a.Parent != "" && !s.Exists(a.Parent) {
 		return fmt.Errorf("commit %s: parent %s: %w", key, a.Parent, ErrNotFound)
-	}
-	var src string
-	if a.Driver == DriverOverlay {
-		if err := s.unmountActive(a); err != nil {
-			return err
-		}
-		src = filepath.Join(a.dir, "upper")
-		if !a.diffed {
-			if err := stripOverlayXattrs(ctx, src); err != nil {
-				return fmt.Errorf("commit %s: %w", key, err)
-			}
-		}
-	} else {
-		if !a.diffed {
-			if err := s.diffCopy(ctx, a, io.Discard, time.Time{}); err != nil {
-				return fmt.Errorf("commit %s: %w", key, err)
-			}
-		}
-		src = filepath.Join(a.dir, "layer")
 	}
 	t, err := s.newTemp("commit-")
 	if err != nil {
@@ -542,62 +464,38 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string) error {
 		t.release()
 		return fmt.Errorf("commit %s: %w", key, err)
 	}
-	if err := os.Rename(src, filepath.Join(t.path, "fs")); err != nil {
+	moved := "" // where a's upperdir went, relative to the root
+	switch {
+	case a.Driver == DriverOverlay && a.Memory:
+		err = s.commitMemory(ctx, a, t.path, cfg.blob)
+	case a.Driver == DriverOverlay:
+		if err = s.unmountActive(a); err != nil {
+			break
+		}
+		src := filepath.Join(a.dir, "upper")
+		if !a.diffed {
+			if err = stripOverlayXattrs(ctx, src); err != nil {
+				break
+			}
+		}
+		err = os.Rename(src, filepath.Join(t.path, "fs"))
+		moved = filepath.Join("layers", h, "fs")
+	default:
+		if !a.diffed {
+			if err = s.diffCopy(ctx, a, io.Discard, time.Time{}); err != nil {
+				break
+			}
+		}
+		err = os.Rename(filepath.Join(a.dir, "layer"), filepath.Join(t.path, "fs"))
+	}
+	if err != nil {
 		t.release()
 		return fmt.Errorf("commit %s: %w", key, err)
 	}
 	if err := s.install(t, h, a.Parent); err != nil {
 		return fmt.Errorf("commit %s: %w", key, err)
 	}
-	if err := s.adopt(a, name); err != nil {
-		return err
-	}
-	return s.removeActive(a)
-}
-
-// adopt makes committed name the parent of the snapshots stacked on a.
-func (s *snapshotter) adopt(a *active, name string) error {
-	s.mu.Lock()
-	if s.committedAs == nil {
-		s.committedAs = map[string]string{}
-	}
-	s.committedAs[a.Key] = name
-	var kids []*active
-	for _, c := range s.actives {
-		if c.ParentKey == a.Key && !c.gone {
-			c.ParentKey, c.Parent = "", name
-			kids = append(kids, c)
-		}
-	}
-	s.mu.Unlock()
-	for _, c := range kids {
-		if err := s.saveMeta(c); err != nil {
-			return fmt.Errorf("commit %s: %w", a.Key, err)
-		}
-	}
-	return nil
-}
-
-// retire discards active a, whose layer exists already as name: the
-// snapshots stacked on it stand on name from now on, and a's directory
-// goes once none of them is mounted on it any more.
-func (s *snapshotter) retire(a *active, name string) error {
-	if err := s.adopt(a, name); err != nil {
-		return err
-	}
-	s.mu.Lock()
-	inUse := a.users > 0
-	if inUse {
-		a.retired, a.gone = true, true
-		if s.actives[a.Key] == a {
-			delete(s.actives, a.Key)
-		}
-	}
-	s.mu.Unlock()
-	if inUse {
-		return nil
-	}
-	return s.removeActive(a)
+	return s.retire(a, name, moved)
 }
 
 // install turns temp dir t, holding fs/, into committed layer h over parent:
@@ -659,7 +557,7 @@ func (s *snapshotter) Remove(ctx context.Context, key string) error {
 		users := a.users
 		s.mu.Unlock()
 		if users > 0 {
-			return fmt.Errorf("remove %s: a snapshot stacked on it is still mounted", key)
+			return fmt.Errorf("remove %s: a snapshot stacked on it still exists", key)
 		}
 		return s.removeActive(a)
 	}
@@ -677,6 +575,9 @@ func (s *snapshotter) removeActive(a *active) error {
 	if err := s.unmountActive(a); err != nil {
 		return err
 	}
+	if err := s.releaseMounts(a); err != nil {
+		return err
+	}
 	if err := s.removeDir(a.dir); err != nil {
 		return fmt.Errorf("remove %s: %w", a.Key, err)
 	}
@@ -689,6 +590,7 @@ func (s *snapshotter) discard(a *active) {
 	if a.mounted {
 		unmount(filepath.Join(a.dir, "merged"))
 	}
+	s.releaseMounts(a)
 	s.unuse(a)
 	os.RemoveAll(a.dir)
 	if a.lock != nil {
@@ -699,6 +601,7 @@ func (s *snapshotter) discard(a *active) {
 func (s *snapshotter) forget(a *active) {
 	a.gone = true
 	a.lock.Close()
+	s.unuse(a)
 	s.mu.Lock()
 	if s.actives[a.Key] == a {
 		delete(s.actives, a.Key)

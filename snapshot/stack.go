@@ -1,0 +1,380 @@
+package snapshot
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
+
+	"github.com/lbuild/lbuild/internal/erofs"
+	"github.com/lbuild/lbuild/internal/fsx"
+)
+
+// Files of an indexed layer (layers/<hex>/): the layer's tar (a hard link
+// to the blob it was stored as) and the EROFS index mapping its files onto
+// it; fs/ stays an empty directory (the l/ link points at it).
+const (
+	indexFile = "layer.erofs"
+	tarFile   = "layer.tar"
+)
+
+// InMemory makes Prepare put the snapshot's upperdir on a tmpfs of at most
+// limit bytes: creating many files there costs no disk inode allocation.
+// Such a snapshot must be committed WithBlob (after Diff into that blob):
+// its layer is then kept as the blob and an EROFS index over it (Indexes),
+// mounted read-only where a view needs it, so each byte of the layer is
+// written to disk once. Needs the overlay driver and Indexes.
+func InMemory(limit int64) Opt {
+	return func(c *prepareConfig) { c.memory, c.memoryLimit = true, limit }
+}
+
+// CommitOpt configures Commit.
+type CommitOpt func(*commitConfig)
+
+type commitConfig struct {
+	blob string
+}
+
+// WithBlob names the file holding exactly the tar Diff wrote for the
+// snapshot (its blob in an image store, on the same filesystem): an
+// InMemory snapshot's layer is kept as a hard link to it. Other snapshots
+// ignore it.
+func WithBlob(path string) CommitOpt {
+	return func(c *commitConfig) { c.blob = path }
+}
+
+var (
+	indexOnce sync.Once
+	indexOK   bool
+)
+
+// Indexes reports whether InMemory snapshots are possible here: the overlay
+// driver and a kernel that mounts EROFS indexes over layer tars (probed
+// once per process).
+func (s *snapshotter) Indexes() bool {
+	if s.driver != DriverOverlay {
+		return false
+	}
+	indexOnce.Do(func() {
+		t, err := s.newTemp("erofs-probe-")
+		if err != nil {
+			return
+		}
+		defer t.release()
+		if err := os.Mkdir(t.path, 0o700); err != nil {
+			return
+		}
+		indexOK = erofs.Supported(t.path)
+		if !indexOK {
+			logrus.Debug("snapshot: EROFS indexes cannot be mounted here: layers are unpacked")
+		}
+	})
+	return indexOK
+}
+
+// upperRel is a's upperdir, relative to the root.
+func (a *active) upperRel() string {
+	if a.Memory {
+		return filepath.Join("active", a.id, "mem", "upper")
+	}
+	return filepath.Join("active", a.id, "upper")
+}
+
+// setUp makes a's view: the tmpfs of a memory snapshot, the indexed layers
+// of refs mounted under lower/, and the overlay (or, for the copy driver,
+// the materialized tree). lowers, if a stands on a frozen snapshot, are
+// that snapshot's (refs is then nil).
+func (s *snapshotter) setUp(ctx context.Context, a *active, refs []layerRef, lowers []string, memLimit int64) (string, error) {
+	if a.Memory {
+		mem := filepath.Join(a.dir, "mem")
+		if err := os.Mkdir(mem, 0o755); err != nil {
+			return "", err
+		}
+		opts := "mode=0755,size=" + strconv.FormatInt(memLimit, 10)
+		if err := unix.Mount("tmpfs", mem, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
+			return "", fmt.Errorf("mount tmpfs: %w", err)
+		}
+	}
+	mountLowers := lowers
+	readLowers := lowers
+	if refs != nil {
+		mountLowers, readLowers = nil, nil
+		for i, r := range refs {
+			if !r.indexed {
+				rel, _ := filepath.Rel(s.root, r.fs)
+				mountLowers, readLowers = append(mountLowers, r.link), append(readLowers, rel)
+				continue
+			}
+			dir := filepath.Join(a.dir, "lower", strconv.Itoa(i))
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return "", err
+			}
+			ldir := filepath.Join(s.layerDir(r.hex))
+			if err := erofs.Mount(filepath.Join(ldir, indexFile), filepath.Join(ldir, tarFile), dir); err != nil {
+				return "", fmt.Errorf("mount layer %s: %w", r.name, err)
+			}
+			rel := filepath.Join("active", a.id, "lower", strconv.Itoa(i))
+			mountLowers, readLowers = append(mountLowers, rel), append(readLowers, rel)
+			refs[i].fs = dir // for the copy driver
+		}
+	}
+	if a.Driver != DriverOverlay {
+		view, err := s.materialize(ctx, a, refs)
+		if err != nil {
+			return "", err
+		}
+		// The copy driver keeps its own copy: the mounted layers can go.
+		return view, s.releaseMounts(a)
+	}
+	a.Lowers = readLowers
+	if err := s.saveMeta(a); err != nil {
+		return "", err
+	}
+	return s.mountActive(a, mountLowers)
+}
+
+// releaseMounts unmounts what a's directory holds besides its view: the
+// indexed layers under lower/ and a memory snapshot's tmpfs.
+func (s *snapshotter) releaseMounts(a *active) error {
+	var errs []error
+	ents, _ := os.ReadDir(filepath.Join(a.dir, "lower"))
+	for _, e := range ents {
+		if err := unmount(filepath.Join(a.dir, "lower", e.Name())); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if a.Memory {
+		if err := unmount(filepath.Join(a.dir, "mem")); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// frozenLowers returns what a snapshot stacked on frozen active key stands
+// on (key's upperdir, then key's lowers), counting it among the users of
+// key and of the frozen snapshots key stands on. If key has been committed
+// meanwhile, it returns its name instead. The caller holds stackMu.
+func (s *snapshotter) frozenLowers(key string) ([]string, []*active, string, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if name, ok := s.committedAs[key]; ok {
+		return nil, nil, name, nil
+	}
+	p := s.actives[key]
+	if p == nil || p.gone || !p.Frozen {
+		return nil, nil, "", fmt.Errorf("snapshot %s is no frozen snapshot of this process: %w", key, ErrNotFound)
+	}
+	if len(p.Lowers)+1 > maxChain {
+		return nil, nil, "", fmt.Errorf("snapshot %s: chain longer than %d layers", key, maxChain)
+	}
+	lowers := append([]string{p.upperRel()}, p.Lowers...)
+	uses := append([]*active{p}, p.uses...)
+	for _, u := range uses {
+		u.users++
+	}
+	return lowers, uses, "", nil
+}
+
+// unuse ends a's standing on frozen snapshots (a is committed or gone); a
+// retired one nobody stands on any more is deleted.
+func (s *snapshotter) unuse(a *active) {
+	s.mu.Lock()
+	uses := a.uses
+	a.uses = nil
+	var done []*active
+	for _, p := range uses {
+		p.users--
+		if p.retired && p.users == 0 {
+			done = append(done, p)
+		}
+	}
+	s.mu.Unlock()
+	for _, p := range done {
+		err := s.releaseMounts(p)
+		if err == nil {
+			err = s.removeDir(p.dir)
+		}
+		if err != nil {
+			logrus.Debugf("snapshot: remove retired %s: %v", p.Key, err)
+		}
+		p.lock.Close()
+	}
+}
+
+// lowerDirs returns the directories (absolute, top first) active snapshot
+// a's upperdir stands on.
+func (s *snapshotter) lowerDirs(a *active) ([]string, error) {
+	s.mu.Lock()
+	m := activeMeta{Lowers: a.Lowers, Parent: a.Parent}
+	s.mu.Unlock()
+	return s.metaLowers(m)
+}
+
+// metaLowers returns the directories (absolute, top first) the active
+// snapshot with metadata m stands on.
+func (s *snapshotter) metaLowers(m activeMeta) ([]string, error) {
+	if len(m.Lowers) == 0 {
+		if m.Parent == "" {
+			return nil, nil
+		}
+		return s.LowerDirs(m.Parent) // made before snapshots kept their lowers
+	}
+	dirs := make([]string, len(m.Lowers))
+	for i, r := range m.Lowers {
+		dirs[i] = filepath.Join(s.root, r)
+	}
+	return dirs, nil
+}
+
+// retire ends active a once its layer is committed as name (by a, or by
+// another build first): the snapshots stacked on a stand on name from now
+// on, and where a's upperdir moved to (moved, relative to the root; "" if
+// it stayed) replaces it in their lowers. a's directory goes now, or, if
+// snapshots stand on it, once they are gone. The caller holds stackMu.
+func (s *snapshotter) retire(a *active, name, moved string) error {
+	s.mu.Lock()
+	if s.committedAs == nil {
+		s.committedAs = map[string]string{}
+	}
+	s.committedAs[a.Key] = name
+	old := a.upperRel()
+	var changed []*active
+	for _, c := range s.actives {
+		if c.gone || c == a {
+			continue
+		}
+		hit := false
+		if c.ParentKey == a.Key {
+			c.ParentKey, c.Parent = "", name
+			hit = true
+		}
+		if moved != "" {
+			for i, l := range c.Lowers {
+				if l == old {
+					c.Lowers = append([]string(nil), c.Lowers...)
+					c.Lowers[i] = moved
+					hit = true
+				}
+			}
+		}
+		if hit {
+			changed = append(changed, c)
+		}
+	}
+	inUse := a.users > 0
+	if inUse {
+		a.retired, a.gone = true, true
+		if s.actives[a.Key] == a {
+			delete(s.actives, a.Key)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range changed {
+		if err := s.saveMeta(c); err != nil {
+			return fmt.Errorf("commit %s: %w", a.Key, err)
+		}
+	}
+	if !inUse {
+		return s.removeActive(a)
+	}
+	if err := s.unmountActive(a); err != nil {
+		return err
+	}
+	s.unuse(a)
+	return nil
+}
+
+// writeIndexed is writeUpper for a memory snapshot: the tar also streams
+// into an EROFS index over it, kept as a.index for Commit. A tar the index
+// cannot map (errors.ErrUnsupported) just leaves no index: Commit then
+// copies the upperdir to disk.
+func (s *snapshotter) writeIndexed(ctx context.Context, a *active, w io.Writer, clamp time.Time) error {
+	p := filepath.Join(a.dir, indexFile)
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	pr, pw := io.Pipe()
+	errc := make(chan error, 1)
+	go func() {
+		bw := bufio.NewWriterSize(f, 1<<20)
+		err := erofs.Build(bw, pr)
+		if err == nil {
+			err = bw.Flush()
+		}
+		io.Copy(io.Discard, pr) // keep the tar flowing whatever happened
+		errc <- err
+	}()
+	werr := s.writeUpper(ctx, a, io.MultiWriter(w, pw), false, clamp)
+	pw.CloseWithError(werr)
+	berr := <-errc
+	if werr != nil {
+		return werr
+	}
+	a.index = ""
+	if berr != nil {
+		logrus.Debugf("snapshot %s: no EROFS index (%v): its layer is copied to disk", a.Key, berr)
+		return nil
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	a.index = p
+	return nil
+}
+
+// commitMemory builds committed layer dir t from memory snapshot a: its
+// index and a hard link to blob, or else a copy of its upperdir.
+func (s *snapshotter) commitMemory(ctx context.Context, a *active, t, blob string) error {
+	if err := s.unmountActive(a); err != nil {
+		return err
+	}
+	if err := os.Mkdir(filepath.Join(t, "fs"), 0o755); err != nil {
+		return err
+	}
+	if a.index != "" && blob != "" {
+		err := os.Link(blob, filepath.Join(t, tarFile))
+		if err == nil {
+			return os.Rename(a.index, filepath.Join(t, indexFile))
+		}
+		logrus.Debugf("snapshot %s: link layer blob: %v: copying the layer to disk", a.Key, err)
+		os.Remove(filepath.Join(t, tarFile))
+	}
+	upper := filepath.Join(s.root, a.upperRel())
+	if !a.diffed {
+		if err := stripOverlayXattrs(ctx, upper); err != nil {
+			return err
+		}
+	}
+	return copyLayer(ctx, upper, filepath.Join(t, "fs"))
+}
+
+// layerBytes is what removing committed layer dir frees: its files, less
+// an indexed layer's tar while that is still a blob of the image store too.
+func layerBytes(dir string) int64 {
+	n := fsx.TreeSize(dir)
+	var st unix.Stat_t
+	if unix.Lstat(filepath.Join(dir, tarFile), &st) == nil && st.Nlink > 1 {
+		n -= st.Size
+	}
+	return n
+}
+
+// isIndexed reports whether committed layer dir holds an indexed layer,
+// and whether it is whole (index and tar both there).
+func isIndexed(dir string) (indexed, whole bool) {
+	_, ierr := os.Lstat(filepath.Join(dir, indexFile))
+	_, terr := os.Lstat(filepath.Join(dir, tarFile))
+	return ierr == nil, ierr == nil && terr == nil
+}
