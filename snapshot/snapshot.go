@@ -145,6 +145,13 @@ type Snapshotter interface {
 	// ChainID(parent, sha256 of all of r) == name, Apply installs nothing
 	// and returns an error wrapping ErrDigestMismatch.
 	Apply(ctx context.Context, name, parent string, r io.Reader) error
+	// ApplyBlob is Apply of the uncompressed layer tar in file blob (a blob
+	// of an image store, on the same filesystem), keeping the layer as a
+	// hard link to blob and an EROFS index over it instead of unpacking
+	// it. name is verified as Apply does. Where that cannot be (no Indexes,
+	// a tar the index cannot map, another filesystem), it installs nothing
+	// and returns an error wrapping errors.ErrUnsupported: Apply it then.
+	ApplyBlob(ctx context.Context, name, parent, blob string) error
 	// DiffLive writes the same layer tar as Diff but leaves the active
 	// snapshot as it was: the view stays mounted and nothing in it is
 	// modified (bookkeeping xattrs are left out of the tar, not stripped),

@@ -3,6 +3,8 @@ package snapshot
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -369,6 +371,79 @@ func layerBytes(dir string) int64 {
 		n -= st.Size
 	}
 	return n
+}
+
+func (s *snapshotter) ApplyBlob(ctx context.Context, name, parent, blob string) error {
+	h, err := nameHex(name)
+	if err != nil {
+		return err
+	}
+	if s.Exists(name) {
+		return nil
+	}
+	if parent != "" && !s.Exists(parent) {
+		return fmt.Errorf("apply %s: parent %s: %w", name, parent, ErrNotFound)
+	}
+	if !s.Indexes() {
+		return fmt.Errorf("apply %s: no EROFS indexes here: %w", name, errors.ErrUnsupported)
+	}
+	t, err := s.newTemp("apply-")
+	if err != nil {
+		return err
+	}
+	err = s.indexBlob(t.path, name, parent, blob)
+	if errors.Is(err, ErrDigestMismatch) {
+		t.release()
+		return fmt.Errorf("apply %s: %w", name, err)
+	}
+	if err != nil {
+		t.release()
+		return fmt.Errorf("apply %s: no index (%v): %w", name, err, errors.ErrUnsupported)
+	}
+	if err := s.install(t, h, parent); err != nil {
+		return fmt.Errorf("apply %s: %w", name, err)
+	}
+	return nil
+}
+
+// indexBlob makes dir an indexed layer of blob, verifying on the way that
+// blob's sha256 gives chain ID name over parent.
+func (s *snapshotter) indexBlob(dir, name, parent, blob string) error {
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return err
+	}
+	if err := os.Mkdir(filepath.Join(dir, "fs"), 0o755); err != nil {
+		return err
+	}
+	if err := os.Link(blob, filepath.Join(dir, tarFile)); err != nil {
+		return err
+	}
+	// The linked file, not the name: nothing can swap it meanwhile.
+	f, err := os.Open(filepath.Join(dir, tarFile))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	out, err := os.Create(filepath.Join(dir, indexFile))
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	d := sha256.New()
+	bw := bufio.NewWriterSize(out, 1<<20)
+	if err := erofs.Build(bw, io.TeeReader(f, d)); err != nil {
+		return err
+	}
+	if _, err := io.Copy(d, f); err != nil { // the tar's trailing blocks count too
+		return err
+	}
+	if got := ChainID(parent, "sha256:"+hex.EncodeToString(d.Sum(nil))); got != name {
+		return fmt.Errorf("%w: the layer's content gives chain ID %s", ErrDigestMismatch, got)
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	return out.Close()
 }
 
 // isIndexed reports whether committed layer dir holds an indexed layer,

@@ -175,6 +175,19 @@ func validHash(h v1.Hash) error {
 	return nil
 }
 
+// BlobFile returns the path of stored blob h (an error wrapping ErrNotFound
+// if it is not stored). The file must only be read, or hard-linked.
+func (s *Store) BlobFile(h v1.Hash) (string, error) {
+	if err := validHash(h); err != nil {
+		return "", err
+	}
+	p := s.BlobPath(h)
+	if _, err := os.Lstat(p); err != nil {
+		return "", fmt.Errorf("blob %s: %w", h, ErrNotFound)
+	}
+	return p, nil
+}
+
 // HasBlob reports whether blob h is stored.
 func (s *Store) HasBlob(h v1.Hash) bool {
 	if validHash(h) != nil {

@@ -33,6 +33,8 @@ import (
 	"sync"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/sirupsen/logrus"
 
 	"github.com/lbuild/lbuild/cache"
 	"github.com/lbuild/lbuild/internal/compression"
@@ -199,6 +201,16 @@ func (r *Root) EnsureChain(ctx context.Context, diffIDs []v1.Hash, layers []v1.D
 }
 
 func (r *Root) unpack(ctx context.Context, chain, parent string, desc v1.Descriptor) error {
+	if desc.MediaType == types.OCIUncompressedLayer || desc.MediaType == types.DockerUncompressedLayer {
+		// Kept as the blob itself where the kernel mounts an index over it.
+		if p, err := r.Store.BlobFile(desc.Digest); err == nil {
+			err := r.Snaps.ApplyBlob(ctx, chain, parent, p)
+			if !errors.Is(err, errors.ErrUnsupported) {
+				return err
+			}
+			logrus.Debugf("layer %s: %v: unpacking it", desc.Digest, err)
+		}
+	}
 	rc, err := r.Store.OpenBlob(desc.Digest)
 	if err != nil {
 		return err

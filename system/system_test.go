@@ -58,9 +58,19 @@ func storeImage(t *testing.T, r *Root, diffIDs []v1.Hash, blobs ...[]byte) ([]v1
 // A layer whose content does not have the diff ID its config claims is never
 // unpacked as that diff ID's snapshot: a hostile image cannot take over the
 // base layer other images stand on.
+//
+// With the overlay driver, where the kernel mounts EROFS indexes, an
+// uncompressed layer is not unpacked but kept as its blob and an index: the
+// same check holds there.
 func TestEnsureChainRefusesLyingLayer(t *testing.T) {
+	for _, driver := range []string{"copy", "overlay"} {
+		t.Run(driver, func(t *testing.T) { testEnsureChainRefusesLyingLayer(t, driver) })
+	}
+}
+
+func testEnsureChainRefusesLyingLayer(t *testing.T, driver string) {
 	ctx := context.Background()
-	r, err := Open(t.TempDir(), WithSnapshotter("copy"))
+	r, err := Open(t.TempDir(), WithSnapshotter(driver))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,6 +96,10 @@ func TestEnsureChainRefusesLyingLayer(t *testing.T) {
 	defer release()
 	if b, err := os.ReadFile(filepath.Join(dir, "bin/sh")); err != nil || string(b) != "the real shell" {
 		t.Fatalf("base /bin/sh = %q, %v", b, err)
+	}
+	indexed, _ := filepath.Glob(filepath.Join(r.Dir, "snapshots", "layers", "*", "layer.erofs"))
+	if want := r.Snaps.Indexes(); (len(indexed) == 1) != want {
+		t.Errorf("%d indexed layers, want the base indexed: %v", len(indexed), want)
 	}
 }
 
