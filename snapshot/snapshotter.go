@@ -648,16 +648,26 @@ func (s *snapshotter) removeLayer(name string) error {
 	return nil
 }
 
-func (s *snapshotter) Apply(ctx context.Context, name, parent string, r io.Reader) error {
+// toApply checks what Apply and ApplyBlob are asked: it returns name's hex,
+// or done if the layer exists already (idempotent).
+func (s *snapshotter) toApply(name, parent string) (string, bool, error) {
 	h, err := nameHex(name)
 	if err != nil {
-		return err
+		return "", false, err
 	}
 	if s.Exists(name) {
-		return nil
+		return h, true, nil
 	}
 	if parent != "" && !s.Exists(parent) {
-		return fmt.Errorf("apply %s: parent %s: %w", name, parent, ErrNotFound)
+		return "", false, fmt.Errorf("apply %s: parent %s: %w", name, parent, ErrNotFound)
+	}
+	return h, false, nil
+}
+
+func (s *snapshotter) Apply(ctx context.Context, name, parent string, r io.Reader) error {
+	h, done, err := s.toApply(name, parent)
+	if done || err != nil {
+		return err
 	}
 	t, err := s.newTemp("apply-")
 	if err != nil {

@@ -374,15 +374,9 @@ func layerBytes(dir string) int64 {
 }
 
 func (s *snapshotter) ApplyBlob(ctx context.Context, name, parent, blob string) error {
-	h, err := nameHex(name)
-	if err != nil {
+	h, done, err := s.toApply(name, parent)
+	if done || err != nil {
 		return err
-	}
-	if s.Exists(name) {
-		return nil
-	}
-	if parent != "" && !s.Exists(parent) {
-		return fmt.Errorf("apply %s: parent %s: %w", name, parent, ErrNotFound)
 	}
 	if !s.Indexes() {
 		return fmt.Errorf("apply %s: no EROFS indexes here: %w", name, errors.ErrUnsupported)
