@@ -3,7 +3,9 @@ package builder
 import (
 	"os"
 	"path"
+	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 	"unsafe"
@@ -25,14 +27,20 @@ import (
 // (an existing destination, a parent made for a "!" exception) go through
 // copyEntry, which resolves their path inside the rootfs.
 //
+// The walk makes directories, symlinks and hard links in order; a made
+// directory's regular files are created, and its mtime set, once the walk
+// has left it, by workers that fill several directories at once (the
+// order of creation shows nowhere in the layer).
+//
 // Safety: every name created is one component of the source walk (no "/",
 // never "." or ".."), created with O_EXCL, mkdirat or symlinkat, which do
 // not follow a link in the last component, inside a directory this COPY
 // made and opened with O_NOFOLLOW; so no link in the image is followed and
 // nothing outside the rootfs is reached.
 
-// maxFreshDepth bounds the descriptors a tree's copy holds open (one per
-// level): deeper directories are copied through copyEntry.
+// maxFreshDepth bounds the directories a tree's copy holds open along the
+// walk's path: deeper ones are copied through copyEntry. (Directories the
+// walk has left stay open until finished: at most the workers' queue.)
 const maxFreshDepth = 128
 
 // freshDir is a directory this COPY made, held open until its contents
@@ -42,17 +50,45 @@ type freshDir struct {
 	host  string // its host path (for hard links to files in it)
 	fd    int
 	dev   uint64    // its filesystem, for the copy_file_range memo
-	mtime time.Time // the source directory's mtime, set when it is left
+	mtime time.Time // the source directory's mtime, set once its files are in
+	files []fileJob // its regular files, created when the walk leaves it
+}
+
+// fileJob is a regular file to create in a freshDir.
+type fileJob struct {
+	name, host string
+	e          cache.Entry
+	uid, gid   uint32
+	chmod      os.FileMode
+	st         *syscall.Stat_t
+}
+
+// finish creates d's files, gives d its source mtime and closes it.
+func (d *freshDir) finish() error {
+	defer unix.Close(d.fd)
+	for _, j := range d.files {
+		if err := d.createFile(j.name, j.host, j.e, j.uid, j.gid, j.chmod, j.st); err != nil {
+			return err
+		}
+	}
+	d.files = nil
+	if err := futimens(d.fd, d.mtime); err != nil {
+		return &os.PathError{Op: "chtimes", Path: d.host, Err: err}
+	}
+	return nil
 }
 
 // freshDirs is the chain of made directories the walk is in, outermost
-// first.
-type freshDirs []freshDir
+// first; a directory the walk leaves is finished by w (inline when nil).
+type freshDirs struct {
+	dirs []*freshDir
+	w    *dirWorkers
+}
 
 // push holds the directory this COPY just made at host (rel its entry's
 // Rel), to create its entries through it.
 func (s *freshDirs) push(rel, host string, mtime time.Time) error {
-	if len(*s) >= maxFreshDepth {
+	if len(s.dirs) >= maxFreshDepth {
 		return nil
 	}
 	fd, err := unix.Open(host, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
@@ -68,48 +104,48 @@ func (s *freshDirs) hold(rel, host string, fd int, mtime time.Time) error {
 		unix.Close(fd)
 		return &os.PathError{Op: "stat", Path: host, Err: err}
 	}
-	*s = append(*s, freshDir{rel: rel, host: host, fd: fd, dev: st.Dev, mtime: mtime})
+	s.dirs = append(s.dirs, &freshDir{rel: rel, host: host, fd: fd, dev: st.Dev, mtime: mtime})
 	return nil
 }
 
-// leave pops the directories the entry rel is not inside of ("": all),
-// giving each its source mtime: their contents are all in (the walk is
-// depth first).
+// leave pops the directories the entry rel is not inside of ("": all):
+// all their entries are known (the walk is depth first), so they can be
+// finished.
 func (s *freshDirs) leave(rel string) error {
-	for len(*s) > 0 {
-		d := (*s)[len(*s)-1]
+	for len(s.dirs) > 0 {
+		d := s.dirs[len(s.dirs)-1]
 		if rel != "" && (d.rel == "." || strings.HasPrefix(rel, d.rel+"/")) {
 			return nil
 		}
-		*s = (*s)[:len(*s)-1]
-		err := futimens(d.fd, d.mtime)
-		unix.Close(d.fd)
-		if err != nil {
-			return &os.PathError{Op: "chtimes", Path: d.host, Err: err}
+		s.dirs = s.dirs[:len(s.dirs)-1]
+		if s.w != nil {
+			s.w.dirs <- d
+		} else if err := d.finish(); err != nil {
+			return err
 		}
 	}
-	return nil
+	return s.w.failed()
 }
 
-// close releases what is still held, without setting times (after an
-// error).
+// close releases what is still held (after an error).
 func (s *freshDirs) close() {
-	for _, d := range *s {
+	for _, d := range s.dirs {
 		unix.Close(d.fd)
 	}
-	*s = nil
+	s.dirs = nil
 }
 
 // parent is the held directory whose Rel is rel, or nil.
-func (s freshDirs) parent(rel string) *freshDir {
-	if len(s) > 0 && s[len(s)-1].rel == rel {
-		return &s[len(s)-1]
+func (s *freshDirs) parent(rel string) *freshDir {
+	if len(s.dirs) > 0 && s.dirs[len(s.dirs)-1].rel == rel {
+		return s.dirs[len(s.dirs)-1]
 	}
 	return nil
 }
 
 // create makes e (a child of d) as copyEntry would, through d's descriptor;
-// a directory it makes is pushed onto s.
+// a directory it makes is pushed onto s. A regular file that is no hard
+// link is only noted: d.finish creates it.
 func (d *freshDir) create(s *freshDirs, e cache.Entry, uid, gid uint32, chmod os.FileMode, links map[[2]uint64]string) error {
 	name := path.Base(e.Rel)
 	host := d.host + "/" + name
@@ -133,7 +169,7 @@ func (d *freshDir) create(s *freshDirs, e cache.Entry, uid, gid uint32, chmod os
 			unix.Close(fd)
 			return wrap("chmod", err)
 		}
-		if len(*s) >= maxFreshDepth {
+		if len(s.dirs) >= maxFreshDepth {
 			// Too deep to hold: its entries and time go through paths.
 			unix.Close(fd)
 			return nil
@@ -167,8 +203,11 @@ func (d *freshDir) create(s *freshDirs, e cache.Entry, uid, gid uint32, chmod os
 				return nil
 			}
 			defer func() { links[ino] = host }()
+			// The first of its links is made now, for the others to link to.
+			return d.createFile(name, host, e, uid, gid, chmod, st)
 		}
-		return d.createFile(name, host, e, uid, gid, chmod, st)
+		d.files = append(d.files, fileJob{name: name, host: host, e: e, uid: uid, gid: gid, chmod: chmod, st: st})
+		return nil
 	default:
 		return nil // devices, sockets and pipes in a context are skipped, as BuildKit does
 	}
@@ -246,8 +285,9 @@ func futimens(fd int, t time.Time) error {
 // the destination made for it is 0755 (or --chmod), and every entry keeps
 // its source mode, owner (keepOwner) and mtime.
 func copyTree(root, dest, destHost string, fresh bool, g group, existed bool, uid, gid uint32, chown, keepOwner bool, mode os.FileMode, links map[[2]uint64]string) error {
-	var held freshDirs
+	held := freshDirs{w: startDirWorkers()}
 	defer held.close()
+	defer held.w.stop()
 	var dirs []cache.Entry // not held: their times are set after their contents
 	made := map[string]bool{".": true}
 	for _, e := range g.entries {
@@ -292,11 +332,11 @@ func copyTree(root, dest, destHost string, fresh bool, g group, existed bool, ui
 		}
 		eu, eg := entryOwner(e, uid, gid, keepOwner)
 		if d := held.parent(parent); d != nil {
-			n := len(held)
+			n := len(held.dirs)
 			if err := d.create(&held, e, eu, eg, mode, links); err != nil {
 				return err
 			}
-			if e.Info.IsDir() && len(held) == n {
+			if e.Info.IsDir() && len(held.dirs) == n {
 				dirs = append(dirs, e) // too deep to hold
 			}
 			continue
@@ -309,17 +349,20 @@ func copyTree(root, dest, destHost string, fresh bool, g group, existed bool, ui
 			continue
 		}
 		if dirMade {
-			n := len(held)
+			n := len(held.dirs)
 			if err := held.push(e.Rel, p, e.Info.ModTime()); err != nil {
 				return err
 			}
-			if len(held) > n {
+			if len(held.dirs) > n {
 				continue
 			}
 		}
 		dirs = append(dirs, e)
 	}
 	if err := held.leave(""); err != nil {
+		return err
+	}
+	if err := held.w.stop(); err != nil {
 		return err
 	}
 	// Creating a child moves its directory's mtime, so directories get
@@ -336,4 +379,72 @@ func copyTree(root, dest, destHost string, fresh bool, g group, existed bool, ui
 		}
 	}
 	return nil
+}
+
+// copyWorkers is how many directories' files a COPY creates at once: on
+// a filesystem without a journal most of a small file's creation is the
+// kernel's inode allocation, which runs on as many CPUs as it is given,
+// one directory at a time (creating an entry locks its directory).
+var copyWorkers = min(runtime.GOMAXPROCS(0), 4)
+
+// dirWorkers finish the directories the walk has left, concurrently with
+// the walk and with each other.
+type dirWorkers struct {
+	dirs chan *freshDir
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	err  error // the first failure
+	once sync.Once
+}
+
+// startDirWorkers starts copyWorkers workers; nil (finish directories in
+// the walk) when that is one.
+func startDirWorkers() *dirWorkers {
+	if copyWorkers < 2 {
+		return nil
+	}
+	w := &dirWorkers{dirs: make(chan *freshDir, 64)}
+	for range copyWorkers {
+		w.wg.Add(1)
+		go func() {
+			defer w.wg.Done()
+			for d := range w.dirs {
+				if w.failed() != nil {
+					unix.Close(d.fd)
+					continue
+				}
+				if err := d.finish(); err != nil {
+					w.mu.Lock()
+					if w.err == nil {
+						w.err = err
+					}
+					w.mu.Unlock()
+				}
+			}
+		}()
+	}
+	return w
+}
+
+// failed returns the first error a worker met.
+func (w *dirWorkers) failed() error {
+	if w == nil {
+		return nil
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+// stop waits for the workers to finish what they were given and returns
+// the first error they met.
+func (w *dirWorkers) stop() error {
+	if w == nil {
+		return nil
+	}
+	w.once.Do(func() {
+		close(w.dirs)
+		w.wg.Wait()
+	})
+	return w.failed()
 }

@@ -24,7 +24,6 @@ import (
 // and sticky bits too), owner, mtime, link target, content and hard links,
 // down a chain deeper than the descriptors held.
 func TestCopyTreeKeepsMetadata(t *testing.T) {
-	r := openRoot(t)
 	dir := t.TempDir()
 	tree := filepath.Join(dir, "tree")
 	deep := "deep" + strings.Repeat("/d", maxFreshDepth+3)
@@ -82,6 +81,20 @@ func TestCopyTreeKeepsMetadata(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Directories finished in the walk, and by concurrent workers.
+	for _, workers := range []int{1, 3} {
+		t.Run(fmt.Sprintf("workers=%d", workers), func(t *testing.T) {
+			defer func(n int) { copyWorkers = n }(copyWorkers)
+			copyWorkers = workers
+			checkTreeCopies(t, openRoot(t), dir, tree, deep, want)
+		})
+	}
+}
+
+// checkTreeCopies builds COPYs of tree (in the context dir) and checks
+// every entry of want (the tree's, by Rel) in each layer.
+func checkTreeCopies(t *testing.T, r *system.Root, dir, tree, deep string, want map[string]os.FileInfo) {
+	t.Helper()
 	res, _ := mustBuild(t, r, dir, "FROM scratch\nCOPY tree /fresh\nCOPY tree /\nCOPY --chown=7:8 tree /owned/x\nCOPY --chmod=0750 tree /chm\n",
 		func(o *Options) { o.SourceDateEpoch = "1577836800" }) // 2020: after every source mtime
 	for i, c := range []struct {
