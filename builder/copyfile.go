@@ -82,12 +82,15 @@ func kernelCopyFd(out, src int, pair devPair, size int64, name string) (done boo
 }
 
 // copyFd copies the regular file open at src, from its current offset to
-// its end, to out: with copy_file_range as kernelCopy does, else a
-// read/write loop over a pooled buffer. pair and size are as for
+// its end, to out: with copy_file_range as kernelCopy does, else with
+// sendfile, else a read/write loop over a pooled buffer. pair and size are as for
 // kernelCopyFd; srcName and name name src and out in errors.
 func copyFd(out, src int, pair devPair, size int64, srcName, name string) error {
 	done, err := kernelCopyFd(out, src, pair, size, name)
 	if done || err != nil {
+		return err
+	}
+	if done, err := sendFile(out, src, pair, name); done || err != nil {
 		return err
 	}
 	bp := copyBufs.Get().(*[]byte)
@@ -129,4 +132,34 @@ func kernelCopyUnsupported(err error) bool {
 		}
 	}
 	return false
+}
+
+// noSendfile holds the filesystem pairs sendfile failed between.
+var noSendfile sync.Map // devPair -> struct{}
+
+// sendFile copies src to out with sendfile (the kernel moves the pages
+// through a pipe: no copy into user memory). done is false, with nothing
+// written, when it cannot (remembered for the pair).
+func sendFile(out, src int, pair devPair, name string) (done bool, err error) {
+	if _, bad := noSendfile.Load(pair); bad {
+		return false, nil
+	}
+	var total int64
+	for {
+		n, err := unix.Sendfile(out, src, nil, 1<<30)
+		if err == unix.EINTR || err == unix.EAGAIN {
+			continue
+		}
+		if err != nil {
+			if total == 0 && kernelCopyUnsupported(err) {
+				noSendfile.Store(pair, struct{}{})
+				return false, nil
+			}
+			return false, &os.PathError{Op: "sendfile", Path: name, Err: err}
+		}
+		if n == 0 {
+			return true, nil
+		}
+		total += int64(n)
+	}
 }
