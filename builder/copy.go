@@ -561,56 +561,12 @@ func copyInto(root, workdir string, c copySpec, groups []group, mode os.FileMode
 			if fi, err := os.Stat(destAbs); err == nil && fi.IsDir() {
 				existed = true
 			}
-			if err := mkdirAll(root, dest, uid, gid, c.Chown != ""); err != nil {
+			destHost, destMade, err := mkdirAllMade(root, dest, uid, gid, c.Chown != "")
+			if err != nil {
 				return err
 			}
-			var dirs []cache.Entry // their times are set after their contents
-			made := map[string]bool{".": true}
-			for _, e := range g.entries {
-				if e.Rel == "." && existed {
-					continue // an existing destination keeps its own metadata
-				}
-				if e.Info.IsDir() {
-					made[e.Rel] = true
-				}
-				// A file a "!" exception keeps inside an excluded directory
-				// has no directory entry before it.
-				if parent := path.Dir(e.Rel); !made[parent] {
-					if err := mkdirAll(root, path.Join(dest, parent), uid, gid, c.Chown != ""); err != nil {
-						return err
-					}
-					made[parent] = true
-				}
-				eu, eg := entryOwner(e, uid, gid, keepOwner)
-				if e.Rel == "." {
-					// The destination directory itself is made 0755 (not
-					// the source directory's mode); its contents keep theirs.
-					dm := mode
-					if dm&chmodSet == 0 {
-						dm = 0o755 | chmodSet
-					}
-					if err := copyEntry(root, dest, e, uid, gid, dm, nil); err != nil {
-						return err
-					}
-				} else if err := copyEntry(root, path.Join(dest, e.Rel), e, eu, eg, mode, links); err != nil {
-					return err
-				}
-				if e.Info.IsDir() {
-					dirs = append(dirs, e)
-				}
-			}
-			// Creating a child moves its directory's mtime, so directories
-			// get their source mtime last, deepest first: the same sources
-			// then give the same layer bytes whenever they are copied.
-			for i := len(dirs) - 1; i >= 0; i-- {
-				p, err := rootpath.Join(root, path.Join(dest, dirs[i].Rel))
-				if err != nil {
-					return err
-				}
-				mt := dirs[i].Info.ModTime()
-				if err := os.Chtimes(p, mt, mt); err != nil {
-					return err
-				}
+			if err := copyTree(root, dest, destHost, destMade && !existed, g, existed, uid, gid, c.Chown != "", keepOwner, mode, links); err != nil {
+				return err
 			}
 		default:
 			target := dest
@@ -663,31 +619,41 @@ func entryOwner(e cache.Entry, uid, gid uint32, keepOwner bool) (uint32, uint32)
 // mkdirAll creates dir and its missing parents (mode 0755) inside root;
 // with chown set, the directories it creates get uid:gid.
 func mkdirAll(root, dir string, uid, gid uint32, chown bool) error {
+	_, _, err := mkdirAllMade(root, dir, uid, gid, chown)
+	return err
+}
+
+// mkdirAllMade is mkdirAll, also returning dir's host path and whether
+// this call made dir itself (so it is empty).
+func mkdirAllMade(root, dir string, uid, gid uint32, chown bool) (string, bool, error) {
 	dir = path.Clean("/" + dir)
 	if dir == "/" {
-		return nil
+		return root, false, nil
 	}
 	if err := mkdirAll(root, path.Dir(dir), uid, gid, chown); err != nil {
-		return err
+		return "", false, err
 	}
 	p, err := rootpath.Join(root, dir)
 	if err != nil {
-		return err
+		return "", false, err
 	}
 	fi, err := os.Stat(p)
 	if err == nil {
 		if !fi.IsDir() {
-			return fmt.Errorf("cannot create directory %s: a file of that name exists in the image", dir)
+			return "", false, fmt.Errorf("cannot create directory %s: a file of that name exists in the image", dir)
 		}
-		return nil
+		return p, false, nil
 	}
-	if err := os.Mkdir(p, 0o755); err != nil && !os.IsExist(err) {
-		return err
+	if err := os.Mkdir(p, 0o755); err != nil {
+		if !os.IsExist(err) {
+			return "", false, err
+		}
+		return p, false, nil
 	}
 	if chown {
-		return os.Lchown(p, int(uid), int(gid))
+		return p, true, os.Lchown(p, int(uid), int(gid))
 	}
-	return nil
+	return p, true, nil
 }
 
 // copyEntry copies one file, dir or symlink to target (absolute in root),
@@ -698,25 +664,46 @@ func mkdirAll(root, dir string, uid, gid uint32, chown bool) error {
 // there becomes a hard link to it, so hard links among the sources stay
 // hard links, as in BuildKit.
 func copyEntry(root, target string, e cache.Entry, uid, gid uint32, chmod os.FileMode, links map[[2]uint64]string) error {
-	p, err := rootpath.Join(root, target)
+	_, _, err := copyEntryMade(root, target, e, uid, gid, chmod, links)
+	return err
+}
+
+// copyEntryMade is copyEntry, also returning the host path of target and,
+// for a directory, whether this call made it (so it is empty).
+func copyEntryMade(root, target string, e cache.Entry, uid, gid uint32, chmod os.FileMode, links map[[2]uint64]string) (p string, made bool, err error) {
+	p, err = rootpath.Join(root, target)
 	if err != nil {
-		return err
+		return "", false, err
 	}
 	if target == "/" {
 		p = root
 	}
 	fi := e.Info
-	m := fi.Mode()
-	switch {
-	case m.IsDir():
+	if fi.IsDir() {
 		if cur, err := os.Lstat(p); err == nil && !cur.IsDir() {
 			if err := os.Remove(p); err != nil {
-				return err
+				return "", false, err
 			}
 		}
-		if err := os.Mkdir(p, 0o755); err != nil && !os.IsExist(err) {
-			return err
+		err := os.Mkdir(p, 0o755)
+		if err != nil && !os.IsExist(err) {
+			return "", false, err
 		}
+		made = err == nil
+		if err := os.Lchown(p, int(uid), int(gid)); err != nil {
+			return "", false, err
+		}
+		return p, made, os.Chmod(p, applyMode(fi.Mode(), chmod))
+	}
+	return p, false, copyEntryAt(p, e, uid, gid, chmod, links)
+}
+
+// copyEntryAt copies e, not a directory, to the host path p (resolved
+// inside the rootfs), as copyEntry describes.
+func copyEntryAt(p string, e cache.Entry, uid, gid uint32, chmod os.FileMode, links map[[2]uint64]string) error {
+	fi := e.Info
+	m := fi.Mode()
+	switch {
 	case m&os.ModeSymlink != 0:
 		link, err := os.Readlink(e.Abs)
 		if err != nil {
@@ -756,10 +743,6 @@ func copyEntry(root, target string, e cache.Entry, uid, gid uint32, chmod os.Fil
 	default:
 		return nil // devices, sockets and pipes in a context are skipped, as BuildKit does
 	}
-	if err := os.Lchown(p, int(uid), int(gid)); err != nil {
-		return err
-	}
-	return os.Chmod(p, applyMode(m, chmod))
 }
 
 func applyMode(src, chmod os.FileMode) os.FileMode {

@@ -49,13 +49,18 @@ func kernelCopy(out, src *os.File) (done bool, err error) {
 		ss.Mode&unix.S_IFMT != unix.S_IFREG {
 		return false, nil
 	}
-	pair := devPair{src: ss.Dev, dst: ds.Dev}
+	return kernelCopyFd(int(out.Fd()), int(src.Fd()), devPair{src: ss.Dev, dst: ds.Dev}, ss.Size, out.Name())
+}
+
+// kernelCopyFd is kernelCopy on descriptors: pair names their filesystems
+// (for the memo), size is the source's, name is out's for errors.
+func kernelCopyFd(out, src int, pair devPair, size int64, name string) (done bool, err error) {
 	if _, bad := noKernelCopy.Load(pair); bad {
 		return false, nil
 	}
 	var total int64
 	for {
-		n, err := unix.CopyFileRange(int(src.Fd()), nil, int(out.Fd()), nil, 1<<30, 0)
+		n, err := unix.CopyFileRange(src, nil, out, nil, 1<<30, 0)
 		if err == unix.EINTR {
 			continue
 		}
@@ -64,15 +69,57 @@ func kernelCopy(out, src *os.File) (done bool, err error) {
 				noKernelCopy.Store(pair, struct{}{})
 				return false, nil
 			}
-			return false, &os.PathError{Op: "copy_file_range", Path: out.Name(), Err: err}
+			return false, &os.PathError{Op: "copy_file_range", Path: name, Err: err}
 		}
 		if n == 0 {
-			if total == 0 && ss.Size > 0 {
+			if total == 0 && size > 0 {
 				return false, nil
 			}
 			return true, nil
 		}
 		total += int64(n)
+	}
+}
+
+// copyFd copies the regular file open at src, from its current offset to
+// its end, to out: with copy_file_range as kernelCopy does, else with
+// sendfile, else a read/write loop over a pooled buffer. pair and size are as for
+// kernelCopyFd; srcName and name name src and out in errors.
+func copyFd(out, src int, pair devPair, size int64, srcName, name string) error {
+	done, err := kernelCopyFd(out, src, pair, size, name)
+	if done || err != nil {
+		return err
+	}
+	if done, err := sendFile(out, src, pair, name); done || err != nil {
+		return err
+	}
+	bp := copyBufs.Get().(*[]byte)
+	defer copyBufs.Put(bp)
+	buf := *bp
+	for {
+		n, err := unix.Read(src, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return &os.PathError{Op: "read", Path: srcName, Err: err}
+		}
+		if n == 0 {
+			return nil
+		}
+		for b := buf[:n]; len(b) > 0; {
+			w, err := unix.Write(out, b)
+			if err == unix.EINTR {
+				continue
+			}
+			if err != nil {
+				return &os.PathError{Op: "write", Path: name, Err: err}
+			}
+			if w == 0 {
+				return &os.PathError{Op: "write", Path: name, Err: io.ErrShortWrite}
+			}
+			b = b[w:]
+		}
 	}
 }
 
@@ -85,4 +132,34 @@ func kernelCopyUnsupported(err error) bool {
 		}
 	}
 	return false
+}
+
+// noSendfile holds the filesystem pairs sendfile failed between.
+var noSendfile sync.Map // devPair -> struct{}
+
+// sendFile copies src to out with sendfile (the kernel moves the pages
+// through a pipe: no copy into user memory). done is false, with nothing
+// written, when it cannot (remembered for the pair).
+func sendFile(out, src int, pair devPair, name string) (done bool, err error) {
+	if _, bad := noSendfile.Load(pair); bad {
+		return false, nil
+	}
+	var total int64
+	for {
+		n, err := unix.Sendfile(out, src, nil, 1<<30)
+		if err == unix.EINTR || err == unix.EAGAIN {
+			continue
+		}
+		if err != nil {
+			if total == 0 && kernelCopyUnsupported(err) {
+				noSendfile.Store(pair, struct{}{})
+				return false, nil
+			}
+			return false, &os.PathError{Op: "sendfile", Path: name, Err: err}
+		}
+		if n == 0 {
+			return true, nil
+		}
+		total += int64(n)
+	}
 }

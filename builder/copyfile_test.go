@@ -2,6 +2,7 @@ package builder
 
 import (
 	"bytes"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -88,5 +89,63 @@ func TestCopyContentsRemembersKernelCopyFailure(t *testing.T) {
 	}
 	if _, ok := noKernelCopy.Load(same); ok {
 		t.Error("copy_file_range within one filesystem was given up")
+	}
+}
+
+// Between filesystems copy_file_range cannot join, copyFd copies whole
+// files with sendfile (nothing remembered against it), and whole files by
+// read and write where sendfile was given up for the pair.
+func TestCopyFdAcrossFilesystems(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a tmpfs")
+	}
+	src := t.TempDir()
+	mnt := t.TempDir()
+	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=64m"); err != nil {
+		t.Skipf("mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	if devOf(t, src) == devOf(t, mnt) {
+		t.Skip("the temp dir is a tmpfs")
+	}
+	data := []byte(strings.Repeat("lbuild sends this file\n", 50000)) // 1.1 MB: more than one buffer
+	for name, d := range map[string][]byte{"big": data, "empty": nil} {
+		if err := os.WriteFile(filepath.Join(src, name), d, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pair := devPair{src: devOf(t, src), dst: devOf(t, mnt)}
+	noKernelCopy.Delete(pair)
+	noSendfile.Delete(pair)
+	t.Cleanup(func() { noSendfile.Delete(pair) })
+	for _, sendfile := range []bool{true, false} {
+		if !sendfile {
+			noSendfile.Store(pair, struct{}{})
+		}
+		for _, name := range []string{"big", "empty"} {
+			from, to := filepath.Join(src, name), filepath.Join(mnt, fmt.Sprintf("%s-%v", name, sendfile))
+			in, err := unix.Open(from, unix.O_RDONLY|unix.O_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out, err := unix.Open(to, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_CLOEXEC, 0o644)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fi, _ := os.Stat(from)
+			err = copyFd(out, in, pair, fi.Size(), from, to)
+			unix.Close(in)
+			unix.Close(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, _ := os.ReadFile(from)
+			if got, _ := os.ReadFile(to); !bytes.Equal(got, want) {
+				t.Errorf("%s (sendfile %v): copied %d bytes, want %d", name, sendfile, len(got), len(want))
+			}
+		}
+		if _, ok := noSendfile.Load(pair); sendfile && ok {
+			t.Error("sendfile between the two filesystems was given up")
+		}
 	}
 }
