@@ -224,7 +224,7 @@ func (r *Runc) Run(ctx context.Context, rootfs string, meta Meta) (retErr error)
 	}
 	// From here on, always delete the runtime state (even after a panic).
 	defer func() {
-		if err := r.delete(context.WithoutCancel(ctx), id); err != nil && retErr == nil {
+		if err := r.deleteIfLeft(context.WithoutCancel(ctx), id); err != nil && retErr == nil {
 			retErr = err
 		}
 	}()
@@ -298,6 +298,19 @@ func (r *Runc) delete(ctx context.Context, id string) error {
 		return fmt.Errorf("%s delete %s: %w: %s", filepath.Base(r.runtime), id, err, bytes.TrimSpace(out))
 	}
 	return nil
+}
+
+// deleteIfLeft deletes the runtime state of id, as delete does, if there
+// is any. "runc run" (as crun's and youki's) removes a container's state
+// dir, <root>/<id>, itself once the container's init has exited, so after a
+// normal exit there is nothing to delete and the runtime invocation (a few
+// milliseconds of every RUN step) is skipped; a runtime killed or failing
+// before that leaves the dir, and "delete --force" kills what is left.
+func (r *Runc) deleteIfLeft(ctx context.Context, id string) error {
+	if _, err := os.Lstat(filepath.Join(r.root, id)); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return r.delete(ctx, id)
 }
 
 // runtimeCmd runs the runtime with the state root and args and returns its
