@@ -169,6 +169,23 @@ func (r *Runc) Run(ctx context.Context, rootfs string, meta Meta) (retErr error)
 		}
 	}()
 
+	var un *userNet
+	if meta.Network == NetworkPrivate {
+		// slirp4netns configures the network (a few ms) while the
+		// bundle is written; the runtime starts once it is done.
+		// Torn down after the runtime state is deleted, before the bundle.
+		un, err = launchNet(bundle, meta.Ports)
+		if err != nil {
+			return fmt.Errorf("private network: %w", err)
+		}
+		defer func() {
+			// A RUN step does not wait for slirp4netns to finish
+			// exiting: about half of the private network's cost.
+			if err := un.close(false); err != nil && retErr == nil {
+				retErr = err
+			}
+		}()
+	}
 	if err := mkdirAllOwned(rootfs, meta.Cwd, meta.UID, meta.GID); err != nil {
 		return fmt.Errorf("creating working directory: %w", err)
 	}
@@ -190,23 +207,13 @@ func (r *Runc) Run(ctx context.Context, rootfs string, meta Meta) (retErr error)
 	if err := writeBundle(bundle, rootfs, &meta, r.nofile, stubs); err != nil {
 		return err
 	}
-	var un *userNet
-	if meta.Network == NetworkPrivate {
-		// Torn down after the runtime state is deleted, before the bundle.
-		un, err = startNet(ctx, bundle, meta.Ports)
-		if err != nil {
+	if un != nil {
+		if err := un.wait(ctx); err != nil {
 			if ctx.Err() != nil {
 				return fmt.Errorf("run %s: %w", meta.Args[0], ctx.Err())
 			}
 			return fmt.Errorf("private network: %w", err)
 		}
-		defer func() {
-			// A RUN step does not wait for slirp4netns to finish
-			// exiting: about half of the private network's cost.
-			if err := un.close(false); err != nil && retErr == nil {
-				retErr = err
-			}
-		}()
 	}
 
 	logPath := filepath.Join(bundle, "runc.log")
