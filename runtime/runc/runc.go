@@ -46,7 +46,8 @@ const (
 //
 // All state lives under stateDir, which is created if missing: the
 // runtime's state in stateDir/runc (runc --root) and one bundle per run in
-// stateDir/bundles/<id>. Several processes may share a stateDir: container
+// stateDir/bundles/<id>. The two are links into a tmpfs where one can be
+// used safely (see ensureStateDirs). Several processes may share a stateDir: container
 // IDs embed the owning process (see Cleanup).
 func NewRunc(runtime, stateDir string) (*Runc, error) {
 	if runtime == "" {
@@ -89,10 +90,8 @@ func NewRunc(runtime, stateDir string) (*Runc, error) {
 		bundles: filepath.Join(stateDir, "bundles"),
 		nofile:  nofileLimit(),
 	}
-	for _, d := range []string{r.root, r.bundles} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return nil, fmt.Errorf("creating state dir: %w", err)
-		}
+	if err := ensureStateDirs(stateDir); err != nil {
+		return nil, err
 	}
 	r.owner, err = self()
 	if err != nil {
