@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"golang.org/x/sys/unix"
 )
@@ -51,18 +52,29 @@ func ensureStateDirs(stateDir string) error {
 		case err == nil && fi.IsDir():
 			continue
 		case err == nil && fi.Mode()&fs.ModeSymlink != 0:
+			// Followed only into a safe base: after a reboot another user
+			// could have made the target first.
 			target, err := os.Readlink(p)
 			if err != nil {
 				return fmt.Errorf("state dir: %w", err)
 			}
-			if st, err := os.Stat(target); err == nil && st.IsDir() {
-				continue
+			if base := filepath.Dir(filepath.Dir(target)); slices.Contains(memStateBases, base) {
+				if err := os.Mkdir(base, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
+					return fmt.Errorf("creating state dir: %w", err)
+				}
+				if safeBase(base) {
+					// Made again if a reboot emptied the tmpfs.
+					if err := os.MkdirAll(target, 0o700); err != nil {
+						return fmt.Errorf("creating state dir: %w", err)
+					}
+					continue
+				}
 			}
-			// Gone with a reboot: recreate it, only inside a safe base.
-			if !filepath.IsAbs(target) || !safeBase(filepath.Dir(filepath.Dir(target))) {
-				return fmt.Errorf("state dir %s links to %s, which is missing: remove the link", p, target)
+			// Not a tmpfs of ours (any more): a plain directory instead.
+			if err := os.Remove(p); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return fmt.Errorf("state dir: %w", err)
 			}
-			if err := os.MkdirAll(target, 0o700); err != nil {
+			if err := os.Mkdir(p, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
 				return fmt.Errorf("creating state dir: %w", err)
 			}
 			continue

@@ -76,6 +76,39 @@ func TestStateDirInMemory(t *testing.T) {
 	if err := r.Cleanup(context.Background()); err != nil {
 		t.Error(err)
 	}
+
+	// After a reboot another user made the base, and the targets in it,
+	// first: the links are not followed there; plain directories instead.
+	targets := map[string]string{}
+	for _, name := range stateDirNames {
+		targets[name], _ = os.Readlink(filepath.Join(stateDir, name))
+	}
+	if err := os.RemoveAll(base); err != nil {
+		t.Fatal(err)
+	}
+	for _, target := range targets {
+		if err := os.MkdirAll(target, 0o777); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chown(base, 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	r, err = NewRunc("", stateDir)
+	if err != nil {
+		t.Fatalf("with a base of another user: %v", err)
+	}
+	for _, name := range stateDirNames {
+		if fi, err := os.Lstat(filepath.Join(stateDir, name)); err != nil || !fi.IsDir() {
+			t.Errorf("%s with a base of another user: %v, %v; want a plain directory", name, fi.Mode(), err)
+		}
+	}
+	if out := mustRun(t, r, rootfs, Meta{Args: sh("echo plain"), Env: testEnv}); out != "plain\n" {
+		t.Errorf("output %q", out)
+	}
+	if ents, _ := os.ReadDir(targets["bundles"]); len(ents) != 0 {
+		t.Errorf("a run used the other user's directory: %v", ents)
+	}
 }
 
 // A base other users could write to, or one that is not this user's own
