@@ -38,7 +38,9 @@ type ContainerRuntime interface {
 	// the returned Proc's Wait reports its exit. stdin nil means
 	// /dev/null; *os.File values are passed straight through. On the
 	// private network, the network lives from Start until the process
-	// exits, served by the process that called Start.
+	// exits, served by the process that called Start: when Wait returns,
+	// its slirp4netns is killed and its namespace unmounted, though
+	// slirp4netns may still be exiting (the caller's process reaps it).
 	Start(id string, stdin io.Reader, stdout, stderr io.Writer) (*Proc, error)
 	// State returns the runtime state of container id; ErrNoContainer
 	// (wrapped) if the runtime does not know it.
@@ -179,7 +181,9 @@ func (p *Proc) wait() (int, error) {
 	err := p.cmd.Wait()
 	if p.net != nil {
 		// The container is gone with its init (its pid namespace).
-		if nerr := p.net.close(true); nerr != nil && err == nil {
+		// Not waiting for slirp4netns to finish exiting (the kernel
+		// unregisters its tap device) saves ~20 ms of "lbuild run".
+		if nerr := p.net.close(false); nerr != nil && err == nil {
 			return 0, nerr
 		}
 	}

@@ -71,7 +71,11 @@ func TestContainerLifecycle(t *testing.T) {
 	if got := out.String(); !strings.Contains(got, "up\n") || !strings.Contains(got, "bye\n") {
 		t.Errorf("output %q", got)
 	}
-	// The network went with the process.
+	// The network went with the process: slirp4netns is killed, though
+	// it may still be exiting.
+	for deadline := time.Now().Add(10 * time.Second); len(slirpProcs(r.bundles)) > 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	if pids := slirpProcs(r.bundles); len(pids) != 0 {
 		t.Errorf("slirp4netns left after exit: %v", pids)
 	}

@@ -59,13 +59,32 @@ type userNet struct {
 	cmd    *exec.Cmd
 	exitW  *os.File // closing it makes slirp4netns exit
 	done   chan struct{}
+	ready  chan error    // nil once configured, an error if it exited first
+	ports  []PortMapping // published by wait
+	apiDir string        // holds slirp4netns's API socket; removed by wait
 }
 
 // startNet makes a network namespace mounted on bundle/netns and starts
 // slirp4netns on it; it returns once the network is configured and ports
 // are published (through slirp4netns's API socket, which lives only until
 // then). The caller must call close.
-func startNet(ctx context.Context, bundle string, ports []PortMapping) (_ *userNet, retErr error) {
+func startNet(ctx context.Context, bundle string, ports []PortMapping) (*userNet, error) {
+	n, err := launchNet(bundle, ports)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.wait(ctx); err != nil {
+		n.close(true)
+		return nil, err
+	}
+	return n, nil
+}
+
+// launchNet is startNet without the wait: it makes the namespace and starts
+// slirp4netns, which configures the network while the caller goes on; wait
+// returns once it is done. The caller must call close, and must not let the
+// container's process run before wait returned nil.
+func launchNet(bundle string, ports []PortMapping) (_ *userNet, retErr error) {
 	bin, err := exec.LookPath(slirpBin)
 	if err != nil {
 		return nil, ErrSlirpNotFound
@@ -88,29 +107,28 @@ func startNet(ctx context.Context, bundle string, ports []PortMapping) (_ *userN
 	if err != nil {
 		return nil, err
 	}
-	defer readyR.Close()
 	exitR, exitW, err := os.Pipe()
 	if err != nil {
+		readyR.Close()
 		readyW.Close()
 		return nil, err
 	}
 	// fd 3 is the exit pipe, fd 4 the ready pipe (ExtraFiles order).
 	args := []string{"--configure", "--mtu=65520", "--disable-host-loopback",
 		"--enable-sandbox", "--enable-seccomp", "--exit-fd=3", "--ready-fd=4"}
-	var apiSock string
+	var apiDir string
 	if len(ports) > 0 {
 		// A socket path must fit in 108 bytes, which a bundle path
 		// under a deep root may not: a short private directory.
-		dir, err := os.MkdirTemp("", "lbuild-slirp-")
+		apiDir, err = os.MkdirTemp("", "lbuild-slirp-")
 		if err != nil {
+			readyR.Close()
 			readyW.Close()
 			exitR.Close()
 			exitW.Close()
 			return nil, fmt.Errorf("starting %s: %w", slirpBin, err)
 		}
-		defer os.RemoveAll(dir)
-		apiSock = filepath.Join(dir, "api.sock")
-		args = append(args, "--api-socket="+apiSock)
+		args = append(args, "--api-socket="+filepath.Join(apiDir, "api.sock"))
 	}
 	args = append(args, "--netns-type=path", nsPath, "tap0")
 	cmd := exec.Command(bin, args...)
@@ -120,46 +138,55 @@ func startNet(ctx context.Context, bundle string, ports []PortMapping) (_ *userN
 	exitR.Close()
 	readyW.Close()
 	if err != nil {
+		readyR.Close()
 		exitW.Close()
+		if apiDir != "" {
+			os.RemoveAll(apiDir)
+		}
 		return nil, fmt.Errorf("starting %s: %w", slirpBin, err)
 	}
-	n := &userNet{nsPath: nsPath, cmd: cmd, exitW: exitW, done: make(chan struct{})}
+	n := &userNet{nsPath: nsPath, cmd: cmd, exitW: exitW, done: make(chan struct{}),
+		ready: make(chan error, 1), ports: ports, apiDir: apiDir}
 	go func() {
 		_ = cmd.Wait()
 		close(n.done)
 	}()
-	defer func() {
-		if retErr != nil {
-			n.stop()
-		}
-	}()
-	ready := make(chan error, 1)
 	go func() {
+		defer readyR.Close()
 		// slirp4netns writes "1" once configured; EOF means it exited.
 		b := make([]byte, 1)
 		_, err := readyR.Read(b)
-		ready <- err
+		n.ready <- err
 	}()
+	return n, nil
+}
+
+// wait waits until slirp4netns has configured the network and publishes
+// the ports; on error, the caller must still call close.
+func (n *userNet) wait(ctx context.Context) error {
+	if n.apiDir != "" {
+		defer os.RemoveAll(n.apiDir)
+	}
 	timer := time.NewTimer(slirpReadyTimeout)
 	defer timer.Stop()
 	select {
-	case err := <-ready:
+	case err := <-n.ready:
 		if err != nil {
 			<-n.done
-			out, _ := os.ReadFile(filepath.Join(bundle, slirpLog))
-			return nil, fmt.Errorf("%s failed: %s", slirpBin, lastLine(out))
+			out, _ := os.ReadFile(filepath.Join(filepath.Dir(n.nsPath), slirpLog))
+			return fmt.Errorf("%s failed: %s", slirpBin, lastLine(out))
 		}
 	case <-timer.C:
-		return nil, fmt.Errorf("%s did not configure the network in %v", slirpBin, slirpReadyTimeout)
+		return fmt.Errorf("%s did not configure the network in %v", slirpBin, slirpReadyTimeout)
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return ctx.Err()
 	}
-	for _, p := range ports {
-		if err := addHostfwd(apiSock, p); err != nil {
-			return nil, err
+	for _, p := range n.ports {
+		if err := addHostfwd(filepath.Join(n.apiDir, "api.sock"), p); err != nil {
+			return err
 		}
 	}
-	return n, nil
+	return nil
 }
 
 // kill ends slirp4netns without waiting for it to exit, which takes tens of
@@ -186,6 +213,9 @@ func (n *userNet) stop() {
 // unregisters its tap device), reaped by this process.
 func (n *userNet) close(wait bool) error {
 	n.kill()
+	if n.apiDir != "" {
+		os.RemoveAll(n.apiDir)
+	}
 	if wait {
 		<-n.done
 	}

@@ -46,7 +46,8 @@ const (
 //
 // All state lives under stateDir, which is created if missing: the
 // runtime's state in stateDir/runc (runc --root) and one bundle per run in
-// stateDir/bundles/<id>. Several processes may share a stateDir: container
+// stateDir/bundles/<id>. The two are links into a tmpfs where one can be
+// used safely (see ensureStateDirs). Several processes may share a stateDir: container
 // IDs embed the owning process (see Cleanup).
 func NewRunc(runtime, stateDir string) (*Runc, error) {
 	if runtime == "" {
@@ -89,10 +90,8 @@ func NewRunc(runtime, stateDir string) (*Runc, error) {
 		bundles: filepath.Join(stateDir, "bundles"),
 		nofile:  nofileLimit(),
 	}
-	for _, d := range []string{r.root, r.bundles} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
-			return nil, fmt.Errorf("creating state dir: %w", err)
-		}
+	if err := ensureStateDirs(stateDir); err != nil {
+		return nil, err
 	}
 	r.owner, err = self()
 	if err != nil {
@@ -169,6 +168,23 @@ func (r *Runc) Run(ctx context.Context, rootfs string, meta Meta) (retErr error)
 		}
 	}()
 
+	var un *userNet
+	if meta.Network == NetworkPrivate {
+		// slirp4netns configures the network (a few ms) while the
+		// bundle is written; the runtime starts once it is done.
+		// Torn down after the runtime state is deleted, before the bundle.
+		un, err = launchNet(bundle, meta.Ports)
+		if err != nil {
+			return fmt.Errorf("private network: %w", err)
+		}
+		defer func() {
+			// A RUN step does not wait for slirp4netns to finish
+			// exiting: about half of the private network's cost.
+			if err := un.close(false); err != nil && retErr == nil {
+				retErr = err
+			}
+		}()
+	}
 	if err := mkdirAllOwned(rootfs, meta.Cwd, meta.UID, meta.GID); err != nil {
 		return fmt.Errorf("creating working directory: %w", err)
 	}
@@ -190,23 +206,13 @@ func (r *Runc) Run(ctx context.Context, rootfs string, meta Meta) (retErr error)
 	if err := writeBundle(bundle, rootfs, &meta, r.nofile, stubs); err != nil {
 		return err
 	}
-	var un *userNet
-	if meta.Network == NetworkPrivate {
-		// Torn down after the runtime state is deleted, before the bundle.
-		un, err = startNet(ctx, bundle, meta.Ports)
-		if err != nil {
+	if un != nil {
+		if err := un.wait(ctx); err != nil {
 			if ctx.Err() != nil {
 				return fmt.Errorf("run %s: %w", meta.Args[0], ctx.Err())
 			}
 			return fmt.Errorf("private network: %w", err)
 		}
-		defer func() {
-			// A RUN step does not wait for slirp4netns to finish
-			// exiting: about half of the private network's cost.
-			if err := un.close(false); err != nil && retErr == nil {
-				retErr = err
-			}
-		}()
 	}
 
 	logPath := filepath.Join(bundle, "runc.log")
@@ -224,7 +230,7 @@ func (r *Runc) Run(ctx context.Context, rootfs string, meta Meta) (retErr error)
 	}
 	// From here on, always delete the runtime state (even after a panic).
 	defer func() {
-		if err := r.delete(context.WithoutCancel(ctx), id); err != nil && retErr == nil {
+		if err := r.deleteIfLeft(context.WithoutCancel(ctx), id); err != nil && retErr == nil {
 			retErr = err
 		}
 	}()
@@ -298,6 +304,19 @@ func (r *Runc) delete(ctx context.Context, id string) error {
 		return fmt.Errorf("%s delete %s: %w: %s", filepath.Base(r.runtime), id, err, bytes.TrimSpace(out))
 	}
 	return nil
+}
+
+// deleteIfLeft deletes the runtime state of id, as delete does, if there
+// is any. "runc run" (as crun's and youki's) removes a container's state
+// dir, <root>/<id>, itself once the container's init has exited, so after a
+// normal exit there is nothing to delete and the runtime invocation (a few
+// milliseconds of every RUN step) is skipped; a runtime killed or failing
+// before that leaves the dir, and "delete --force" kills what is left.
+func (r *Runc) deleteIfLeft(ctx context.Context, id string) error {
+	if _, err := os.Lstat(filepath.Join(r.root, id)); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return r.delete(ctx, id)
 }
 
 // runtimeCmd runs the runtime with the state root and args and returns its

@@ -602,6 +602,48 @@ func TestRunCancel(t *testing.T) {
 	}
 }
 
+// When the runtime itself is killed while the process runs, Run still
+// deletes the container it left (its state dir, and the process with it):
+// the state-dir check that lets a normal exit skip "runc delete" must not
+// skip it then.
+func TestRunRuntimeKilled(t *testing.T) {
+	r, rootfs := newRunc(t), newRootfs(t)
+	marker := fmt.Sprint(100000 + rand.IntN(900000))
+	errc := make(chan error, 1)
+	go func() {
+		errc <- r.Run(context.Background(), rootfs, Meta{Args: []string{"sleep", marker}, Env: testEnv, Network: NetworkNone})
+	}()
+	for deadline := time.Now().Add(10 * time.Second); len(procsWithArg(marker)) == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the container's process did not start")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// "runc --root <r.root> ... run": the runtime process, not the
+	// container's ("runc init", then sleep).
+	pids := procsWithArg(r.root)
+	if len(pids) != 1 {
+		t.Fatalf("runtime processes %v, want one", pids)
+	}
+	if err := syscall.Kill(pids[0], syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	err := <-errc
+	if err == nil || !strings.Contains(err.Error(), "killed") {
+		t.Errorf("got %v, want the runtime killed", err)
+	}
+	if pids := procsWithArg(marker); len(pids) != 0 {
+		t.Errorf("processes left: %v", pids)
+	}
+	if out, _ := r.runtimeCmd(context.Background(), "list", "--quiet"); len(bytes.TrimSpace(out)) != 0 {
+		t.Errorf("runtime state left: %s", out)
+	}
+	if ents, _ := os.ReadDir(r.bundles); len(ents) != 0 {
+		t.Errorf("bundles left: %v", ents)
+	}
+	checkNoMounts(t, rootfs)
+}
+
 // createContainer starts "sleep marker" with runc create under id, as a
 // run of a (possibly dead) lbuild process would have left it.
 func createContainer(t *testing.T, r *Runc, rootfs, id, marker string) {

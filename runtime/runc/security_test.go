@@ -155,22 +155,39 @@ func onFirstWrite(fn func()) writerFunc {
 	}
 }
 
-// filesHolding returns the files under dir whose content contains s.
+// filesHolding returns the files under dir whose content contains s,
+// following dir's own symbolic links to directories (the state dir's runc
+// and bundles are links into a tmpfs) but no others.
 func filesHolding(t *testing.T, dir, s string) []string {
 	t.Helper()
 	var found []string
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
-			return err
+	seen := map[string]bool{}
+	var walk func(dir string)
+	walk = func(dir string) {
+		err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if d.Type()&fs.ModeSymlink != 0 && filepath.Dir(p) == dir {
+				if real, err := filepath.EvalSymlinks(p); err == nil {
+					walk(real)
+				}
+				return nil
+			}
+			if !d.Type().IsRegular() || seen[p] {
+				return nil
+			}
+			seen[p] = true
+			if b, err := os.ReadFile(p); err == nil && bytes.Contains(b, []byte(s)) {
+				found = append(found, p)
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatal(err)
 		}
-		if b, err := os.ReadFile(p); err == nil && bytes.Contains(b, []byte(s)) {
-			found = append(found, p)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
+	walk(dir)
 	return found
 }
 
