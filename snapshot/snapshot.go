@@ -53,7 +53,6 @@
 //	  upper/ work/ merged/  overlay driver
 //	  mem/upper mem/work    an InMemory snapshot's, on a tmpfs mounted at mem/
 //	  lower/<i>             indexed layers of its chain, mounted
-//	  layer.erofs           an InMemory snapshot's index, made by Diff
 //	  fs/ manifest layer/   copy driver (view, manifest, the layer built by Diff)
 //	tmp/<random>[.lock]     layers being built and directories being removed
 //	overlay-ok              "auto" found overlay usable here (kernel release, st_dev)

@@ -64,8 +64,6 @@ type active struct {
 	uses    []*active
 	users   int
 	retired bool
-
-	index string // memory snapshot: its layer's EROFS index, once Diff built one
 }
 
 // activeMeta is stored as active/<id>/meta.json.
@@ -356,12 +354,7 @@ func (s *snapshotter) Diff(ctx context.Context, key string, w io.Writer, opts ..
 	}
 	defer a.mu.Unlock()
 	if a.Driver == DriverOverlay {
-		if a.Memory {
-			err = s.writeIndexed(ctx, a, w, cfg.clamp)
-		} else {
-			err = s.writeUpper(ctx, a, w, false, cfg.clamp)
-		}
-		if err != nil {
+		if err = s.writeUpper(ctx, a, w, false, cfg.clamp); err != nil {
 			return fmt.Errorf("diff %s: %w", key, err)
 		}
 		a.diffed = true

@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
-	"time"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
@@ -296,48 +295,9 @@ func (s *snapshotter) retire(a *active, name, moved string) error {
 	return nil
 }
 
-// writeIndexed is writeUpper for a memory snapshot: the tar also streams
-// into an EROFS index over it, kept as a.index for Commit. A tar the index
-// cannot map (errors.ErrUnsupported) just leaves no index: Commit then
-// copies the upperdir to disk.
-func (s *snapshotter) writeIndexed(ctx context.Context, a *active, w io.Writer, clamp time.Time) error {
-	p := filepath.Join(a.dir, indexFile)
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	pr, pw := io.Pipe()
-	errc := make(chan error, 1)
-	go func() {
-		bw := bufio.NewWriterSize(f, 1<<20)
-		err := erofs.Build(bw, pr)
-		if err == nil {
-			err = bw.Flush()
-		}
-		io.Copy(io.Discard, pr) // keep the tar flowing whatever happened
-		errc <- err
-	}()
-	werr := s.writeUpper(ctx, a, io.MultiWriter(w, pw), false, clamp)
-	pw.CloseWithError(werr)
-	berr := <-errc
-	if werr != nil {
-		return werr
-	}
-	a.index = ""
-	if berr != nil {
-		logrus.Debugf("snapshot %s: no EROFS index (%v): its layer is copied to disk", a.Key, berr)
-		return nil
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	a.index = p
-	return nil
-}
-
-// commitMemory builds committed layer dir t from memory snapshot a: its
-// index and a hard link to blob, or else a copy of its upperdir.
+// commitMemory builds committed layer dir t from memory snapshot a: a hard
+// link to blob (the tar Diff wrote) and an EROFS index built from it, or,
+// without a blob or for a tar the index cannot map, a copy of its upperdir.
 func (s *snapshotter) commitMemory(ctx context.Context, a *active, t, blob string) error {
 	if err := s.unmountActive(a); err != nil {
 		return err
@@ -345,13 +305,14 @@ func (s *snapshotter) commitMemory(ctx context.Context, a *active, t, blob strin
 	if err := os.Mkdir(filepath.Join(t, "fs"), 0o755); err != nil {
 		return err
 	}
-	if a.index != "" && blob != "" {
-		err := os.Link(blob, filepath.Join(t, tarFile))
+	if blob != "" {
+		err := indexTar(t, blob)
 		if err == nil {
-			return os.Rename(a.index, filepath.Join(t, indexFile))
+			return nil
 		}
-		logrus.Debugf("snapshot %s: link layer blob: %v: copying the layer to disk", a.Key, err)
+		logrus.Debugf("snapshot %s: no index (%v): copying the layer to disk", a.Key, err)
 		os.Remove(filepath.Join(t, tarFile))
+		os.Remove(filepath.Join(t, indexFile))
 	}
 	upper := filepath.Join(s.root, a.upperRel())
 	if !a.diffed {
@@ -360,6 +321,33 @@ func (s *snapshotter) commitMemory(ctx context.Context, a *active, t, blob strin
 		}
 	}
 	return copyLayer(ctx, upper, filepath.Join(t, "fs"))
+}
+
+// indexTar links blob into layer dir t and writes the EROFS index of it
+// there; the blob is read where the index needs it, its file contents
+// skipped.
+func indexTar(t, blob string) error {
+	if err := os.Link(blob, filepath.Join(t, tarFile)); err != nil {
+		return err
+	}
+	f, err := os.Open(filepath.Join(t, tarFile))
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	out, err := os.Create(filepath.Join(t, indexFile))
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	bw := bufio.NewWriterSize(out, 1<<20)
+	if err := erofs.Build(bw, f); err != nil {
+		return err
+	}
+	if err := bw.Flush(); err != nil {
+		return err
+	}
+	return out.Close()
 }
 
 // layerBytes is what removing committed layer dir frees: its files, less
@@ -400,8 +388,8 @@ func (s *snapshotter) ApplyBlob(ctx context.Context, name, parent, blob string) 
 	return nil
 }
 
-// indexBlob makes dir an indexed layer of blob, verifying on the way that
-// blob's sha256 gives chain ID name over parent.
+// indexBlob makes dir an indexed layer of blob, verifying that blob's
+// sha256 gives chain ID name over parent.
 func (s *snapshotter) indexBlob(dir, name, parent, blob string) error {
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return err
@@ -409,7 +397,7 @@ func (s *snapshotter) indexBlob(dir, name, parent, blob string) error {
 	if err := os.Mkdir(filepath.Join(dir, "fs"), 0o755); err != nil {
 		return err
 	}
-	if err := os.Link(blob, filepath.Join(dir, tarFile)); err != nil {
+	if err := indexTar(dir, blob); err != nil {
 		return err
 	}
 	// The linked file, not the name: nothing can swap it meanwhile.
@@ -418,26 +406,14 @@ func (s *snapshotter) indexBlob(dir, name, parent, blob string) error {
 		return err
 	}
 	defer f.Close()
-	out, err := os.Create(filepath.Join(dir, indexFile))
-	if err != nil {
-		return err
-	}
-	defer out.Close()
 	d := sha256.New()
-	bw := bufio.NewWriterSize(out, 1<<20)
-	if err := erofs.Build(bw, io.TeeReader(f, d)); err != nil {
-		return err
-	}
-	if _, err := io.Copy(d, f); err != nil { // the tar's trailing blocks count too
+	if _, err := io.Copy(d, f); err != nil {
 		return err
 	}
 	if got := ChainID(parent, "sha256:"+hex.EncodeToString(d.Sum(nil))); got != name {
 		return fmt.Errorf("%w: the layer's content gives chain ID %s", ErrDigestMismatch, got)
 	}
-	if err := bw.Flush(); err != nil {
-		return err
-	}
-	return out.Close()
+	return nil
 }
 
 // isIndexed reports whether committed layer dir holds an indexed layer,
