@@ -27,7 +27,9 @@ func startRunBuild(t *testing.T, root string) (*exec.Cmd, *bytes.Buffer) {
 	if _, stderr, code := run(t, root, "build", "-t", "local/busybox", base); code != 0 {
 		t.Fatal(stderr)
 	}
-	dir := ctxDir(t, "FROM local/busybox\nRUN touch /started && sleep 30\n", map[string]string{})
+	// The COPY is made on a tmpfs and frozen; the RUN stands on it (and
+	// on the base's indexed layer, mounted for it) while it sleeps.
+	dir := ctxDir(t, "FROM local/busybox\nCOPY f /f\nRUN touch /started && sleep 30\n", map[string]string{"f": "f\n"})
 	cmd := exec.Command(lbuildBin, "--root", root, "build", "--progress=plain", dir)
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
@@ -92,6 +94,19 @@ func TestCLICrashRecovery(t *testing.T) {
 	cmd.Wait()
 	if len(runcList(t, root)) == 0 {
 		t.Log("the runtime container died with lbuild; checking mounts only")
+	}
+	// Where layers are indexed, the killed build left the base's index
+	// mounted in its RUN's snapshot (as it may leave a COPY's tmpfs, in
+	// the same place): the clean-up below must take it too.
+	if indexed, _ := filepath.Glob(filepath.Join(root, "snapshots", "layers", "*", "layer.erofs")); len(indexed) > 0 {
+		mi, _ := os.ReadFile("/proc/self/mountinfo")
+		found := false
+		for _, l := range strings.Split(string(mi), "\n") {
+			found = found || strings.Contains(l, filepath.Join(root, "snapshots", "active")) && strings.Contains(l, " - erofs ")
+		}
+		if !found {
+			t.Error("no EROFS mount under the root after the kill: the test checks less than it says")
+		}
 	}
 	if _, stderr, code := run(t, root, "images"); code != 0 {
 		t.Fatal(stderr)
