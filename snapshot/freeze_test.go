@@ -257,4 +257,14 @@ func TestInMemoryLayerIsItsBlob(t *testing.T) {
 	if ents := mustReadDir(t, filepath.Join(root, "active")); len(ents) != 0 {
 		t.Errorf("active snapshots left: %v", ents)
 	}
+
+	// The layer is its blob: a damaged blob is a damaged layer, and Check
+	// says so (fsck --repair then removes it).
+	b[len(b)-2000] ^= 0xff
+	check(t, os.WriteFile(blob, b, 0o644)) // the same file, rewritten
+	probs, err := s.Check()
+	check(t, err)
+	if len(probs) != 2 || probs[0].Name != name && probs[1].Name != name || !strings.Contains(probs[0].Err+probs[1].Err, "damaged") {
+		t.Errorf("Check after the blob was damaged: %v, want %s (damaged) and its child", probs, name)
+	}
 }

@@ -136,6 +136,17 @@ func (s *snapshotter) Check() ([]Problem, error) {
 		return nil, err
 	}
 	why := map[string]string{}
+	// An indexed layer is its tar: one whose bytes changed (its blob was
+	// damaged: it is the same file) is not the layer its name says.
+	for n, l := range all {
+		if h, _ := nameHex(n); l.ok {
+			if err := verifyIndexed(s.layerDir(h), n, l.parent); err != nil {
+				l.ok = false
+				all[n] = l
+				why[n] = err.Error()
+			}
+		}
+	}
 	var bad func(n string, depth int) bool
 	bad = func(n string, depth int) bool {
 		l, ok := all[n]
@@ -145,7 +156,9 @@ func (s *snapshotter) Check() ([]Problem, error) {
 		case !ok:
 			return true
 		case !l.ok:
-			why[n] = "incomplete (parent, link or fs missing)"
+			if why[n] == "" {
+				why[n] = "incomplete (parent, link or fs missing)"
+			}
 			return true
 		case l.parent == "":
 			return false

@@ -401,17 +401,26 @@ func (s *snapshotter) indexBlob(dir, name, parent, blob string) error {
 		return err
 	}
 	// The linked file, not the name: nothing can swap it meanwhile.
+	return verifyIndexed(dir, name, parent)
+}
+
+// verifyIndexed checks that the tar of layer dir, if it is indexed, gives
+// chain ID name over parent.
+func verifyIndexed(dir, name, parent string) error {
+	if indexed, _ := isIndexed(dir); !indexed {
+		return nil
+	}
 	f, err := os.Open(filepath.Join(dir, tarFile))
 	if err != nil {
-		return err
+		return fmt.Errorf("its tar: %w", err)
 	}
 	defer f.Close()
 	d := sha256.New()
 	if _, err := io.Copy(d, f); err != nil {
-		return err
+		return fmt.Errorf("its tar: %w", err)
 	}
 	if got := ChainID(parent, "sha256:"+hex.EncodeToString(d.Sum(nil))); got != name {
-		return fmt.Errorf("%w: the layer's content gives chain ID %s", ErrDigestMismatch, got)
+		return fmt.Errorf("%w: its tar (the layer's blob) is damaged: its content gives chain ID %s", ErrDigestMismatch, got)
 	}
 	return nil
 }
