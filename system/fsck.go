@@ -63,7 +63,7 @@ func (r *Root) Fsck(ctx context.Context, repair bool) ([]string, error) {
 	}
 	broken := map[string]bool{}
 	for _, p := range bad {
-		problems = append(problems, fmt.Sprintf("unpacked layer %s: %s", p.Name, p.Err))
+		problems = append(problems, fmt.Sprintf("layer snapshot %s: %s", p.Name, p.Err))
 		broken[p.Name] = true
 	}
 	if repair && len(bad) > 0 {

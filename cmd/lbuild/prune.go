@@ -86,7 +86,7 @@ func newFsckCmd(g *globals) *cobra.Command {
 	var repair bool
 	cmd := &cobra.Command{
 		Use:   "fsck",
-		Short: "Verify the store: blob digests and sizes, images' blobs, records' layers, unpacked layers",
+		Short: "Verify the store: blob digests and sizes, images' blobs, records' layers, layer snapshots (an indexed layer's tar re-hashed)",
 		Long: `Verifies every blob's digest, that every image's manifest, config and layers
 exist, that every step record's layer exists, and that every unpacked layer is
 complete and has its parent. Reports one problem per line and exits 1 if it
