@@ -69,11 +69,11 @@ step "2. Which layers the images share"
 lb share local/base hello-web config-web pre-config-web
 echo
 say "Each row is a layer, each column an image; an x means the image has that layer." \
-  "A layer is named by its content and by every layer below it, so two images share a layer when they were built by the same steps up to it: it is then stored once and unpacked once, whatever the number of images." \
+  "A layer is named by its content and by every layer below it, so two images share a layer when they were built by the same steps up to it: it is then stored once, and unpacked (or mounted straight from its blob) once, whatever the number of images." \
   "" \
   "- All four images stand on the base layer (busybox), stored once." \
   "- hello-web and config-web both start with 'COPY index.html': config-web reuses that layer of hello-web and adds only its 'COPY httpd.conf' layer." \
-  "- pre-config-web copies the same two files in the other order. Its first COPY (httpd.conf) differs from hello-web's first COPY, so its cache key differs, and every key after it too: even its 'COPY index.html', the same file as in hello-web, ran again as a new step on a new chain (its own row above). The reordered image shares only the base. (Those re-run steps happened to write byte-identical layers, the same diff IDs, so their blobs are still stored once; the work of running them and their unpacked copies are what the order cost.)" \
+  "- pre-config-web copies the same two files in the other order. Its first COPY (httpd.conf) differs from hello-web's first COPY, so its cache key differs, and every key after it too: even its 'COPY index.html', the same file as in hello-web, ran again as a new step on a new chain (its own row above). The reordered image shares only the base. (Those re-run steps happened to write byte-identical layers, the same diff IDs, so their blobs are still stored once; the work of running them and their snapshots are what the order cost.)" \
   "  Lesson: put what changes least first; a step moved earlier breaks the reuse of every step after it."
 echo
 lb share pair:blue pair:green
@@ -98,7 +98,7 @@ for pair in "hello-1 $p1" "hello-2 $p2" "config-1 $p3"; do
 done
 echo
 say "Each container runs its image's CMD, busybox httpd on port 8080, in a network namespace of its own; -p publishes that port on a port of the host's loopback (lbuild ps, PORTS)." \
-  "Each container is an overlay mount: the image's unpacked layers as shared read-only lower layers, plus one empty writable layer of its own. Starting one copies nothing."
+  "Each container is an overlay mount: the image's layers (unpacked, or mounted straight from their blobs) as shared read-only lower layers, plus one empty writable layer of its own. Starting one copies nothing."
 
 step "4. A change inside one container stays in that container"
 echo "\$ lbuild exec hello-1 sh -c 'echo \"<h1>Changed inside hello-1</h1>\" > /www/index.html'"

@@ -74,7 +74,7 @@ func buildLog(t *testing.T, root string, args ...string) string {
 func unpacked(t *testing.T, root string) string {
 	out, _, _ := run(t, root, "du")
 	for _, l := range strings.Split(out, "\n") {
-		if strings.Contains(l, "Unpacked layers:") {
+		if strings.Contains(l, "Layer snapshots:") {
 			return strings.TrimSpace(l)
 		}
 	}
@@ -120,7 +120,7 @@ func TestCacheDirFreshStore(t *testing.T) {
 	if got := imageID(t, fresh, "app"); got != want {
 		t.Errorf("image ID %s, want the exporting build's %s", got, want)
 	}
-	if u := unpacked(t, fresh); !strings.HasPrefix(u, "Unpacked layers: 0,") {
+	if u := unpacked(t, fresh); !strings.HasPrefix(u, "Layer snapshots: 0,") {
 		t.Errorf("du: %s, want no layer unpacked", u)
 	}
 
@@ -273,7 +273,7 @@ func TestCacheRegistry(t *testing.T) {
 	if id := imageID(t, fresh, "app"); id != ids[0] && id != ids[1] {
 		t.Errorf("image ID %s is neither exporter's %v", id, ids)
 	}
-	if u := unpacked(t, fresh); !strings.HasPrefix(u, "Unpacked layers: 0,") {
+	if u := unpacked(t, fresh); !strings.HasPrefix(u, "Layer snapshots: 0,") {
 		t.Errorf("du: %s, want no layer unpacked", u)
 	}
 	cnt.take()

@@ -57,7 +57,7 @@ func runDu(cmd *cobra.Command, g *globals) error {
 	}
 	w.Flush()
 	fmt.Fprintf(out, "  Total: %s on disk for %d images (%s if nothing were shared)\n", size(du.ImagesTotal), len(du.Images), size(du.ImagesSum))
-	fmt.Fprintf(out, "  Unpacked layers: %d, %s (each unpacked once, shared by builds and containers)\n\n", du.UnpackedLayers, size(du.UnpackedSize))
+	fmt.Fprintf(out, "  Layer snapshots: %d, %s (each made once, unpacked or mounted from its blob, shared by builds and containers)\n\n", du.UnpackedLayers, size(du.UnpackedSize))
 
 	fmt.Fprintln(out, "Containers (each container's own writable layer):")
 	w = tabwriter.NewWriter(out, 0, 8, 3, ' ', 0)
@@ -84,7 +84,7 @@ func runDu(cmd *cobra.Command, g *globals) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(out, "\nReclaimable: %s by lbuild prune (%d unpacked layers, %d blobs), %s by lbuild prune --all --mounts\n",
+	fmt.Fprintf(out, "\nReclaimable: %s by lbuild prune (%d layer snapshots, %d blobs), %s by lbuild prune --all --mounts\n",
 		size(safe.Freed()), safe.Snapshots, safe.Blobs, size(all.Freed()))
 	fmt.Fprintf(out, "Total on disk: %s\n", size(du.Total))
 	return nil

@@ -20,7 +20,7 @@ func newPruneCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "prune",
 		Short: "Remove what no image, container or kept build cache needs (also: lbuild system prune)",
-		Long: `Removes blobs, unpacked layers and step records that no image or container
+		Long: `Removes blobs, layer snapshots and step records that no image or container
 needs (the dangling build cache: layers of steps no image uses), and
 file-index entries of files that no longer exist; images' steps stay cached.
 --all drops the whole build cache (images keep their layers);
@@ -62,7 +62,7 @@ builds are waited for, never broken. Prints what it freed.`,
 			if dryRun {
 				verb = "Would free"
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "%s %s: %d step records, %d blobs (%s), %d unpacked layers (%s), %d cache mounts (%s), %d file-index entries\n",
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s: %d step records, %d blobs (%s), %d layer snapshots (%s), %d cache mounts (%s), %d file-index entries\n",
 				verb, size(rep.Freed()), rep.Records, rep.Blobs, size(rep.BlobBytes), rep.Snapshots, size(rep.SnapshotBytes), rep.Mounts, size(rep.MountBytes), rep.FileIndexEntries)
 			return nil
 		},
@@ -88,8 +88,9 @@ func newFsckCmd(g *globals) *cobra.Command {
 		Use:   "fsck",
 		Short: "Verify the store: blob digests and sizes, images' blobs, records' layers, layer snapshots (an indexed layer's tar re-hashed)",
 		Long: `Verifies every blob's digest, that every image's manifest, config and layers
-exist, that every step record's layer exists, and that every unpacked layer is
-complete and has its parent. Reports one problem per line and exits 1 if it
+exist, that every step record's layer exists, and that every layer snapshot is
+complete and has its parent (an indexed layer's tar, its blob's file, is
+re-hashed). Reports one problem per line and exits 1 if it
 found any; --repair removes what is corrupt or dangling, so the next build
 makes it again.`,
 		Args: cobra.NoArgs,

@@ -22,9 +22,10 @@ func newRunCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "run [flags] IMAGE [COMMAND [ARG...]]",
 		Short: "Run a command in a new container",
-		Long: `Run a command in a new container: the image's layers, unpacked once and
-shared read-only by every container of the image, with one writable layer of
-the container's own on top (nothing is copied at start).
+		Long: `Run a command in a new container: the image's layers, unpacked once (or
+mounted straight from their stored blobs) and shared read-only by every
+container of the image, with one writable layer of the container's own on
+top (nothing is copied at start).
 
 In the foreground the container's output goes to the terminal and to its log,
 and ^C stops it; lbuild exits with the container's exit code. With -d a small

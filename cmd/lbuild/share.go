@@ -18,7 +18,8 @@ func newShareCmd(g *globals) *cobra.Command {
 		Long: `Print a table of the images' layers, one row per layer (diff ID, size,
 the step that made it) and one column per image, marking which image has it.
 A layer is shared when the images were built by the same steps up to it: it
-is then stored once and unpacked once for all of them.`,
+is then stored once, and unpacked (or mounted from its blob) once, for all
+of them.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			r, err := g.open()

@@ -135,7 +135,7 @@ for spec in "hello-1 $p1" "hello-2 $p2" "custom-1 $p3"; do
   printf 'curl http://127.0.0.1:%s/  (%s): %s   Server: %s\n' "$2" "$1" "$(get "$2" | title)" "$(server "$2")"
 done
 echo
-say "Each container runs the image's CMD, nginx -g 'daemon off;', in a network namespace of its own; -p publishes its port 80 on a port of the host's loopback. Its root is an overlay mount: the image's unpacked layers, shared read-only, and one empty writable layer of its own. Starting one copies nothing."
+say "Each container runs the image's CMD, nginx -g 'daemon off;', in a network namespace of its own; -p publishes its port 80 on a port of the host's loopback. Its root is an overlay mount: the image's layers (unpacked, or mounted straight from their blobs), shared read-only, and one empty writable layer of its own. Starting one copies nothing."
 
 step "5. A change inside one container stays in that container"
 echo "\$ lbuild exec hello-1 sh -c 'echo \"<h1>changed inside hello-1</h1>\" > /usr/share/nginx/html/index.html'"
