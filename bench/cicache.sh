@@ -57,7 +57,7 @@ restored=$(printf '%s\n' "${warms[@]}" | median)
 
 id1=$(lb "$WORK/r1" build -q -f "$df" "$ctx")
 id2=$(lb "$WORK/r2" build -q -f "$df" "$ctx")
-unpacked=$(lb "$WORK/r2" du | grep 'Unpacked layers')
+unpacked=$(lb "$WORK/r2" du | grep 'Layer snapshots')
 dirbytes=$(du -sb --apparent-size "$cache" | cut -f1)
 imgbytes=$(python3 - "$WORK/r1/oci" <<'PY'
 import json, os, sys
