@@ -479,6 +479,7 @@ func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) 
 	for _, t := range triggers {
 		c, err := parser.ParseTrigger(t)
 		if err != nil {
+			b.abandon(st)
 			return nil, &parser.Error{File: b.df.Path, Line: s.Line(), Err: fmt.Errorf("ONBUILD trigger %q of %s: %w", t, base, err)}
 		}
 		st.total++

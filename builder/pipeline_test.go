@@ -2,10 +2,13 @@ package builder
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/lbuild/lbuild/builder/executor"
 	"github.com/lbuild/lbuild/snapshot"
@@ -139,5 +142,45 @@ func assertNoActiveSnapshots(t *testing.T, r *system.Root) {
 	}
 	if len(ents) != 0 {
 		t.Errorf("%d active snapshots left after the build", len(ents))
+	}
+}
+
+// failingCommit is a snapshotter whose first Commit fails, a while after it
+// is called (as a full disk would, once the layer is written).
+type failingCommit struct {
+	snapshot.Snapshotter
+	calls *atomic.Int32
+}
+
+func (f failingCommit) Commit(ctx context.Context, name, key string, opts ...snapshot.CommitOpt) error {
+	if f.calls.Add(1) > 1 {
+		return f.Snapshotter.Commit(ctx, name, key, opts...)
+	}
+	time.Sleep(300 * time.Millisecond)
+	return errors.New("no space left on device (test)")
+}
+
+// A layer stored in the background that fails fails the build, even when
+// the next step finds its own record in the cache (it then has no
+// filesystem to stand on): never an image with a layer missing.
+func TestPipelinedFailedLayerFailsBuild(t *testing.T) {
+	r := openRoot(t)
+	if r.Snaps.Driver() != snapshot.DriverOverlay {
+		t.Skip("pipelined commits need the overlay snapshot driver")
+	}
+	dir := t.TempDir()
+	df := "FROM scratch\nRUN first\nRUN second\n"
+	res, out, err := tryBuild(r, dir, df, func(o *Options) { o.Executor = &fakeExecutor{} })
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	// The first RUN must run again; the second is still cached.
+	if err := r.Records.Delete(res.Steps[1].Key); err != nil {
+		t.Fatal(err)
+	}
+	r.Snaps = failingCommit{r.Snaps, new(atomic.Int32)}
+	res, out, err = tryBuild(r, dir, df, func(o *Options) { o.Executor = &fakeExecutor{} })
+	if err == nil || !strings.Contains(err.Error(), "no space left") {
+		t.Fatalf("build with a failing layer: %v (image %v)\n%s", err, res, out)
 	}
 }

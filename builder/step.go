@@ -46,17 +46,23 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 	defer b.noteStep(st, id, key)
 
 	if !b.opts.NoCache {
+		var drainErr error
 		fits := func(rec *cache.Record) bool {
 			if fn == nil {
 				return true
 			}
 			// The base is known once the layers below are stored.
-			if b.drain(ctx, st, true) != nil {
+			if drainErr = b.drain(ctx, st, true); drainErr != nil {
 				return false
 			}
 			return rec.Base == st.chainID
 		}
 		rec, err := b.record(key, fn != nil, fits)
+		if drainErr != nil {
+			// A layer below failed: the stage has lost its filesystem.
+			b.prog.Done(id, drainErr)
+			return drainErr
+		}
 		switch {
 		case err == nil:
 			if fn != nil {
