@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/sirupsen/logrus"
@@ -60,12 +61,13 @@ func (j *layerJob) run(ctx context.Context, root *system.Root) {
 		}
 		base = j.prev.chainID
 	}
-	j.diffID, j.size, j.err = storeLayer(ctx, root, j.snapKey, j.dopts)
+	var existed bool
+	j.diffID, j.size, existed, j.err = storeLayer(ctx, root, j.snapKey, j.dopts)
 	if j.err != nil {
 		return
 	}
 	j.chainID = snapshot.ChainID(base, j.diffID.String())
-	if err := root.Snaps.Commit(ctx, j.chainID, j.snapKey, snapshot.WithBlob(root.Store.BlobPath(j.diffID))); err != nil {
+	if err := root.Snaps.Commit(ctx, j.chainID, j.snapKey, snapshot.WithBlob(root.Store.BlobPath(j.diffID), existed)); err != nil {
 		j.err = fmt.Errorf("commit snapshot: %w", err)
 		return
 	}
@@ -82,12 +84,16 @@ func (b *build) memoryLimit(writes int64) int64 {
 	if writes <= 0 || b.opts.NoPipeline || !b.root.Snaps.Indexes() {
 		return 0
 	}
-	limit := writes + 64<<20 // directories, and what overlay copies up
+	limit := writes + memoryHeadroom
 	if limit > 1<<30 || limit > memAvailable()/4 {
 		return 0
 	}
 	return limit
 }
+
+// memoryHeadroom is what a memory snapshot gets beyond its sources:
+// directories, and what overlay copies up.
+var memoryHeadroom int64 = 64 << 20
 
 // memAvailable is MemAvailable of /proc/meminfo in bytes (0 if unknown).
 func memAvailable() int64 {
@@ -106,29 +112,29 @@ func memAvailable() int64 {
 	return 0
 }
 
-// pageRound is n rounded up to whole memory pages (a tmpfs file takes at
-// least one).
+// pageRound is n rounded up to whole memory pages, plus one (a tmpfs file
+// takes at least one).
 func pageRound(n int64) int64 {
-	const page = 4096
+	page := int64(os.Getpagesize())
 	return (n + page) / page * page
 }
 
 // storeLayer writes the diff of active snapshot key into a blob of the
-// store.
-func storeLayer(ctx context.Context, root *system.Root, key string, dopts []snapshot.DiffOpt) (v1.Hash, int64, error) {
+// store; existed: the store had that blob already (see BlobWriter.Existed).
+func storeLayer(ctx context.Context, root *system.Root, key string, dopts []snapshot.DiffOpt) (v1.Hash, int64, bool, error) {
 	w, err := root.Store.Writer()
 	if err != nil {
-		return v1.Hash{}, 0, err
+		return v1.Hash{}, 0, false, err
 	}
 	defer w.Close()
 	if err := root.Snaps.Diff(ctx, key, w, dopts...); err != nil {
-		return v1.Hash{}, 0, fmt.Errorf("diff snapshot: %w", err)
+		return v1.Hash{}, 0, false, fmt.Errorf("diff snapshot: %w", err)
 	}
 	diffID, size, err := w.Commit()
 	if err != nil {
-		return v1.Hash{}, 0, fmt.Errorf("store layer: %w", err)
+		return v1.Hash{}, 0, false, fmt.Errorf("store layer: %w", err)
 	}
-	return diffID, size, nil
+	return diffID, size, w.Existed(), nil
 }
 
 // commitLayer runs fn on a fresh snapshot over the stage's filesystem (the
@@ -136,17 +142,9 @@ func storeLayer(ctx context.Context, root *system.Root, key string, dopts []snap
 // layer, started in the background once the snapshot is frozen. Where the
 // snapshot driver cannot freeze (copy), the job has run when it returns.
 func (b *build) commitLayer(ctx context.Context, st *stageState, fn layerFunc) (*layerJob, error) {
-	key := fmt.Sprintf("build-%d-%d", os.Getpid(), activeSeq.Add(1))
-	var dir string
-	var err error
-	j := &layerJob{snapKey: key, base: st.chainID, done: make(chan struct{})}
-	var popts []snapshot.Opt
-	if limit := b.memoryLimit(st.note.writes); limit > 0 {
-		popts = append(popts, snapshot.InMemory(limit))
-	}
+	j := &layerJob{base: st.chainID, done: make(chan struct{})}
 	if n := len(st.pending); n > 0 {
 		j.prev = st.pending[n-1]
-		dir, err = b.root.Snaps.Prepare(ctx, key, "", append(popts, snapshot.OverFrozen(j.prev.snapKey))...)
 	} else {
 		if err := b.needLayers(ctx, st.layers); err != nil {
 			return nil, err
@@ -154,33 +152,56 @@ func (b *build) commitLayer(ctx context.Context, st *stageState, fn layerFunc) (
 		if err := b.root.EnsureChain(ctx, st.cfg.RootFS.DiffIDs, st.layers); err != nil {
 			return nil, err
 		}
-		dir, err = b.root.Snaps.Prepare(ctx, key, st.chainID, popts...)
 	}
-	if err != nil && len(popts) > 0 && ctx.Err() == nil {
+	// A snapshot on the layers below: the frozen one pending, or the
+	// stage's committed chain; in memory if limit > 0.
+	prepare := func(limit int64) (string, error) {
+		j.snapKey = fmt.Sprintf("build-%d-%d", os.Getpid(), activeSeq.Add(1))
+		var opts []snapshot.Opt
+		if limit > 0 {
+			opts = append(opts, snapshot.InMemory(limit))
+		}
+		if j.prev != nil {
+			return b.root.Snaps.Prepare(ctx, j.snapKey, "", append(opts, snapshot.OverFrozen(j.prev.snapKey))...)
+		}
+		return b.root.Snaps.Prepare(ctx, j.snapKey, st.chainID, opts...)
+	}
+	limit := b.memoryLimit(st.note.writes)
+	dir, err := prepare(limit)
+	if err != nil && limit > 0 && ctx.Err() == nil {
 		// No tmpfs here (or none of that size): on disk, as without.
 		logrus.Debugf("memory snapshot for step: %v: writing it on disk", err)
-		if j.prev != nil {
-			dir, err = b.root.Snaps.Prepare(ctx, key, "", snapshot.OverFrozen(j.prev.snapKey))
-		} else {
-			dir, err = b.root.Snaps.Prepare(ctx, key, st.chainID)
-		}
+		limit = 0
+		dir, err = prepare(0)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("prepare snapshot: %w", err)
 	}
+	err = fn(ctx, dir)
+	if errors.Is(err, syscall.ENOSPC) && limit > 0 && ctx.Err() == nil {
+		// The step wrote more than its sources said (a file grew since
+		// it was hashed): again, on disk. Only a COPY goes to memory, and
+		// copying twice has no other effect.
+		logrus.Debugf("memory snapshot for step full: %v: copying on disk", err)
+		b.root.Snaps.Remove(context.Background(), j.snapKey)
+		if dir, err = prepare(0); err != nil {
+			return nil, fmt.Errorf("prepare snapshot: %w", err)
+		}
+		err = fn(ctx, dir)
+	}
 	started := false
 	defer func() {
 		if !started {
-			b.root.Snaps.Remove(context.Background(), key)
+			b.root.Snaps.Remove(context.Background(), j.snapKey)
 		}
 	}()
-	if err := fn(ctx, dir); err != nil {
+	if err != nil {
 		return nil, inImage(err, dir)
 	}
 	if b.time.fixed {
 		j.dopts = append(j.dopts, snapshot.WithSourceDateEpoch(b.time.t))
 	}
-	err = b.root.Snaps.Freeze(ctx, key, j.dopts...)
+	err = b.root.Snaps.Freeze(ctx, j.snapKey, j.dopts...)
 	switch {
 	case errors.Is(err, errors.ErrUnsupported) && j.prev == nil:
 		j.run(ctx, b.root) // one after the other

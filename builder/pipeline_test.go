@@ -184,3 +184,38 @@ func TestPipelinedFailedLayerFailsBuild(t *testing.T) {
 		t.Fatalf("build with a failing layer: %v (image %v)\n%s", err, res, out)
 	}
 }
+
+// A COPY whose memory snapshot fills up (its sources grew since they were
+// hashed; here, a tmpfs made too small) is copied again on disk: the build
+// succeeds with the same image.
+func TestCopyMemoryFullFallsBackToDisk(t *testing.T) {
+	r := openRoot(t)
+	if !r.Snaps.Indexes() {
+		t.Skip("no memory snapshots here")
+	}
+	dir := t.TempDir()
+	writeFiles(t, dir, map[string]string{"big": strings.Repeat("x", 3<<20), "small": "s"})
+	df := "FROM scratch\nCOPY . /data/\n"
+	want, out, err := tryBuild(r, dir, df)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	if n := indexedLayers(t, r); n != 1 {
+		t.Fatalf("%d indexed layers after the COPY in memory, want 1", n)
+	}
+	r2 := openRoot(t)
+	old := memoryHeadroom
+	memoryHeadroom = -2 << 20 // 1 MiB of tmpfs for 3 MiB of sources
+	defer func() { memoryHeadroom = old }()
+	got, out, err := tryBuild(r2, dir, df)
+	if err != nil {
+		t.Fatalf("COPY into a full memory snapshot: %v\n%s", err, out)
+	}
+	if got.Image.ID != want.Image.ID {
+		t.Errorf("image %s after the fallback, %s in memory", got.Image.ID, want.Image.ID)
+	}
+	if n := indexedLayers(t, r2); n != 0 {
+		t.Errorf("%d indexed layers after the fallback, want 0 (copied on disk)", n)
+	}
+	assertNoActiveSnapshots(t, r2)
+}

@@ -211,7 +211,7 @@ func TestInMemoryLayerIsItsBlob(t *testing.T) {
 	b, err := os.ReadFile(blob)
 	check(t, err)
 	name := ChainID(base, diffID(b))
-	check(t, s.Commit(ctx, name, "mem", WithBlob(blob)))
+	check(t, s.Commit(ctx, name, "mem", WithBlob(blob, true)))
 	h, _ := nameHex(name)
 	if ents := mustReadDir(t, filepath.Join(root, "layers", h, "fs")); len(ents) != 0 {
 		t.Errorf("the layer was unpacked: fs/ holds %v", ents)
@@ -266,5 +266,58 @@ func TestInMemoryLayerIsItsBlob(t *testing.T) {
 	check(t, err)
 	if len(probs) != 2 || probs[0].Name != name && probs[1].Name != name || !strings.Contains(probs[0].Err+probs[1].Err, "damaged") {
 		t.Errorf("Check after the blob was damaged: %v, want %s (damaged) and its child", probs, name)
+	}
+}
+
+// A frozen step whose layer another process installs while this one
+// commits it (the rename into layers/ lost) keeps its upperdir for the step
+// stacked on it, which then stands on the other process's layer.
+func TestFreezeCommitLosesInstallRace(t *testing.T) {
+	ctx := context.Background()
+	s, root := newTestSnapshotter(t, DriverOverlay)
+	base := applyBase(t, s)
+	v1, err := s.Prepare(ctx, "k1", base)
+	check(t, err)
+	stepChanges(t, v1)
+	check(t, s.Freeze(ctx, "k1", WithSourceDateEpoch(clampAt)))
+	v2, err := s.Prepare(ctx, "k2", "", OverFrozen("k1"))
+	check(t, err)
+	var l1 bytes.Buffer
+	check(t, s.Diff(ctx, "k1", &l1, WithSourceDateEpoch(clampAt)))
+	n1 := ChainID(base, diffID(l1.Bytes()))
+	h1, _ := nameHex(n1)
+
+	other, err := New(root, DriverOverlay)
+	check(t, err)
+	raced := false
+	testBeforeInstall = func(h string) {
+		if h == h1 && !raced {
+			raced = true
+			check(t, other.Apply(ctx, n1, base, bytes.NewReader(l1.Bytes())))
+		}
+	}
+	defer func() { testBeforeInstall = nil }()
+	check(t, s.Commit(ctx, n1, "k1"))
+	if !raced {
+		t.Fatal("the other process's install did not run")
+	}
+	if got := mustRead(t, filepath.Join(v2, "new.txt")); got != "new" {
+		t.Fatalf("new.txt over the step after the lost race = %q", got)
+	}
+	if got := mustRead(t, filepath.Join(v2, "keep.txt")); got != "changed" {
+		t.Fatalf("keep.txt over the step after the lost race = %q", got)
+	}
+	mustWrite(t, filepath.Join(v2, "x"), "x", 0o644)
+	var l2 bytes.Buffer
+	check(t, s.Diff(ctx, "k2", &l2, WithSourceDateEpoch(clampAt)))
+	if got := names(readTar(t, l2.Bytes())); strings.Join(got, " ") != "x" {
+		t.Fatalf("stacked diff = %q", got)
+	}
+	check(t, s.Commit(ctx, ChainID(n1, diffID(l2.Bytes())), "k2"))
+	if ents := mustReadDir(t, filepath.Join(root, "active")); len(ents) != 0 {
+		t.Errorf("active snapshots left: %v", ents)
+	}
+	if probs, err := s.Check(); err != nil || len(probs) != 0 {
+		t.Errorf("Check: %v %v", probs, err)
 	}
 }

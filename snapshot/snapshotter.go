@@ -64,6 +64,8 @@ type active struct {
 	uses    []*active
 	users   int
 	retired bool
+
+	metaMu sync.Mutex // serializes saveMeta
 }
 
 // activeMeta is stored as active/<id>/meta.json.
@@ -255,8 +257,11 @@ func (s *snapshotter) prepare(ctx context.Context, key, parent string, cfg prepa
 	return view, nil
 }
 
-// saveMeta rewrites a's meta.json.
+// saveMeta rewrites a's meta.json; concurrent calls are written in turn,
+// each with the metadata as it is then.
 func (s *snapshotter) saveMeta(a *active) error {
+	a.metaMu.Lock()
+	defer a.metaMu.Unlock()
 	s.mu.Lock()
 	b, _ := json.Marshal(a.activeMeta)
 	s.mu.Unlock()
@@ -420,7 +425,7 @@ func (s *snapshotter) Freeze(ctx context.Context, key string, opts ...DiffOpt) e
 }
 
 func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...CommitOpt) error {
-	var cfg commitConfig
+	cfg := commitConfig{name: name}
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -439,12 +444,8 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...Comm
 	if pk != "" {
 		return fmt.Errorf("commit %s: it stands on %s, which is not committed yet", key, pk)
 	}
-	// Nothing is stacked on a meanwhile (Prepare OverFrozen) while its
-	// upperdir moves and its children learn their new parent.
-	s.stackMu.Lock()
-	defer s.stackMu.Unlock()
 	if s.Exists(name) {
-		return s.retire(a, name, "")
+		return s.retireLocked(a, name, "")
 	}
 	if a.Parent != "" && !s.Exists(a.Parent) {
 		return fmt.Errorf("commit %s: parent %s: %w", key, a.Parent, ErrNotFound)
@@ -453,50 +454,102 @@ func (s *snapshotter) Commit(ctx context.Context, name, key string, opts ...Comm
 	if err != nil {
 		return err
 	}
+	defer t.release()
 	if err := os.Mkdir(t.path, 0o700); err != nil {
-		t.release()
 		return fmt.Errorf("commit %s: %w", key, err)
 	}
-	moved := "" // where a's upperdir went, relative to the root
+	// What takes time (the index, syncing the layer's files) is done
+	// before the stack lock; under it only what snapshots stacked on a
+	// see: its upperdir moving, and their new parent.
 	switch {
 	case a.Driver == DriverOverlay && a.Memory:
-		err = s.commitMemory(ctx, a, t.path, cfg.blob)
+		// The tmpfs upperdir stays where it is (a is retired while others
+		// stand on it): the layer is the blob and its index.
+		if err := s.commitMemory(ctx, a, t.path, cfg); err != nil {
+			return fmt.Errorf("commit %s: %w", key, err)
+		}
+		err := s.install(t, h, a.Parent)
+		if err != nil && !errors.Is(err, errLostRace) {
+			return fmt.Errorf("commit %s: %w", key, err)
+		}
+		return s.retireLocked(a, name, "")
 	case a.Driver == DriverOverlay:
-		if err = s.unmountActive(a); err != nil {
-			break
+		if err := s.unmountActive(a); err != nil {
+			return err
 		}
 		src := filepath.Join(a.dir, "upper")
 		if !a.diffed {
-			if err = stripOverlayXattrs(ctx, src); err != nil {
-				break
+			if err := stripOverlayXattrs(ctx, src); err != nil {
+				return fmt.Errorf("commit %s: %w", key, err)
 			}
 		}
-		err = os.Rename(src, filepath.Join(t.path, "fs"))
-		moved = filepath.Join("layers", h, "fs")
+		if err := syncFS(src); err != nil {
+			return fmt.Errorf("commit %s: %w", key, err)
+		}
+		s.stackMu.Lock()
+		moved := filepath.Join("layers", h, "fs")
+		if err := os.Rename(src, filepath.Join(t.path, "fs")); err != nil {
+			s.stackMu.Unlock()
+			return fmt.Errorf("commit %s: %w", key, err)
+		}
+		if err := s.install(t, h, a.Parent); err != nil {
+			// Back where the snapshots stacked on a read it.
+			if rerr := os.Rename(filepath.Join(t.path, "fs"), src); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
+			moved = ""
+			if !errors.Is(err, errLostRace) {
+				s.stackMu.Unlock()
+				return fmt.Errorf("commit %s: %w", key, err)
+			}
+		}
+		remove, err := s.retire(a, name, moved)
+		s.stackMu.Unlock()
+		if err != nil || !remove {
+			return err
+		}
+		return s.removeActive(a)
 	default:
 		if !a.diffed {
-			if err = s.diffCopy(ctx, a, io.Discard, time.Time{}); err != nil {
-				break
+			if err := s.diffCopy(ctx, a, io.Discard, time.Time{}); err != nil {
+				return fmt.Errorf("commit %s: %w", key, err)
 			}
 		}
-		err = os.Rename(filepath.Join(a.dir, "layer"), filepath.Join(t.path, "fs"))
+		if err := os.Rename(filepath.Join(a.dir, "layer"), filepath.Join(t.path, "fs")); err != nil {
+			return fmt.Errorf("commit %s: %w", key, err)
+		}
+		err := s.install(t, h, a.Parent)
+		if err != nil && !errors.Is(err, errLostRace) {
+			return fmt.Errorf("commit %s: %w", key, err)
+		}
+		return s.retireLocked(a, name, "")
 	}
-	if err != nil {
-		t.release()
-		return fmt.Errorf("commit %s: %w", key, err)
-	}
-	if err := s.install(t, h, a.Parent); err != nil {
-		return fmt.Errorf("commit %s: %w", key, err)
-	}
-	return s.retire(a, name, moved)
 }
+
+// retireLocked is retire under the stack lock, a removed (after the lock)
+// if nothing stands on it.
+func (s *snapshotter) retireLocked(a *active, name, moved string) error {
+	s.stackMu.Lock()
+	remove, err := s.retire(a, name, moved)
+	s.stackMu.Unlock()
+	if err != nil || !remove {
+		return err
+	}
+	return s.removeActive(a)
+}
+
+// errLostRace is install's report that another process installed the same
+// layer first: the layer exists, t is still there for the caller.
+var errLostRace = errors.New("layer installed by another process meanwhile")
+
+// testBeforeInstall, if set (tests), runs just before install names layer h.
+var testBeforeInstall func(h string)
 
 // install turns temp dir t, holding fs/, into committed layer h over parent:
 // it writes the parent and link files, gives the layer a short link in l/,
-// syncs and renames t into layers/h. Losing the rename to another process that
-// installed the same layer is success. t is released in every case.
+// syncs and renames t into layers/h. It returns errLostRace if another
+// process installed the same layer first. The caller releases t.
 func (s *snapshotter) install(t *tempDir, h, parent string) error {
-	defer t.release()
 	if err := os.WriteFile(filepath.Join(t.path, "parent"), []byte(parent), 0o644); err != nil {
 		return fmt.Errorf("write parent: %w", err)
 	}
@@ -520,10 +573,13 @@ func (s *snapshotter) install(t *tempDir, h, parent string) error {
 		os.Remove(linkPath)
 		return err
 	}
+	if testBeforeInstall != nil {
+		testBeforeInstall(h)
+	}
 	if err := os.Rename(t.path, s.layerDir(h)); err != nil {
 		os.Remove(linkPath)
 		if errors.Is(err, unix.ENOTEMPTY) || errors.Is(err, unix.EEXIST) {
-			return nil // another process made the same layer
+			return errLostRace // another process made the same layer
 		}
 		return fmt.Errorf("rename layer into place: %w", err)
 	}
@@ -548,6 +604,9 @@ func (s *snapshotter) Remove(ctx context.Context, key string) error {
 		defer a.mu.Unlock()
 		s.mu.Lock()
 		users := a.users
+		if users == 0 {
+			a.gone = true // nothing stacks on it from now on (frozenLowers)
+		}
 		s.mu.Unlock()
 		if users > 0 {
 			return fmt.Errorf("remove %s: a snapshot stacked on it still exists", key)
@@ -592,10 +651,10 @@ func (s *snapshotter) discard(a *active) {
 }
 
 func (s *snapshotter) forget(a *active) {
-	a.gone = true
 	a.lock.Close()
 	s.unuse(a)
 	s.mu.Lock()
+	a.gone = true
 	if s.actives[a.Key] == a {
 		delete(s.actives, a.Key)
 	}
@@ -689,11 +748,11 @@ func (s *snapshotter) Apply(ctx context.Context, name, parent string, r io.Reade
 			err = fmt.Errorf("%w: the layer's content gives chain ID %s", ErrDigestMismatch, got)
 		}
 	}
+	defer t.release()
 	if err != nil {
-		t.release()
 		return fmt.Errorf("apply %s: %w", name, err)
 	}
-	if err := s.install(t, h, parent); err != nil {
+	if err := s.install(t, h, parent); err != nil && !errors.Is(err, errLostRace) {
 		return fmt.Errorf("apply %s: %w", name, err)
 	}
 	return nil

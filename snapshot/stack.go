@@ -42,15 +42,19 @@ func InMemory(limit int64) Opt {
 type CommitOpt func(*commitConfig)
 
 type commitConfig struct {
-	blob string
+	blob   string
+	verify bool
+	name   string // set by Commit
 }
 
 // WithBlob names the file holding exactly the tar Diff wrote for the
 // snapshot (its blob in an image store, on the same filesystem): an
 // InMemory snapshot's layer is kept as a hard link to it. Other snapshots
-// ignore it.
-func WithBlob(path string) CommitOpt {
-	return func(c *commitConfig) { c.blob = path }
+// ignore it. With verify (the file was there before this Diff wrote the
+// same bytes: they were not hashed as written), the file is checked
+// against the snapshot's name first.
+func WithBlob(path string, verify bool) CommitOpt {
+	return func(c *commitConfig) { c.blob, c.verify = path, verify }
 }
 
 var (
@@ -240,9 +244,11 @@ func (s *snapshotter) metaLowers(m activeMeta) ([]string, error) {
 // retire ends active a once its layer is committed as name (by a, or by
 // another build first): the snapshots stacked on a stand on name from now
 // on, and where a's upperdir moved to (moved, relative to the root; "" if
-// it stayed) replaces it in their lowers. a's directory goes now, or, if
-// snapshots stand on it, once they are gone. The caller holds stackMu.
-func (s *snapshotter) retire(a *active, name, moved string) error {
+// it stayed) replaces it in their lowers. It reports whether a is to be
+// removed now (nothing stands on it: the caller does, after the lock); if
+// snapshots stand on it, a's directory goes once they are gone. The caller
+// holds stackMu.
+func (s *snapshotter) retire(a *active, name, moved string) (bool, error) {
 	s.mu.Lock()
 	if s.committedAs == nil {
 		s.committedAs = map[string]string{}
@@ -282,31 +288,35 @@ func (s *snapshotter) retire(a *active, name, moved string) error {
 	s.mu.Unlock()
 	for _, c := range changed {
 		if err := s.saveMeta(c); err != nil {
-			return fmt.Errorf("commit %s: %w", a.Key, err)
+			return false, fmt.Errorf("commit %s: %w", a.Key, err)
 		}
 	}
 	if !inUse {
-		return s.removeActive(a)
+		return true, nil
 	}
 	if err := s.unmountActive(a); err != nil {
-		return err
+		return false, err
 	}
 	s.unuse(a)
-	return nil
+	return false, nil
 }
 
 // commitMemory builds committed layer dir t from memory snapshot a: a hard
-// link to blob (the tar Diff wrote) and an EROFS index built from it, or,
-// without a blob or for a tar the index cannot map, a copy of its upperdir.
-func (s *snapshotter) commitMemory(ctx context.Context, a *active, t, blob string) error {
+// link to cfg's blob (the tar Diff wrote) and an EROFS index built from it,
+// or, without a blob or for a tar the index cannot map, a copy of its
+// upperdir.
+func (s *snapshotter) commitMemory(ctx context.Context, a *active, t string, cfg commitConfig) error {
 	if err := s.unmountActive(a); err != nil {
 		return err
 	}
 	if err := os.Mkdir(filepath.Join(t, "fs"), 0o755); err != nil {
 		return err
 	}
-	if blob != "" {
-		err := indexTar(t, blob)
+	if cfg.blob != "" {
+		err := indexTar(t, cfg.blob)
+		if err == nil && cfg.verify {
+			err = verifyIndexed(t, cfg.name, a.Parent)
+		}
 		if err == nil {
 			return nil
 		}
@@ -373,16 +383,15 @@ func (s *snapshotter) ApplyBlob(ctx context.Context, name, parent, blob string) 
 	if err != nil {
 		return err
 	}
+	defer t.release()
 	err = s.indexBlob(t.path, name, parent, blob)
 	if errors.Is(err, ErrDigestMismatch) {
-		t.release()
 		return fmt.Errorf("apply %s: %w", name, err)
 	}
 	if err != nil {
-		t.release()
 		return fmt.Errorf("apply %s: no index (%v): %w", name, err, errors.ErrUnsupported)
 	}
-	if err := s.install(t, h, parent); err != nil {
+	if err := s.install(t, h, parent); err != nil && !errors.Is(err, errLostRace) {
 		return fmt.Errorf("apply %s: %w", name, err)
 	}
 	return nil

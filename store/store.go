@@ -255,7 +255,12 @@ type BlobWriter struct {
 	done bool
 	// unnamed: f is an O_TMPFILE, linked into place by Commit.
 	unnamed bool
+	existed bool // Commit found the blob stored already
 }
+
+// Existed reports whether Commit found the blob stored already (and kept
+// that file, whose bytes this writer did not hash).
+func (w *BlobWriter) Existed() bool { return w.existed }
 
 // Writer starts a new blob. The caller must call Commit or Close.
 //
@@ -325,6 +330,7 @@ func (w *BlobWriter) Commit() (v1.Hash, int64, error) {
 	}
 	dst := w.s.BlobPath(h)
 	exists := func() (v1.Hash, int64, error) {
+		w.existed = true
 		now := time.Now()
 		os.Chtimes(dst, now, now) // best effort: refresh for WithGCGrace
 		w.f.Close()
