@@ -46,18 +46,7 @@ func copyTo(t *testing.T, src, dst string) {
 // still copied whole; within one filesystem the kernel copies and nothing
 // is remembered.
 func TestCopyContentsRemembersKernelCopyFailure(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a tmpfs")
-	}
-	src := t.TempDir()
-	mnt := t.TempDir()
-	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=64m"); err != nil {
-		t.Skipf("mount tmpfs: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
-	if devOf(t, src) == devOf(t, mnt) {
-		t.Skip("the temp dir is a tmpfs")
-	}
+	src, mnt := dirAndTmpfs(t)
 	data := []byte(strings.Repeat("lbuild copies this file\n", 50000)) // 1.2 MB: more than one buffer
 	for i, name := range []string{"a", "b", "empty"} {
 		d := data[:len(data)/(i+1)]
@@ -96,18 +85,7 @@ func TestCopyContentsRemembersKernelCopyFailure(t *testing.T) {
 // files with sendfile (nothing remembered against it), and whole files by
 // read and write where sendfile was given up for the pair.
 func TestCopyFdAcrossFilesystems(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to mount a tmpfs")
-	}
-	src := t.TempDir()
-	mnt := t.TempDir()
-	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=64m"); err != nil {
-		t.Skipf("mount tmpfs: %v", err)
-	}
-	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
-	if devOf(t, src) == devOf(t, mnt) {
-		t.Skip("the temp dir is a tmpfs")
-	}
+	src, mnt := dirAndTmpfs(t)
 	data := []byte(strings.Repeat("lbuild sends this file\n", 50000)) // 1.1 MB: more than one buffer
 	for name, d := range map[string][]byte{"big": data, "empty": nil} {
 		if err := os.WriteFile(filepath.Join(src, name), d, 0o644); err != nil {
@@ -148,4 +126,24 @@ func TestCopyFdAcrossFilesystems(t *testing.T) {
 			t.Error("sendfile between the two filesystems was given up")
 		}
 	}
+}
+
+// dirAndTmpfs returns a temp dir and a tmpfs mounted for the test: two
+// filesystems (it skips where it cannot mount one, or the temp dir is a
+// tmpfs already).
+func dirAndTmpfs(t *testing.T) (string, string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a tmpfs")
+	}
+	src := t.TempDir()
+	mnt := t.TempDir()
+	if err := unix.Mount("tmpfs", mnt, "tmpfs", 0, "size=64m"); err != nil {
+		t.Skipf("mount tmpfs: %v", err)
+	}
+	t.Cleanup(func() { unix.Unmount(mnt, unix.MNT_DETACH) })
+	if devOf(t, src) == devOf(t, mnt) {
+		t.Skip("the temp dir is a tmpfs")
+	}
+	return src, mnt
 }

@@ -41,6 +41,20 @@ func serialLayer(t *testing.T) []byte {
 	return buf.Bytes()
 }
 
+// frozenStack makes step k1 over base (stepChanges), freezes it, and
+// returns the view of step k2 stacked on it.
+func frozenStack(t *testing.T, s *snapshotter, base string) string {
+	t.Helper()
+	ctx := context.Background()
+	v1, err := s.Prepare(ctx, "k1", base)
+	check(t, err)
+	stepChanges(t, v1)
+	check(t, s.Freeze(ctx, "k1", WithSourceDateEpoch(clampAt)))
+	v2, err := s.Prepare(ctx, "k2", "", OverFrozen("k1"))
+	check(t, err)
+	return v2
+}
+
 // A step stacked on a frozen one runs while the frozen one's tar is written
 // and committed, and both layers are what Prepare-Diff-Commit one after the
 // other gives.
@@ -53,14 +67,8 @@ func TestFreezeThenStack(t *testing.T) {
 
 	s, _ := newTestSnapshotter(t, DriverOverlay)
 	base := applyBase(t, s)
-	v1, err := s.Prepare(ctx, "k1", base)
-	check(t, err)
-	stepChanges(t, v1)
-	check(t, s.Freeze(ctx, "k1", WithSourceDateEpoch(clampAt)))
-
 	// The next step sees the frozen one's files and changes its own view.
-	v2, err := s.Prepare(ctx, "k2", "", OverFrozen("k1"))
-	check(t, err)
+	v2 := frozenStack(t, s, base)
 	if got := mustRead(t, filepath.Join(v2, "keep.txt")); got != "changed" {
 		t.Fatalf("keep.txt over the frozen step = %q", got)
 	}
@@ -136,12 +144,7 @@ func TestFreezeCommitExistingKeepsStack(t *testing.T) {
 	n1 := ChainID(base, diffID(l))
 	check(t, s.Commit(ctx, n1, "other"))
 
-	v1, err := s.Prepare(ctx, "k1", base)
-	check(t, err)
-	stepChanges(t, v1)
-	check(t, s.Freeze(ctx, "k1", WithSourceDateEpoch(clampAt)))
-	v2, err := s.Prepare(ctx, "k2", "", OverFrozen("k1"))
-	check(t, err)
+	v2 := frozenStack(t, s, base)
 	if !bytes.Equal(layer("k1"), l) {
 		t.Fatal("the frozen step's layer differs from the same step's")
 	}
@@ -276,12 +279,7 @@ func TestFreezeCommitLosesInstallRace(t *testing.T) {
 	ctx := context.Background()
 	s, root := newTestSnapshotter(t, DriverOverlay)
 	base := applyBase(t, s)
-	v1, err := s.Prepare(ctx, "k1", base)
-	check(t, err)
-	stepChanges(t, v1)
-	check(t, s.Freeze(ctx, "k1", WithSourceDateEpoch(clampAt)))
-	v2, err := s.Prepare(ctx, "k2", "", OverFrozen("k1"))
-	check(t, err)
+	v2 := frozenStack(t, s, base)
 	var l1 bytes.Buffer
 	check(t, s.Diff(ctx, "k1", &l1, WithSourceDateEpoch(clampAt)))
 	n1 := ChainID(base, diffID(l1.Bytes()))
