@@ -115,6 +115,16 @@ type entry struct {
 // layerEntries reads the layer tar of diffID from the store.
 func layerEntries(t testing.TB, r *system.Root, diffID string) []entry {
 	t.Helper()
+	var out []entry
+	walkLayer(t, r, diffID, func(hd *tar.Header, body string) {
+		out = append(out, entry{hd.Name, hd.Mode, hd.Uid, hd.Gid, hd.Typeflag, hd.Linkname, body})
+	})
+	return out
+}
+
+// walkLayer calls fn with each entry of the layer tar of diffID in the store.
+func walkLayer(t testing.TB, r *system.Root, diffID string, fn func(hd *tar.Header, body string)) {
+	t.Helper()
 	h, err := v1.NewHash(diffID)
 	if err != nil {
 		t.Fatal(err)
@@ -125,19 +135,20 @@ func layerEntries(t testing.TB, r *system.Root, diffID string) []entry {
 	}
 	defer rc.Close()
 	tr := tar.NewReader(rc)
-	var out []entry
 	for {
 		hd, err := tr.Next()
 		if err == io.EOF {
-			break
+			return
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
-		body, _ := io.ReadAll(tr)
-		out = append(out, entry{hd.Name, hd.Mode, hd.Uid, hd.Gid, hd.Typeflag, hd.Linkname, string(body)})
+		body, err := io.ReadAll(tr)
+		if err != nil {
+			t.Fatalf("%s: %v", hd.Name, err)
+		}
+		fn(hd, string(body))
 	}
-	return out
 }
 
 func names(es []entry) []string {

@@ -3,7 +3,6 @@ package builder
 import (
 	"archive/tar"
 	"fmt"
-	"io"
 	"os"
 	"path"
 	"path/filepath"
@@ -11,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
 
 	"github.com/lbuild/lbuild/system"
@@ -177,29 +175,9 @@ type layerHeader struct {
 // layerHeaders reads the layer diffID's tar entries by name.
 func layerHeaders(t *testing.T, r *system.Root, diffID string) map[string]layerHeader {
 	t.Helper()
-	h, err := v1.NewHash(diffID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc, err := r.Store.OpenBlob(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rc.Close()
 	out := map[string]layerHeader{}
-	tr := tar.NewReader(rc)
-	for {
-		hd, err := tr.Next()
-		if err == io.EOF {
-			return out
-		}
-		if err != nil {
-			t.Fatal(err)
-		}
-		body, err := io.ReadAll(tr)
-		if err != nil {
-			t.Fatal(fmt.Errorf("%s: %w", hd.Name, err))
-		}
-		out[path.Clean(hd.Name)+map[bool]string{true: "/"}[hd.Typeflag == tar.TypeDir]] = layerHeader{hd, string(body)}
-	}
+	walkLayer(t, r, diffID, func(hd *tar.Header, body string) {
+		out[path.Clean(hd.Name)+map[bool]string{true: "/"}[hd.Typeflag == tar.TypeDir]] = layerHeader{hd, body}
+	})
+	return out
 }
