@@ -11,7 +11,7 @@ BIN := bin/lbuild
 # new go to the Go build cache; a crasher is written to
 # PKG/testdata/fuzz/TARGET/: fix it and commit the file.
 FUZZTIME ?= 1500x
-FUZZ_TARGETS ?= parser:FuzzParse snapshot:FuzzApplyTar transfer:FuzzLoad cache:FuzzNewKey cache:FuzzChecksum
+FUZZ_TARGETS ?= parser:FuzzParse snapshot:FuzzApplyTar internal/erofs:FuzzBuild transfer:FuzzLoad cache:FuzzNewKey cache:FuzzChecksum
 FUZZ_MORE ?= parser:FuzzParseTrigger cache:FuzzDecodeIndex cache:FuzzRecordGet
 
 .PHONY: deps build demo test bench fuzz fuzz-more
