@@ -65,11 +65,8 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 		}
 		switch {
 		case err == nil:
-			if fn != nil {
-				if err := b.drain(ctx, st, true); err != nil {
-					return err
-				}
-			}
+			// A layer record fits only once the layers below are in
+			// (fits drained them): apply stands on st.chainID.
 			b.apply(st, rec, text, key)
 			b.noteRecord(rec)
 			b.prog.Cached(id)

@@ -321,26 +321,25 @@ func writeUpperTar(ctx context.Context, root string, out io.Writer, strip bool, 
 // root is read without following any symlink in it (see node): it may be the
 // upperdir of a running container.
 func writeUpperTarOpts(ctx context.Context, root string, out io.Writer, strip, noData bool, lowers ...string) error {
+	lt, err := openTrees(lowers)
+	if err != nil {
+		return err
+	}
+	defer lt.close()
 	w := newTarWriter(out, strip)
-	w.noData = noData
-	return w.writeUpper(ctx, root, lowers...)
+	w.noData, w.lowers = noData, lt
+	return w.writeUpper(ctx, root)
 }
 
-// writeUpper writes the overlay-form directory root (over lowers) as a
-// layer tar and closes the tar.
-func (w *tarWriter) writeUpper(ctx context.Context, root string, lowers ...string) error {
+// writeUpper writes the overlay-form directory root (over w.lowers, which
+// the caller opened and closes) as a layer tar and closes the tar.
+func (w *tarWriter) writeUpper(ctx context.Context, root string) error {
 	w.root = root
 	rn, err := openTree(root)
 	if err != nil {
 		return err
 	}
 	defer rn.close()
-	if w.lowers == nil {
-		if w.lowers, err = openTrees(lowers); err != nil {
-			return err
-		}
-	}
-	defer w.lowers.close()
 	if err := w.walkUpper(ctx, rn); err != nil {
 		return err
 	}

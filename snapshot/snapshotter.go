@@ -390,6 +390,7 @@ func (s *snapshotter) writeUpper(ctx context.Context, a *active, w io.Writer, no
 	if err != nil {
 		return err
 	}
+	defer lt.close()
 	tw := newTarWriter(w, true)
 	tw.clamp, tw.noData, tw.lowers = clamp, noData, lt
 	return tw.writeUpper(ctx, filepath.Join(s.root, a.upperRel()))

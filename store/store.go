@@ -190,10 +190,7 @@ func (s *Store) BlobFile(h v1.Hash) (string, error) {
 
 // HasBlob reports whether blob h is stored.
 func (s *Store) HasBlob(h v1.Hash) bool {
-	if validHash(h) != nil {
-		return false
-	}
-	_, err := os.Stat(s.BlobPath(h))
+	_, err := s.BlobFile(h)
 	return err == nil
 }
 
