@@ -147,7 +147,8 @@ func normalizeMeta(meta *Meta) error {
 //
 // The process gets Docker's defaults: its capability set (defaultCaps) and
 // its seccomp profile (moby/profiles/seccomp, filtered for this kernel,
-// architecture and capability set as dockerd does), unless
+// architecture and capability set as dockerd does, without the x32
+// architecture on kernels that cannot run it: runnableArches), unless
 // meta.SeccompUnconfined.
 func generateSpec(rootfs, bundle string, meta *Meta, nofile uint64) (*specs.Spec, error) {
 	caps := slices.Clone(defaultCaps)
@@ -252,6 +253,7 @@ func generateSpec(rootfs, bundle string, meta *Meta, nofile uint64) (*specs.Spec
 		if err != nil {
 			return nil, fmt.Errorf("seccomp profile: %w", err)
 		}
+		sc.Architectures = runnableArches(sc.Architectures, x32Runs())
 		s.Linux.Seccomp = sc
 	}
 	return s, nil
