@@ -44,6 +44,7 @@ import (
 	"github.com/lbuild/lbuild/internal/fsx"
 	"github.com/lbuild/lbuild/internal/imagecfg"
 	"github.com/lbuild/lbuild/system"
+	"github.com/sirupsen/logrus"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"golang.org/x/sys/unix"
@@ -316,7 +317,11 @@ func (r *Manager) Create(ctx context.Context, opts Options) (_ *Container, retEr
 	if err != nil {
 		return nil, fmt.Errorf("init layer: %w", err)
 	}
-	c.Rootfs, err = r.root.Snaps.Prepare(ctx, c.Snapshot, parent, snapshot.WithPersistent())
+	popts := []snapshot.Opt{snapshot.WithPersistent()}
+	if c.AutoRemove {
+		popts = append(popts, snapshot.Volatile())
+	}
+	c.Rootfs, err = r.root.Snaps.Prepare(ctx, c.Snapshot, parent, popts...)
 	if err != nil {
 		return nil, fmt.Errorf("prepare container layer: %w", err)
 	}
@@ -364,7 +369,7 @@ func (r *Manager) Create(ctx context.Context, opts Options) (_ *Container, retEr
 	if err := os.Mkdir(r.containerDir(c.ID), 0o700); err != nil {
 		return nil, err
 	}
-	if err := fsx.WriteJSON(filepath.Join(r.containerDir(c.ID), "config.json"), c, 0o600); err != nil {
+	if err := r.writeRecord(c); err != nil {
 		os.RemoveAll(r.containerDir(c.ID))
 		return nil, err
 	}
@@ -449,15 +454,31 @@ func (r *Manager) markCreating(id string) (func(), error) {
 	}, nil
 }
 
-// reapUnfinished removes what a crashed Create left without a
-// record: its runtime container and its persistent snapshot. A marker
-// whose lock is held belongs to a creation in progress and is left alone.
+// reapUnfinished removes what a crashed Create left without a record, and
+// containers whose record a crash left unreadable (records of --rm
+// containers are not synced: writeRecord): their runtime container and
+// their persistent snapshot. A marker whose lock is held belongs to a
+// creation in progress and is left alone.
 func (r *Manager) reapUnfinished(ctx context.Context) error {
 	ents, err := os.ReadDir(r.containersDir())
 	if err != nil {
 		return nil // no containers dir: nothing was ever made
 	}
 	var errs []error
+	reap := func(id string, cut bool) {
+		if rt, err := runc.NewRunc("", r.root.RunDir()); err == nil {
+			rt.Delete(ctx, id)
+		}
+		if err := r.root.Snaps.Remove(ctx, "ctr-"+id); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
+			if !cut {
+				errs = append(errs, err)
+			}
+			// Else the crash cut the snapshot's metadata too: Cleanup
+			// removes it as one whose process died.
+		}
+		os.RemoveAll(r.containerDir(id))
+	}
+	creating := map[string]bool{}
 	for _, e := range ents {
 		id, ok := strings.CutPrefix(e.Name(), ".creating-")
 		if !ok {
@@ -466,19 +487,26 @@ func (r *Manager) reapUnfinished(ctx context.Context) error {
 		id = strings.TrimSuffix(id, ".lock")
 		f, err := fsx.LockExisting(filepath.Join(r.containersDir(), e.Name()), unix.LOCK_EX|unix.LOCK_NB)
 		if err != nil {
+			creating[id] = true
 			continue // being made right now (or gone)
 		}
 		if _, err := os.Stat(filepath.Join(r.containerDir(id), "config.json")); err != nil {
-			if rt, err := runc.NewRunc("", r.root.RunDir()); err == nil {
-				rt.Delete(ctx, id)
-			}
-			if err := r.root.Snaps.Remove(ctx, "ctr-"+id); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
-				errs = append(errs, err)
-			}
-			os.RemoveAll(r.containerDir(id))
+			reap(id, false)
 		}
 		os.Remove(f.Name())
 		f.Close()
+	}
+	for _, e := range ents {
+		id := e.Name()
+		if !e.IsDir() || strings.HasPrefix(id, ".") || creating[id] {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(r.containerDir(id), "config.json"))
+		if err != nil || json.Valid(b) {
+			continue // gone meanwhile, or whole
+		}
+		logrus.Warnf("container %s: its record is unreadable (a crash cut its write): removing it", id)
+		reap(id, true)
 	}
 	return errors.Join(errs...)
 }
@@ -529,6 +557,13 @@ func (r *Manager) loadAll() ([]*Container, error) {
 	return out, nil
 }
 
+// writeRecord stores c's record. That of a container removed at exit
+// (AutoRemove) is not synced: it need not outlive a crash, and
+// reapUnfinished removes a container whose record a crash left unreadable.
+func (r *Manager) writeRecord(c *Container) error {
+	return fsx.WriteJSON(filepath.Join(r.containerDir(c.ID), "config.json"), c, 0o600, !c.AutoRemove)
+}
+
 // updateContainer applies fn to the stored record of id under its lock.
 func (r *Manager) updateContainer(id string, fn func(*Container)) (*Container, error) {
 	dir := r.containerDir(id)
@@ -545,7 +580,7 @@ func (r *Manager) updateContainer(id string, fn func(*Container)) (*Container, e
 		return nil, err
 	}
 	fn(c)
-	if err := fsx.WriteJSON(filepath.Join(dir, "config.json"), c, 0o600); err != nil {
+	if err := r.writeRecord(c); err != nil {
 		return nil, err
 	}
 	return c, nil

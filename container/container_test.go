@@ -21,6 +21,7 @@ import (
 	"github.com/lbuild/lbuild/runtime/runc"
 	"github.com/lbuild/lbuild/snapshot"
 	"github.com/lbuild/lbuild/system"
+	"golang.org/x/sys/unix"
 )
 
 // loopCmd runs until SIGTERM, then exits 0 (a shell as pid 1 ignores
@@ -505,5 +506,52 @@ func TestContainerPublishPort(t *testing.T) {
 		if _, err := r.Create(context.Background(), tc.opts); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%v: %v, want an error with %q", tc.opts.Ports, err, tc.want)
 		}
+	}
+}
+
+// The record and snapshot metadata of a --rm container are not synced: a
+// crash may leave them empty. The next recovery removes such a container
+// (its record, layer and runtime state) and leaves the others alone.
+func TestReapContainerWithCutRecord(t *testing.T) {
+	r := openRoot(t)
+	containerImage(t, r, "cut:1")
+	ctx := context.Background()
+	rm, err := r.Create(ctx, Options{Image: "cut:1", Cmd: []string{"true"}, AutoRemove: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := create(t, r, Options{Image: "cut:1", Cmd: []string{"true"}})
+	snapDir := func(c *Container) string { return filepath.Dir(c.Rootfs) }
+	// What a crash before the data reached the disk leaves.
+	for _, f := range []string{filepath.Join(r.containerDir(rm.ID), "config.json"), filepath.Join(snapDir(rm), "meta.json")} {
+		if err := os.Truncate(f, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := unix.Unmount(rm.Rootfs, unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	r2, err := openRootAt(r.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(r.containerDir(rm.ID)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the cut container's directory is still there: %v", err)
+	}
+	if _, err := os.Stat(snapDir(rm)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the cut container's layer is still there: %v", err)
+	}
+	if err := r2.Snaps.Remove(ctx, rm.Snapshot); !errors.Is(err, snapshot.ErrNotFound) {
+		t.Errorf("the cut container's snapshot: Remove gave %v", err)
+	}
+	all, err := r2.List(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 1 || all[0].ID != kept.ID {
+		t.Errorf("containers after recovery: %v, want only %s", all, kept.Name)
+	}
+	if _, err := os.Stat(kept.Rootfs); err != nil {
+		t.Errorf("the other container's layer: %v", err)
 	}
 }

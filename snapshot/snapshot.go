@@ -197,6 +197,7 @@ type Opt func(*prepareConfig)
 
 type prepareConfig struct {
 	persistent  bool
+	volatile    bool
 	overFrozen  string
 	memory      bool
 	memoryLimit int64
@@ -220,6 +221,14 @@ func OverFrozen(key string) Opt {
 // while the preparing process still runs.
 func WithPersistent() Opt {
 	return func(c *prepareConfig) { c.persistent = true }
+}
+
+// Volatile writes a persistent snapshot's metadata without syncing it, as
+// every other active snapshot's is (their process ends with a crash): a
+// crash may leave it unreadable, and Cleanup then removes the snapshot. For
+// containers removed when they exit (run --rm).
+func Volatile() Opt {
+	return func(c *prepareConfig) { c.volatile = true }
 }
 
 // DiffOpt configures Diff.

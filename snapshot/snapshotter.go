@@ -74,7 +74,10 @@ type activeMeta struct {
 	Parent     string `json:"parent,omitempty"`
 	Driver     string `json:"driver"`
 	Persistent bool   `json:"persistent,omitempty"`
-	ReadOnly   bool   `json:"readOnly,omitempty"`
+	// Volatile: a persistent snapshot whose metadata is not synced
+	// (snapshot.Volatile).
+	Volatile bool `json:"volatile,omitempty"`
+	ReadOnly bool `json:"readOnly,omitempty"`
 	// ParentKey is the frozen active snapshot this one is stacked on
 	// (OverFrozen) until that is committed and becomes Parent.
 	ParentKey string `json:"parentKey,omitempty"`
@@ -199,7 +202,7 @@ func (s *snapshotter) prepare(ctx context.Context, key, parent string, cfg prepa
 		return "", errors.New("prepare: empty key")
 	}
 	a := &active{
-		activeMeta: activeMeta{Key: key, Parent: parent, Driver: s.driver, Persistent: cfg.persistent, ReadOnly: readOnly, ParentKey: cfg.overFrozen},
+		activeMeta: activeMeta{Key: key, Parent: parent, Driver: s.driver, Persistent: cfg.persistent, Volatile: cfg.persistent && cfg.volatile, ReadOnly: readOnly, ParentKey: cfg.overFrozen},
 		id:         keyID(key),
 	}
 	a.dir = filepath.Join(s.root, "active", a.id)
@@ -258,13 +261,19 @@ func (s *snapshotter) prepare(ctx context.Context, key, parent string, cfg prepa
 }
 
 // saveMeta rewrites a's meta.json; concurrent calls are written in turn,
-// each with the metadata as it is then.
+// each with the metadata as it is then. Only a persistent snapshot's is
+// synced (unless Volatile): any other is removed by the Cleanup after a
+// crash, as its process is gone; an unreadable one is so too.
 func (s *snapshotter) saveMeta(a *active) error {
 	a.metaMu.Lock()
 	defer a.metaMu.Unlock()
 	s.mu.Lock()
 	b, _ := json.Marshal(a.activeMeta)
+	durable := a.Persistent && !a.Volatile
 	s.mu.Unlock()
+	if !durable {
+		return fsx.WriteFileVolatile(filepath.Join(a.dir, "meta.json"), a.dir, b, 0o600)
+	}
 	return fsx.WriteFile(filepath.Join(a.dir, "meta.json"), a.dir, b, 0o600)
 }
 
