@@ -18,8 +18,11 @@ FUZZ_MORE ?= parser:FuzzParseTrigger cache:FuzzDecodeIndex cache:FuzzRecordGet
 deps:
 	./hack/deps.sh
 
+# Static (no cgo: only net and os/user would use it, both have Go
+# versions): no dynamic loader and glibc start-up in every lbuild process,
+# ~2.5 ms of a "run --rm".
 build:
-	$(GO) build -o $(BIN) ./cmd/lbuild
+	CGO_ENABLED=0 $(GO) build -o $(BIN) ./cmd/lbuild
 
 demo: deps build
 	LBUILD=$(CURDIR)/$(BIN) ./examples/demo.sh

@@ -13,7 +13,7 @@ GEN=${GEN:-$repo/../shared/bench/gen.py}
 WORK=${WORK:-/tmp/lbuild-floor}
 RUNS=${RUNS:-3}
 w=${1:-W3}
-[ -x "$LBUILD" ] || (cd "$repo" && go build -o "$LBUILD" ./cmd/lbuild)
+[ -x "$LBUILD" ] || (cd "$repo" && make -s build BIN="$LBUILD")
 command -v python3 >/dev/null || { echo "bench/floor.sh needs python3 for the workload generator: apt-get install python3" >&2; exit 1; }
 mkdir -p "$WORK"
 "$repo/examples/base/prepare.sh" "$WORK/base" >/dev/null

@@ -11,7 +11,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 LBUILD=${LBUILD:-$repo/bin/lbuild}
 WORK=${WORK:-/tmp/lbuild-bench-stages}
 RUNS=${RUNS:-5}
-[ -x "$LBUILD" ] || (cd "$repo" && go build -o "$LBUILD" ./cmd/lbuild)
+[ -x "$LBUILD" ] || (cd "$repo" && make -s build BIN="$LBUILD")
 rm -rf "$WORK"
 mkdir -p "$WORK/ctx"
 export LBUILD_ROOT=$WORK/root

@@ -19,7 +19,9 @@ func TestHelloRun(t *testing.T) {
 	}
 	tmp := t.TempDir()
 	lbuild := filepath.Join(tmp, "lbuild")
-	if out, err := exec.Command("go", "build", "-o", lbuild, "../cmd/lbuild").CombinedOutput(); err != nil {
+	gob := exec.Command("go", "build", "-o", lbuild, "../cmd/lbuild")
+	gob.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as make build
+	if out, err := gob.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	root := filepath.Join(tmp, "root")

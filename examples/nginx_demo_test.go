@@ -29,7 +29,9 @@ func TestNginxDemo(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	lbuild := filepath.Join(t.TempDir(), "lbuild")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", lbuild, "../cmd/lbuild").CombinedOutput(); err != nil {
+	gob := exec.CommandContext(ctx, "go", "build", "-o", lbuild, "../cmd/lbuild")
+	gob.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as make build
+	if out, err := gob.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
 	cmd := exec.CommandContext(ctx, "./nginx/demo.sh")

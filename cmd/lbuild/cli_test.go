@@ -27,7 +27,9 @@ func TestMain(m *testing.M) {
 		panic(err)
 	}
 	lbuildBin = filepath.Join(dir, "lbuild")
-	if out, err := exec.Command("go", "build", "-o", lbuildBin, ".").CombinedOutput(); err != nil {
+	gob := exec.Command("go", "build", "-o", lbuildBin, ".")
+	gob.Env = append(os.Environ(), "CGO_ENABLED=0") // static, as make build
+	if out, err := gob.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build lbuild: %v\n%s", err, out)
 		os.Exit(1)
 	}
