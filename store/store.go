@@ -245,10 +245,10 @@ func (s *Store) readBlob(h v1.Hash) ([]byte, error) {
 // GC tells live temp files from ones left by a crashed process.
 // A BlobWriter is not safe for concurrent use.
 type BlobWriter struct {
-	s    *Store
-	f    *os.File
-	h    hash.Hash
-	n    int64
+	s *Store
+	f *os.File
+	h hash.Hash
+	n int64
 	// flushed is how much of the file has been handed to writeback
 	// (SYNC_FILE_RANGE_WRITE) while writing: Commit's fsync then waits
 	// for the last stretch only, not for the whole blob.
