@@ -6,7 +6,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 
 	"github.com/lbuild/lbuild/internal/fsx"
@@ -20,16 +19,39 @@ import (
 // ignore. The store never interprets records, and GC leaves them alone:
 // they are caches their owner must be able to rebuild or do without.
 
-var (
-	metaKindRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
-	metaKeyRE  = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$`)
-)
+// validMetaKind reports whether kind is [a-z][a-z0-9-]{0,31}. (Checked by
+// hand: the regexp with its bounded repetition cost ~0.35 ms of every
+// lbuild start to compile.)
+func validMetaKind(kind string) bool {
+	return validName(kind, 32, func(c byte) bool { return 'a' <= c && c <= 'z' },
+		func(c byte) bool { return 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' })
+}
+
+// validMetaKey reports whether key is [A-Za-z0-9][A-Za-z0-9._-]{0,199}.
+func validMetaKey(key string) bool {
+	alnum := func(c byte) bool { return 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' }
+	return validName(key, 200, alnum, func(c byte) bool { return alnum(c) || c == '.' || c == '_' || c == '-' })
+}
+
+// validName reports whether s is 1 to max bytes, its first in first and
+// the rest in rest.
+func validName(s string, max int, first, rest func(byte) bool) bool {
+	if len(s) == 0 || len(s) > max || !first(s[0]) {
+		return false
+	}
+	for i := 1; i < len(s); i++ {
+		if !rest(s[i]) {
+			return false
+		}
+	}
+	return true
+}
 
 func (s *Store) metaPath(kind, key string) (string, error) {
-	if !metaKindRE.MatchString(kind) || kind == ingestDir[1:] {
+	if !validMetaKind(kind) || kind == ingestDir[1:] {
 		return "", fmt.Errorf("invalid metadata kind %q", kind)
 	}
-	if key != "" && !metaKeyRE.MatchString(key) {
+	if key != "" && !validMetaKey(key) {
 		return "", fmt.Errorf("invalid metadata key %q", key)
 	}
 	return filepath.Join(s.dir, "."+kind, key), nil
@@ -89,7 +111,7 @@ func (s *Store) MetaKeys(kind string) ([]string, error) {
 	}
 	var keys []string
 	for _, e := range ents {
-		if e.Type().IsRegular() && metaKeyRE.MatchString(e.Name()) {
+		if e.Type().IsRegular() && validMetaKey(e.Name()) {
 			keys = append(keys, e.Name())
 		}
 	}
