@@ -2,8 +2,12 @@
 # The host floor of a RUN-heavy workload (issue 15: W3 cold within 1.15× of
 # it): the RUN commands of a workload's Dockerfile run one after another
 # with the busybox base's own shell, chrooted into a fresh copy of its
-# rootfs, with no container, no snapshot and no layer. Prints the median of
-# RUNS runs, in seconds, beside lbuild's cold build of the same Dockerfile.
+# rootfs, with no container, no snapshot and no layer. Beside it, the
+# sandbox floor: the same commands each in its own bare "runc run" with the
+# spec lbuild writes (seccomp, capabilities, masks; --network none) on a
+# fresh plain copy of the rootfs, still with no snapshot and no layer: what
+# the containers alone cost. Prints the medians of RUNS runs, in seconds,
+# beside lbuild's cold build of the same Dockerfile.
 #
 #   bench/floor.sh [W3]     env: RUNS=3 LBUILD=bin/lbuild WORK=/tmp/lbuild-floor GEN=../shared/bench/gen.py
 set -euo pipefail
@@ -26,7 +30,29 @@ median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 # The RUN lines (shell form, one line each in the shared workloads).
 mapfile -t runs < <(sed -n 's/^RUN //p' "$df")
 
-floor=() build=()
+# lbuild's spec, from a detached container's bundle; one config per RUN
+# line, each on the plain rootfs copy in $WORK/sandbox/rootfs.
+rm -rf "$WORK/root" "$WORK/sandbox"
+LBUILD_ROOT=$WORK/root "$LBUILD" build -q -t local/busybox "$WORK/base" >/dev/null
+id=$(LBUILD_ROOT=$WORK/root "$LBUILD" run -d --network none local/busybox sleep 60)
+mkdir -p "$WORK/sandbox"
+cp "$WORK/root/run/bundles/lbuild-ctr-$id/"{config.json,hostname,hosts,resolv.conf} "$WORK/sandbox/"
+LBUILD_ROOT=$WORK/root "$LBUILD" rm -f "$id" >/dev/null
+python3 - "$WORK/sandbox" "${runs[@]}" <<'EOF'
+import json, os, sys
+box, cmds = sys.argv[1], sys.argv[2:]
+s = json.load(open(os.path.join(box, "config.json")))
+s["root"] = {"path": os.path.join(box, "rootfs")}
+for m in s["mounts"]:
+    if m["destination"] in ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf"):
+        m["source"] = os.path.join(box, os.path.basename(m["destination"]))
+for i, c in enumerate(cmds):
+    os.makedirs(os.path.join(box, str(i)), exist_ok=True)
+    s["process"]["args"] = ["/bin/sh", "-c", c]
+    json.dump(s, open(os.path.join(box, str(i), "config.json"), "w"))
+EOF
+
+floor=() sandbox=() build=()
 for _ in $(seq "$RUNS"); do
   rm -rf "$WORK/chroot" && cp -a "$WORK/base/rootfs" "$WORK/chroot"
   sync
@@ -37,6 +63,15 @@ for _ in $(seq "$RUNS"); do
   t1=$(now)
   floor+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')")
 
+  rm -rf "$WORK/sandbox/rootfs" && cp -a "$WORK/base/rootfs" "$WORK/sandbox/rootfs"
+  sync
+  t0=$(now)
+  for i in "${!runs[@]}"; do
+    runc --root "$WORK/runc" run --bundle "$WORK/sandbox/$i" "floor-$i" >/dev/null
+  done
+  t1=$(now)
+  sandbox+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')")
+
   rm -rf "$WORK/root"
   LBUILD_ROOT=$WORK/root "$LBUILD" build -q -t local/busybox "$WORK/base" >/dev/null
   sync
@@ -46,7 +81,9 @@ for _ in $(seq "$RUNS"); do
   build+=("$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')")
 done
 f=$(printf '%s\n' "${floor[@]}" | median)
+x=$(printf '%s\n' "${sandbox[@]}" | median)
 b=$(printf '%s\n' "${build[@]}" | median)
-printf '%s: RUN commands on the host (chroot) %s s, lbuild cold %s s, ratio %s\n' \
-  "$w" "$f" "$b" "$(awk -v f="$f" -v b="$b" 'BEGIN { printf "%.2f", b / f }')"
-rm -rf "$WORK/chroot" "$WORK/root"
+ratio() { awk -v f="$1" -v b="$2" 'BEGIN { printf "%.2f", b / f }'; }
+printf '%s: RUN commands on the host (chroot) %s s; each in bare runc with lbuild'"'"'s spec %s s (%s×); lbuild cold %s s (%s×)\n' \
+  "$w" "$f" "$x" "$(ratio "$f" "$x")" "$b" "$(ratio "$f" "$b")"
+rm -rf "$WORK/chroot" "$WORK/root" "$WORK/sandbox" "$WORK/runc"
