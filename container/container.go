@@ -9,7 +9,7 @@
 //
 // On disk:
 //
-//	ROOT/containers/<id>/config.json  the Container record (temp + rename)
+//	ROOT/containers/<id>/config.json  the Container record (temp + rename; synced unless --rm)
 //	ROOT/containers/<id>/lock         flock held while updating the record
 //	ROOT/containers/<id>/container.log  the process's stdout and stderr
 //	ROOT/containers/.lock             flock held while creating and removing
@@ -84,8 +84,10 @@ func (r *Manager) Root() *system.Root { return r.root }
 // Recover cleans up after lbuild processes that died: first their runtime
 // containers (runc runs in its own process group, so a RUN or a container
 // outlives a killed lbuild), then containers whose creation never finished,
-// then the mounts and temp dirs of snapshots nobody owns. Only what is
-// provably dead is touched (its owner's lock is free). Commands that create
+// or whose --rm record a crash cut, then the mounts and temp dirs of
+// snapshots nobody owns. Only what is provably dead is touched: its owner's
+// lock is free, or its record is unreadable, which no live process shows
+// (records are renamed into place). Commands that create
 // runtime state run it once, at start; read-only commands never do.
 func Recover(ctx context.Context, root *system.Root) error {
 	if _, err := os.Stat(filepath.Join(root.RunDir(), "runc")); err == nil {
@@ -455,26 +457,29 @@ func (r *Manager) markCreating(id string) (func(), error) {
 }
 
 // reapUnfinished removes what a crashed Create left without a record, and
-// containers whose record a crash left unreadable (records of --rm
-// containers are not synced: writeRecord): their runtime container and
-// their persistent snapshot. A marker whose lock is held belongs to a
-// creation in progress and is left alone.
+// --rm containers whose record a crash cut (their records are not synced:
+// writeRecord): their runtime container and their persistent snapshot. A
+// marker whose lock is held belongs to a creation in progress and is left
+// alone. A record is written by rename, so a live process never shows an
+// unreadable one: unreadable means cut by a crash. Such a container is
+// removed only if its layer is a --rm one (Volatile) or was cut too; an
+// unreadable record of a kept container (synced: a damaged disk) is left,
+// with a warning, for the user to look at.
 func (r *Manager) reapUnfinished(ctx context.Context) error {
 	ents, err := os.ReadDir(r.containersDir())
 	if err != nil {
 		return nil // no containers dir: nothing was ever made
 	}
 	var errs []error
-	reap := func(id string, cut bool) {
+	// reap removes container id; its directory goes only once its layer
+	// has, so that a failure is retried by the next recovery.
+	reap := func(id string) {
 		if rt, err := runc.NewRunc("", r.root.RunDir()); err == nil {
 			rt.Delete(ctx, id)
 		}
 		if err := r.root.Snaps.Remove(ctx, "ctr-"+id); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
-			if !cut {
-				errs = append(errs, err)
-			}
-			// Else the crash cut the snapshot's metadata too: Cleanup
-			// removes it as one whose process died.
+			errs = append(errs, err)
+			return
 		}
 		os.RemoveAll(r.containerDir(id))
 	}
@@ -491,7 +496,7 @@ func (r *Manager) reapUnfinished(ctx context.Context) error {
 			continue // being made right now (or gone)
 		}
 		if _, err := os.Stat(filepath.Join(r.containerDir(id), "config.json")); err != nil {
-			reap(id, false)
+			reap(id)
 		}
 		os.Remove(f.Name())
 		f.Close()
@@ -505,8 +510,12 @@ func (r *Manager) reapUnfinished(ctx context.Context) error {
 		if err != nil || json.Valid(b) {
 			continue // gone meanwhile, or whole
 		}
+		if v, err := r.root.Snaps.Volatile("ctr-" + id); err == nil && !v {
+			logrus.Warnf("container %s: its record %s is unreadable: left as it is (its layer is a kept container's)", id, filepath.Join(r.containerDir(id), "config.json"))
+			continue
+		}
 		logrus.Warnf("container %s: its record is unreadable (a crash cut its write): removing it", id)
-		reap(id, true)
+		reap(id)
 	}
 	return errors.Join(errs...)
 }

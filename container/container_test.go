@@ -511,38 +511,62 @@ func TestContainerPublishPort(t *testing.T) {
 
 // The record and snapshot metadata of a --rm container are not synced: a
 // crash may leave them empty. The next recovery removes such a container
-// (its record, layer and runtime state) and leaves the others alone.
+// (its record, layer and runtime state), also one whose Create the crash
+// cut before the record was written (marker left, layer metadata empty). A
+// kept container's record is synced: if it is unreadable all the same (a
+// damaged disk), recovery leaves the container as it is.
 func TestReapContainerWithCutRecord(t *testing.T) {
 	r := openRoot(t)
 	containerImage(t, r, "cut:1")
 	ctx := context.Background()
-	rm, err := r.Create(ctx, Options{Image: "cut:1", Cmd: []string{"true"}, AutoRemove: true})
-	if err != nil {
+	newRm := func() *Container {
+		c, err := r.Create(ctx, Options{Image: "cut:1", Cmd: []string{"true"}, AutoRemove: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	cut, unfinished := newRm(), newRm()
+	kept := create(t, r, Options{Image: "cut:1", Cmd: []string{"true"}})
+	damaged := create(t, r, Options{Image: "cut:1", Cmd: []string{"true"}})
+	snapDir := func(c *Container) string { return filepath.Dir(c.Rootfs) }
+	truncate := func(files ...string) {
+		for _, f := range files {
+			if err := os.Truncate(f, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	record := func(c *Container) string { return filepath.Join(r.containerDir(c.ID), "config.json") }
+	// What a crash before the data reached the disk leaves (after a crash
+	// nothing is mounted).
+	truncate(record(cut), filepath.Join(snapDir(cut), "meta.json"))
+	if err := os.Remove(record(unfinished)); err != nil {
 		t.Fatal(err)
 	}
-	kept := create(t, r, Options{Image: "cut:1", Cmd: []string{"true"}})
-	snapDir := func(c *Container) string { return filepath.Dir(c.Rootfs) }
-	// What a crash before the data reached the disk leaves.
-	for _, f := range []string{filepath.Join(r.containerDir(rm.ID), "config.json"), filepath.Join(snapDir(rm), "meta.json")} {
-		if err := os.Truncate(f, 0); err != nil {
+	os.WriteFile(r.creatingMarker(unfinished.ID), nil, 0o600)
+	truncate(filepath.Join(snapDir(unfinished), "meta.json"))
+	truncate(record(damaged))
+	for _, c := range []*Container{cut, unfinished} {
+		if err := unix.Unmount(c.Rootfs, unix.MNT_DETACH); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := unix.Unmount(rm.Rootfs, unix.MNT_DETACH); err != nil {
-		t.Fatal(err)
-	}
+
 	r2, err := openRootAt(r.Dir)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("recovery after the crash: %v", err)
 	}
-	if _, err := os.Stat(r.containerDir(rm.ID)); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("the cut container's directory is still there: %v", err)
-	}
-	if _, err := os.Stat(snapDir(rm)); !errors.Is(err, os.ErrNotExist) {
-		t.Errorf("the cut container's layer is still there: %v", err)
-	}
-	if err := r2.Snaps.Remove(ctx, rm.Snapshot); !errors.Is(err, snapshot.ErrNotFound) {
-		t.Errorf("the cut container's snapshot: Remove gave %v", err)
+	for _, c := range []*Container{cut, unfinished} {
+		if _, err := os.Stat(r.containerDir(c.ID)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("container %s: its directory is still there: %v", c.Name, err)
+		}
+		if _, err := os.Stat(snapDir(c)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("container %s: its layer is still there: %v", c.Name, err)
+		}
+		if err := r2.Snaps.Remove(ctx, c.Snapshot); !errors.Is(err, snapshot.ErrNotFound) {
+			t.Errorf("container %s: Remove of its snapshot gave %v", c.Name, err)
+		}
 	}
 	all, err := r2.List(ctx)
 	if err != nil {
@@ -551,7 +575,16 @@ func TestReapContainerWithCutRecord(t *testing.T) {
 	if len(all) != 1 || all[0].ID != kept.ID {
 		t.Errorf("containers after recovery: %v, want only %s", all, kept.Name)
 	}
-	if _, err := os.Stat(kept.Rootfs); err != nil {
-		t.Errorf("the other container's layer: %v", err)
+	for _, c := range []*Container{kept, damaged} {
+		if _, err := os.Stat(c.Rootfs); err != nil {
+			t.Errorf("container %s: its layer: %v", c.Name, err)
+		}
+	}
+	if _, err := os.Stat(record(damaged)); err != nil {
+		t.Errorf("the damaged record was removed: %v", err)
+	}
+	// The damaged container cannot be removed by name: its layer by hand.
+	if err := r2.Snaps.Remove(ctx, damaged.Snapshot); err != nil {
+		t.Error(err)
 	}
 }

@@ -3,6 +3,7 @@ package snapshot
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"os"
 	"os/exec"
@@ -108,4 +109,43 @@ func testCleanup(t *testing.T, driver string) {
 		t.Errorf("committed container state: %q", got)
 	}
 	check(t, s.Remove(ctx, "check"))
+}
+
+// Volatile tells a --rm container's snapshot from a kept one's; one whose
+// metadata a crash cut reads as ErrCorrupt, and Remove still removes it.
+func TestVolatileAndCutMetadata(t *testing.T) {
+	for _, driver := range []string{DriverOverlay, DriverCopy} {
+		t.Run(driver, func(t *testing.T) {
+			s, _ := newTestSnapshotter(t, driver)
+			ctx := context.Background()
+			if _, err := s.Prepare(ctx, "rm", "", WithPersistent(), Volatile()); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Prepare(ctx, "kept", "", WithPersistent()); err != nil {
+				t.Fatal(err)
+			}
+			for key, want := range map[string]bool{"rm": true, "kept": false} {
+				if v, err := s.Volatile(key); err != nil || v != want {
+					t.Errorf("Volatile(%s) = %v, %v; want %v", key, v, err, want)
+				}
+			}
+			if _, err := s.Volatile("none"); !errors.Is(err, ErrNotFound) {
+				t.Errorf("Volatile of no snapshot: %v", err)
+			}
+			dir := filepath.Join(s.root, "active", keyID("rm"))
+			check(t, unmount(filepath.Join(dir, "merged")))
+			check(t, os.Truncate(filepath.Join(dir, "meta.json"), 0))
+			if _, err := s.Volatile("rm"); !errors.Is(err, ErrCorrupt) {
+				t.Errorf("Volatile of a cut snapshot: %v", err)
+			}
+			check(t, s.Remove(ctx, "rm"))
+			if exists(dir) {
+				t.Error("the cut snapshot's directory is still there")
+			}
+			if err := s.Remove(ctx, "rm"); !errors.Is(err, ErrNotFound) {
+				t.Errorf("second Remove: %v", err)
+			}
+			check(t, s.Remove(ctx, "kept"))
+		})
+	}
 }

@@ -16,7 +16,7 @@
 //     An active snapshot belongs to the process that prepared it (it holds an
 //     flock on a lock file in the snapshot's directory) until Commit or Remove;
 //     Cleanup removes the ones whose process died, unless they were prepared
-//     WithPersistent.
+//     WithPersistent (and, if Volatile, a crash left their metadata whole).
 //
 // Lifecycle: Prepare (or View) -> [the caller changes the view] -> Diff -> Commit
 // or Remove. Apply creates a committed snapshot directly from a layer tar.
@@ -49,7 +49,7 @@
 //	l/<short id>            symlink -> ../layers/<hex>/fs (keeps mount options short)
 //	active/<id>/            one active snapshot; <id> is derived from its key
 //	  lock                  flock held by the owning process
-//	  meta.json             key, parent, driver, persistent, read-only, lowers
+//	  meta.json             key, parent, driver, persistent, volatile, read-only, lowers (synced only if persistent and not volatile)
 //	  upper/ work/ merged/  overlay driver
 //	  mem/upper mem/work    an InMemory snapshot's, on a tmpfs mounted at mem/
 //	  lower/<i>             indexed layers of its chain, mounted
@@ -77,6 +77,11 @@ var ErrNotFound = errors.New("snapshot not found")
 
 // ErrExists is returned (wrapped) by Prepare and View when the key is already in use.
 var ErrExists = errors.New("snapshot already exists")
+
+// ErrCorrupt is returned (wrapped) for an active snapshot whose metadata
+// cannot be read: a crash cut its unsynced write (see Volatile). Remove
+// still removes it; Cleanup does too once no process holds it.
+var ErrCorrupt = errors.New("snapshot metadata unreadable")
 
 // Problem is an unusable committed snapshot found by Check.
 type Problem struct {
@@ -133,6 +138,11 @@ type Snapshotter interface {
 	// Remove discards an active snapshot (unmounting it) or a committed one. A
 	// committed snapshot that is the parent of another cannot be removed.
 	Remove(ctx context.Context, key string) error
+	// Volatile reports whether active snapshot key was prepared Volatile
+	// (a container removed when it exits). It returns an error wrapping
+	// ErrNotFound if there is no such snapshot and ErrCorrupt if its
+	// metadata is unreadable.
+	Volatile(key string) (bool, error)
 	// Exists reports whether committed snapshot name exists.
 	Exists(name string) bool
 	// Apply unpacks an uncompressed OCI layer tar read from r as committed

@@ -297,7 +297,11 @@ func (s *snapshotter) createActive(a *active) error {
 		return fmt.Errorf("lock active snapshot: %w", err)
 	}
 	b, _ := json.Marshal(a.activeMeta)
-	if err := os.WriteFile(filepath.Join(a.dir, "meta.json"), b, 0o600); err != nil {
+	write := fsx.WriteFileVolatile
+	if a.Persistent && !a.Volatile {
+		write = fsx.WriteFile // a kept container's layer must outlive a crash
+	}
+	if err := write(filepath.Join(a.dir, "meta.json"), a.dir, b, 0o600); err != nil {
 		s.discard(a)
 		return fmt.Errorf("write snapshot metadata: %w", err)
 	}
@@ -322,7 +326,7 @@ func (s *snapshotter) lookup(key string) (*active, error) {
 		return nil, fmt.Errorf("read snapshot metadata: %w", err)
 	}
 	if err := json.Unmarshal(b, &a.activeMeta); err != nil {
-		return nil, fmt.Errorf("read snapshot metadata: %w", err)
+		return nil, fmt.Errorf("snapshot %s: %w: %v", key, ErrCorrupt, err)
 	}
 	if a.Key != key {
 		return nil, fmt.Errorf("snapshot %s: %w", key, ErrNotFound)
@@ -623,6 +627,9 @@ func (s *snapshotter) Remove(ctx context.Context, key string) error {
 		}
 		return s.removeActive(a)
 	}
+	if errors.Is(err, ErrCorrupt) {
+		return s.removeCut(key)
+	}
 	if !errors.Is(err, ErrNotFound) {
 		return err
 	}
@@ -630,6 +637,48 @@ func (s *snapshotter) Remove(ctx context.Context, key string) error {
 		return fmt.Errorf("remove %s: %w", key, ErrNotFound)
 	}
 	return s.removeLayer(key)
+}
+
+// removeCut removes the directory of active snapshot key whose metadata a
+// crash cut (its name is key's), unless a process holds its lock. After a
+// crash nothing is mounted there; what a process that died without one left
+// mounted is unmounted anyway.
+func (s *snapshotter) removeCut(key string) error {
+	dir := filepath.Join(s.root, "active", keyID(key))
+	l, err := lockFile(filepath.Join(dir, "lock"), unix.LOCK_EX|unix.LOCK_NB)
+	if err != nil {
+		return fmt.Errorf("remove %s: %w", key, err)
+	}
+	defer l.Close()
+	unmount(filepath.Join(dir, "merged"))
+	if ents, err := os.ReadDir(filepath.Join(dir, "lower")); err == nil {
+		for _, e := range ents {
+			unmount(filepath.Join(dir, "lower", e.Name()))
+		}
+	}
+	unmount(filepath.Join(dir, "mem"))
+	if err := s.removeDir(dir); err != nil {
+		return fmt.Errorf("remove %s: %w", key, err)
+	}
+	return nil
+}
+
+func (s *snapshotter) Volatile(key string) (bool, error) {
+	b, err := os.ReadFile(filepath.Join(s.root, "active", keyID(key), "meta.json"))
+	if errors.Is(err, os.ErrNotExist) {
+		return false, fmt.Errorf("snapshot %s: %w", key, ErrNotFound)
+	}
+	if err != nil {
+		return false, fmt.Errorf("read snapshot metadata: %w", err)
+	}
+	var m activeMeta
+	if err := json.Unmarshal(b, &m); err != nil {
+		return false, fmt.Errorf("snapshot %s: %w: %v", key, ErrCorrupt, err)
+	}
+	if m.Key != key {
+		return false, fmt.Errorf("snapshot %s: %w", key, ErrNotFound)
+	}
+	return m.Volatile, nil
 }
 
 // removeActive unmounts and deletes a (locked by the caller) and forgets it.

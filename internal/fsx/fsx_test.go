@@ -55,6 +55,30 @@ func TestWriteFileAndLock(t *testing.T) {
 	}
 }
 
+// WriteFileVolatile replaces a file whole, with its mode, and leaves no
+// temp file.
+func TestWriteFileVolatile(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "f")
+	for _, c := range []string{"one", "two, longer"} {
+		if err := WriteFileVolatile(p, "", []byte(c), 0o640); err != nil {
+			t.Fatal(err)
+		}
+		if b, _ := os.ReadFile(p); string(b) != c {
+			t.Errorf("content %q, want %q", b, c)
+		}
+	}
+	if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != 0o640 {
+		t.Errorf("mode %v, %v", fi.Mode(), err)
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) != 1 {
+		t.Errorf("files left: %v", ents)
+	}
+	if err := WriteFileVolatile(filepath.Join(dir, "no", "such"), "", nil, 0o600); err == nil {
+		t.Error("write into a missing directory succeeded")
+	}
+}
+
 // A file with two names is counted once.
 func TestTreeSizeCountsHardLinksOnce(t *testing.T) {
 	root := t.TempDir()
