@@ -21,7 +21,7 @@ LBUILD=${LBUILD:-$repo/bin/lbuild}
 GEN=${GEN:-$repo/../shared/bench/gen.py}
 WORK=${WORK:-/tmp/lbuild-cicache}
 RUNS=${RUNS:-3}
-[ -x "$LBUILD" ] || (cd "$repo" && make -s build BIN="$LBUILD")
+[ -x "$LBUILD" ] || (cd "$repo" && CGO_ENABLED=0 go build -o "$LBUILD" ./cmd/lbuild) # static, as make build
 [ -f "$GEN" ] || { echo "workload generator not found at $GEN (set GEN)" >&2; exit 1; }
 rm -rf "$WORK" && mkdir -p "$WORK"
 "$repo/examples/base/prepare.sh" "$WORK/base" >/dev/null

@@ -19,7 +19,7 @@ WORK=${WORK:-/tmp/lbuild-bench}
 RUNS=${RUNS:-3}
 SCENARIOS=${SCENARIOS:-cold noop change1 touchall cpa}
 ws=("$@"); [ ${#ws[@]} -gt 0 ] || ws=(W1 W2 W3 W4)
-[ -x "$LBUILD" ] || (cd "$repo" && make -s build BIN="$LBUILD")
+[ -x "$LBUILD" ] || (cd "$repo" && CGO_ENABLED=0 go build -o "$LBUILD" ./cmd/lbuild) # static, as make build
 [ -f "$GEN" ] || { echo "workload generator not found at $GEN (set GEN)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "bench/run.sh needs python3 for the workload generator: apt-get install python3" >&2; exit 1; }
 mkdir -p "$WORK"

@@ -13,7 +13,7 @@ LBUILD=${LBUILD:-$repo/bin/lbuild}
 WORK=${WORK:-/tmp/lbuild-bench-runsteps}
 RUNS=${RUNS:-11}
 STEPS=${STEPS:-10}
-[ -x "$LBUILD" ] || (cd "$repo" && make -s build BIN="$LBUILD")
+[ -x "$LBUILD" ] || (cd "$repo" && CGO_ENABLED=0 go build -o "$LBUILD" ./cmd/lbuild) # static, as make build
 rm -rf "$WORK"
 mkdir -p "$WORK/ctx"
 "$repo/examples/base/prepare.sh" "$WORK/base" >/dev/null

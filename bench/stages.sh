@@ -11,7 +11,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 LBUILD=${LBUILD:-$repo/bin/lbuild}
 WORK=${WORK:-/tmp/lbuild-bench-stages}
 RUNS=${RUNS:-5}
-[ -x "$LBUILD" ] || (cd "$repo" && make -s build BIN="$LBUILD")
+[ -x "$LBUILD" ] || (cd "$repo" && CGO_ENABLED=0 go build -o "$LBUILD" ./cmd/lbuild) # static, as make build
 rm -rf "$WORK"
 mkdir -p "$WORK/ctx"
 export LBUILD_ROOT=$WORK/root

@@ -12,7 +12,7 @@ repo=$(cd "$(dirname "$0")/.." && pwd)
 LBUILD=${LBUILD:-$repo/bin/lbuild}
 WORK=${WORK:-/tmp/lbuild-bench-start}
 RUNS=${RUNS:-21}
-[ -x "$LBUILD" ] || (cd "$repo" && make -s build BIN="$LBUILD")
+[ -x "$LBUILD" ] || (cd "$repo" && CGO_ENABLED=0 go build -o "$LBUILD" ./cmd/lbuild) # static, as make build
 command -v runc >/dev/null || { echo "bench/start.sh needs runc: ./hack/deps.sh" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "bench/start.sh needs python3: apt-get install python3" >&2; exit 1; }
 rm -rf "$WORK"

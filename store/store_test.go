@@ -197,11 +197,15 @@ func TestBlobWriterCommit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	data := bytes.Repeat([]byte("0123456789"), 100000)
-	for i := 0; i < len(data); i += 4096 {
-		if _, err := w.Write(data[i:min(i+4096, len(data))]); err != nil {
+	// Over two writeback chunks (writebackChunk), in pieces of odd sizes.
+	data := bytes.Repeat([]byte("0123456789abcdefg"), 1_200_000)
+	sizes := []int{4096, 1, 70001, 9999, 1 << 20}
+	for i, k := 0, 0; i < len(data); k++ {
+		n := min(sizes[k%len(sizes)], len(data)-i)
+		if _, err := w.Write(data[i : i+n]); err != nil {
 			t.Fatal(err)
 		}
+		i += n
 	}
 	// The blob being written has no name yet (O_TMPFILE): nothing a crash
 	// could leave behind.

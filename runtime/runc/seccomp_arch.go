@@ -28,6 +28,8 @@ const x32Bit = 0x40000000
 // architectures would kill the calling thread): under a filter, or off
 // amd64, x32 is taken to run.
 var x32Runs = sync.OnceValue(func() bool {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
 	if runtime.GOARCH != "amd64" || seccompMode() != "0" {
 		return true
 	}
@@ -35,10 +37,11 @@ var x32Runs = sync.OnceValue(func() bool {
 	return errno != unix.ENOSYS
 })
 
-// seccompMode is the Seccomp field of /proc/self/status ("0": none, "2":
-// filtered), or "" if it cannot be read.
+// seccompMode is the Seccomp field of this thread's status ("0": none,
+// "2": filtered), or "" if it cannot be read. The caller must stay on the
+// same OS thread for the answer to hold (x32Runs locks it).
 func seccompMode() string {
-	b, err := os.ReadFile("/proc/self/status")
+	b, err := os.ReadFile("/proc/thread-self/status")
 	if err != nil {
 		return ""
 	}
@@ -53,8 +56,10 @@ func seccompMode() string {
 
 // runnableArches drops from a profile's architectures those this kernel
 // cannot run (x32 when x32Runs is false), so runc compiles no filter for
-// them. What a process can do is unchanged: an x32 call still fails (the
-// filter's bad-architecture action instead of ENOSYS).
+// them. What a process can do is unchanged: an x32 call still fails, but
+// by the filter's bad-architecture action (libseccomp's default, which runc
+// keeps: the calling thread is killed with SIGSYS) instead of the kernel's
+// ENOSYS; a program that probes for x32 that way dies.
 func runnableArches(arches []specs.Arch, x32 bool) []specs.Arch {
 	if x32 {
 		return arches

@@ -83,7 +83,7 @@ func TestRunI386ProgramUnderSeccomp(t *testing.T) {
 		t.Skipf("this kernel runs no i386 programs: %v: %s", err, out)
 	}
 	out := mustRun(t, r, rootfs, Meta{Args: []string{"/bin/i386prog"}})
-	if out != "i386 pid 1 <nil> 13\n" && !strings.HasPrefix(out, "i386 pid 1 <nil> ") {
+	if !strings.HasPrefix(out, "i386 pid 1 <nil> ") {
 		t.Errorf("386 program under the default profile: got %q", out)
 	}
 }
