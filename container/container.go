@@ -456,9 +456,9 @@ func (r *Manager) markCreating(id string) (func(), error) {
 	}, nil
 }
 
-// reapUnfinished removes what a crashed Create left without a record, and
-// --rm containers whose record a crash cut (their records are not synced:
-// writeRecord): their runtime container and their persistent snapshot. A
+// reapUnfinished removes what a crashed Create left without a record,
+// --rm containers whose owner died, and --rm containers whose record a
+// crash cut (their records are not synced: writeRecord): their runtime container and their persistent snapshot. A
 // marker whose lock is held belongs to a creation in progress and is left
 // alone. A record is written by rename, so a live process never shows an
 // unreadable one: unreadable means cut by a crash. Such a container is
@@ -507,8 +507,19 @@ func (r *Manager) reapUnfinished(ctx context.Context) error {
 			continue
 		}
 		b, err := os.ReadFile(filepath.Join(r.containerDir(id), "config.json"))
-		if err != nil || json.Valid(b) {
-			continue // gone meanwhile, or whole
+		if err != nil {
+			continue // gone meanwhile
+		}
+		if json.Valid(b) {
+			// A --rm container whose owner died (a crash, a kill -9)
+			// goes, as docker removes them when it starts again.
+			var c Container
+			if json.Unmarshal(b, &c) == nil && c.AutoRemove && c.Status != StatusCreated && !c.Owner.Alive() {
+				if err := r.removeContainer(ctx, &c); err != nil && !errors.Is(err, ErrNotFound) {
+					errs = append(errs, err)
+				}
+			}
+			continue
 		}
 		if v, err := r.root.Snaps.Volatile("ctr-" + id); err == nil && !v {
 			logrus.Warnf("container %s: its record %s is unreadable: left as it is (its layer is a kept container's)", id, filepath.Join(r.containerDir(id), "config.json"))

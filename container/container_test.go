@@ -588,3 +588,40 @@ func TestReapContainerWithCutRecord(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// A --rm container whose owner died (lbuild killed, or a crash) is removed
+// by the next recovery, as docker removes them when it starts again; a kept
+// one stays, marked exited.
+func TestRecoverRemovesOrphanedRmContainer(t *testing.T) {
+	r := openRoot(t)
+	containerImage(t, r, "orphan:1")
+	ctx := context.Background()
+	rm, err := r.Create(ctx, Options{Image: "orphan:1", Cmd: []string{"true"}, AutoRemove: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kept := create(t, r, Options{Image: "orphan:1", Cmd: []string{"true"}})
+	dead := runc.Owner{Pid: os.Getpid(), Start: 1} // this pid, another start: not alive
+	for _, c := range []*Container{rm, kept} {
+		if _, err := r.updateContainer(c.ID, func(s *Container) { s.Status, s.Owner = StatusRunning, dead }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r2, err := openRootAt(r.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(r.containerDir(rm.ID)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the orphaned --rm container is still there: %v", err)
+	}
+	if err := r2.Snaps.Remove(ctx, rm.Snapshot); !errors.Is(err, snapshot.ErrNotFound) {
+		t.Errorf("its layer: Remove gave %v", err)
+	}
+	c, err := r2.Get(ctx, kept.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Status != StatusExited {
+		t.Errorf("the kept container: status %s, want exited", c.Status)
+	}
+}
