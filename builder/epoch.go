@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -83,6 +85,9 @@ var (
 // gitCommitTime returns the committer time of HEAD of the git work tree
 // holding dir.
 func gitCommitTime(ctx context.Context, dir string) (time.Time, error) {
+	if !mayBeInGit(dir) {
+		return time.Time{}, errNotInGit
+	}
 	gitPath, err := exec.LookPath("git")
 	if err != nil {
 		return time.Time{}, errNoGit
@@ -103,4 +108,43 @@ func gitCommitTime(ctx context.Context, dir string) (time.Time, error) {
 		return time.Time{}, fmt.Errorf("git log: unexpected output %q", out.String())
 	}
 	return time.Unix(n, 0).UTC(), nil
+}
+
+// mayBeInGit reports whether git could find a repository for dir: GIT_DIR
+// is set, or dir or one of its parents holds a .git entry or is itself a
+// git directory (a bare repository). When it reports false, git would say
+// "not a git repository", so the build need not start it (a few ms of
+// every build of a context outside git). It looks further than git does
+// (across filesystems, past GIT_CEILING_DIRECTORIES): it may say true
+// where git then finds nothing, never the reverse.
+func mayBeInGit(dir string) bool {
+	if os.Getenv("GIT_DIR") != "" {
+		return true
+	}
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return true
+	}
+	for d := abs; ; d = filepath.Dir(d) {
+		if _, err := os.Lstat(filepath.Join(d, ".git")); err == nil || !errors.Is(err, fs.ErrNotExist) {
+			return true
+		}
+		if isGitDir(d) {
+			return true
+		}
+		if d == filepath.Dir(d) {
+			return false
+		}
+	}
+}
+
+// isGitDir reports whether d looks like a git directory as git's discovery
+// checks it: HEAD, objects/ and refs/.
+func isGitDir(d string) bool {
+	for _, n := range []string{"HEAD", "objects", "refs"} {
+		if _, err := os.Lstat(filepath.Join(d, n)); err != nil {
+			return false
+		}
+	}
+	return true
 }

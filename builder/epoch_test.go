@@ -3,7 +3,9 @@ package builder
 import (
 	"context"
 	"errors"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -53,5 +55,51 @@ func TestGitCommitTimeOutsideGit(t *testing.T) {
 	bt, err := resolveBuildTime(context.Background(), "", dir, time.Now)
 	if err != nil || !bt.fixed || bt.t.Unix() != 0 {
 		t.Errorf("default build time: %+v %v, want 1970-01-01", bt, err)
+	}
+}
+
+// git is started only where it could find a repository, and then still
+// finds it: a context in a subdirectory of a work tree gets HEAD's commit
+// time; a bare repository or GIT_DIR also make lbuild ask git.
+func TestGitLookupOnlyWhereARepositoryCanBe(t *testing.T) {
+	if _, err := exec.LookPath("git"); err != nil {
+		t.Skip("git not installed")
+	}
+	t.Setenv("GIT_DIR", "")
+	os.Unsetenv("GIT_DIR")
+	plain := t.TempDir()
+	if mayBeInGit(plain) {
+		t.Errorf("mayBeInGit(%s) = true for a directory outside any repository", plain)
+	}
+	work := t.TempDir()
+	sub := filepath.Join(work, "app", "ctx")
+	if err := os.MkdirAll(sub, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	git := func(dir string, args ...string) {
+		t.Helper()
+		cmd := exec.Command("git", append([]string{"-C", dir}, args...)...)
+		cmd.Env = append(os.Environ(), "GIT_AUTHOR_NAME=t", "GIT_AUTHOR_EMAIL=t@t", "GIT_COMMITTER_NAME=t",
+			"GIT_COMMITTER_EMAIL=t@t", "GIT_COMMITTER_DATE=1700000000 +0000", "GIT_AUTHOR_DATE=1700000000 +0000")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("git %v: %v %s", args, err, out)
+		}
+	}
+	git(work, "init", "-q")
+	git(work, "commit", "-q", "--allow-empty", "-m", "x")
+	if !mayBeInGit(sub) {
+		t.Errorf("mayBeInGit(%s) = false inside a work tree", sub)
+	}
+	if got, err := gitCommitTime(context.Background(), sub); err != nil || got.Unix() != 1700000000 {
+		t.Errorf("commit time from a subdirectory: %v %v, want 1700000000", got, err)
+	}
+	bare := filepath.Join(t.TempDir(), "r.git")
+	git(filepath.Dir(bare), "init", "-q", "--bare", bare)
+	if !mayBeInGit(bare) {
+		t.Error("mayBeInGit = false in a bare repository")
+	}
+	t.Setenv("GIT_DIR", filepath.Join(work, ".git"))
+	if !mayBeInGit(plain) {
+		t.Error("mayBeInGit = false with GIT_DIR set")
 	}
 }
