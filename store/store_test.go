@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1006,5 +1007,46 @@ func TestKilledWriterLeavesNothing(t *testing.T) {
 	}
 	if got := dirNames(t, filepath.Join(s.Dir(), "blobs", "sha256")); len(got) != 0 {
 		t.Fatalf("killed writer left blobs %v", got)
+	}
+}
+
+// Writing an image that is stored already rewrites neither its config nor
+// its manifest, but refreshes their mtimes (what GC's grace period reads).
+func TestWriteImageAgainKeepsBlobsRefreshed(t *testing.T) {
+	s := newStore(t)
+	img, err := s.WriteImage(testConfig("again"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := time.Now().Add(-48 * time.Hour)
+	inodes := map[v1.Hash]uint64{}
+	for _, h := range []v1.Hash{img.ID, img.Manifest.Digest} {
+		if err := os.Chtimes(s.BlobPath(h), old, old); err != nil {
+			t.Fatal(err)
+		}
+		var st syscall.Stat_t
+		if err := syscall.Stat(s.BlobPath(h), &st); err != nil {
+			t.Fatal(err)
+		}
+		inodes[h] = st.Ino
+	}
+	img2, err := s.WriteImage(testConfig("again"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if img2.ID != img.ID || img2.Manifest.Digest != img.Manifest.Digest {
+		t.Fatalf("same image written twice: %v %v, then %v %v", img.ID, img.Manifest.Digest, img2.ID, img2.Manifest.Digest)
+	}
+	for h, ino := range inodes {
+		var st syscall.Stat_t
+		if err := syscall.Stat(s.BlobPath(h), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Ino != ino {
+			t.Errorf("blob %s was written again", h)
+		}
+		if fi, _ := os.Stat(s.BlobPath(h)); !fi.ModTime().After(old.Add(time.Hour)) {
+			t.Errorf("blob %s: mtime %v not refreshed", h, fi.ModTime())
+		}
 	}
 }
