@@ -17,7 +17,8 @@
 // The process that waits for a container's process (lbuild itself in the
 // foreground, or a detached "shim" started by "lbuild run -d") is the
 // container's Owner and records its exit; a record whose owner died without
-// doing so is reconciled the next time it is read.
+// doing so is reconciled the next time it is read (marked exited), and a
+// --rm container's is removed by the next Recover.
 //
 // It stands on system (the opened root: store, snapshots, unpacking) and
 // on the runtime driver (runtime/runc); it never imports the builder, nor
@@ -84,11 +85,13 @@ func (r *Manager) Root() *system.Root { return r.root }
 // Recover cleans up after lbuild processes that died: first their runtime
 // containers (runc runs in its own process group, so a RUN or a container
 // outlives a killed lbuild), then containers whose creation never finished,
-// or whose --rm record a crash cut, then the mounts and temp dirs of
-// snapshots nobody owns. Only what is provably dead is touched: its owner's
-// lock is free, or its record is unreadable, which no live process shows
-// (records are renamed into place). Commands that create
-// runtime state run it once, at start; read-only commands never do.
+// --rm containers whose owner died (its pid and start time no longer match a
+// process) and --rm containers whose record a crash cut, then the mounts and
+// temp dirs of snapshots nobody owns. Only what is provably dead is touched:
+// its owner's lock is free or its owner gone, or its record is unreadable,
+// which no live process shows (records are renamed into place). What cannot
+// be removed yet is left, with a warning, for the next Recover. Commands that
+// create runtime state run it once, at start; read-only commands never do.
 func Recover(ctx context.Context, root *system.Root) error {
 	if _, err := os.Stat(filepath.Join(root.RunDir(), "runc")); err == nil {
 		rc, err := runc.NewRunc("", root.RunDir())
@@ -456,21 +459,23 @@ func (r *Manager) markCreating(id string) (func(), error) {
 	}, nil
 }
 
-// reapUnfinished removes what a crashed Create left without a record,
-// --rm containers whose owner died, and --rm containers whose record a
-// crash cut (their records are not synced: writeRecord): their runtime container and their persistent snapshot. A
-// marker whose lock is held belongs to a creation in progress and is left
-// alone. A record is written by rename, so a live process never shows an
-// unreadable one: unreadable means cut by a crash. Such a container is
-// removed only if its layer is a --rm one (Volatile) or was cut too; an
-// unreadable record of a kept container (synced: a damaged disk) is left,
-// with a warning, for the user to look at.
+// reapUnfinished removes what a crashed Create left without a record, --rm
+// containers whose owner died, and --rm containers whose record a crash cut
+// (their records are not synced: writeRecord): their runtime containers and
+// their persistent snapshots. A marker whose lock is held belongs to a
+// creation in progress and is left alone. A record is written by rename, so
+// a live process never shows an unreadable one: unreadable means cut by a
+// crash. A container with a cut record is removed only if its layer is a
+// --rm one (Volatile) or was cut too, or is gone; an unreadable record of a
+// kept container (synced: a damaged disk) is left, with a warning, for the
+// user to look at. What cannot be removed now (a runtime gone, a layer in
+// use) is left, with a warning, for the next recovery: it never fails the
+// command that recovers.
 func (r *Manager) reapUnfinished(ctx context.Context) error {
 	ents, err := os.ReadDir(r.containersDir())
 	if err != nil {
 		return nil // no containers dir: nothing was ever made
 	}
-	var errs []error
 	// reap removes container id; its directory goes only once its layer
 	// has, so that a failure is retried by the next recovery.
 	reap := func(id string) {
@@ -478,7 +483,7 @@ func (r *Manager) reapUnfinished(ctx context.Context) error {
 			rt.Delete(ctx, id)
 		}
 		if err := r.root.Snaps.Remove(ctx, "ctr-"+id); err != nil && !errors.Is(err, snapshot.ErrNotFound) {
-			errs = append(errs, err)
+			logrus.Warnf("container %s: its layer cannot be removed yet (%v): left for the next recovery", id, err)
 			return
 		}
 		os.RemoveAll(r.containerDir(id))
@@ -506,7 +511,8 @@ func (r *Manager) reapUnfinished(ctx context.Context) error {
 		if !e.IsDir() || strings.HasPrefix(id, ".") || creating[id] {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(r.containerDir(id), "config.json"))
+		record := filepath.Join(r.containerDir(id), "config.json")
+		b, err := os.ReadFile(record)
 		if err != nil {
 			continue // gone meanwhile
 		}
@@ -516,19 +522,24 @@ func (r *Manager) reapUnfinished(ctx context.Context) error {
 			var c Container
 			if json.Unmarshal(b, &c) == nil && c.AutoRemove && c.Status != StatusCreated && !c.Owner.Alive() {
 				if err := r.removeContainer(ctx, &c); err != nil && !errors.Is(err, ErrNotFound) {
-					errs = append(errs, err)
+					logrus.Warnf("container %s (--rm, its owner gone) cannot be removed yet (%v): left for the next recovery", c.Name, err)
 				}
 			}
 			continue
 		}
-		if v, err := r.root.Snaps.Volatile("ctr-" + id); err == nil && !v {
-			logrus.Warnf("container %s: its record %s is unreadable: left as it is (its layer is a kept container's)", id, filepath.Join(r.containerDir(id), "config.json"))
+		v, err := r.root.Snaps.Volatile("ctr-" + id)
+		switch {
+		case err == nil && !v:
+			logrus.Warnf("container %s: its record %s is unreadable: left as it is (its layer is a kept container's)", id, record)
+			continue
+		case err != nil && !errors.Is(err, snapshot.ErrNotFound) && !errors.Is(err, snapshot.ErrCorrupt):
+			logrus.Warnf("container %s: its record %s is unreadable and its layer's kind unknown (%v): left as it is", id, record, err)
 			continue
 		}
 		logrus.Warnf("container %s: its record is unreadable (a crash cut its write): removing it", id)
 		reap(id)
 	}
-	return errors.Join(errs...)
+	return nil
 }
 
 // lockContainers serializes creating (name checks) and removing containers.

@@ -601,9 +601,15 @@ func TestRecoverRemovesOrphanedRmContainer(t *testing.T) {
 		t.Fatal(err)
 	}
 	kept := create(t, r, Options{Image: "orphan:1", Cmd: []string{"true"}})
+	owned := create(t, r, Options{Image: "orphan:1", Cmd: []string{"true"}, AutoRemove: true})
+	notStarted := create(t, r, Options{Image: "orphan:1", Cmd: []string{"true"}, AutoRemove: true})
 	dead := runc.Owner{Pid: os.Getpid(), Start: 1} // this pid, another start: not alive
-	for _, c := range []*Container{rm, kept} {
-		if _, err := r.updateContainer(c.ID, func(s *Container) { s.Status, s.Owner = StatusRunning, dead }); err != nil {
+	self, err := runc.Self()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for c, o := range map[*Container]runc.Owner{rm: dead, kept: dead, owned: self} {
+		if _, err := r.updateContainer(c.ID, func(s *Container) { s.Status, s.Owner = StatusRunning, o }); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -624,4 +630,12 @@ func TestRecoverRemovesOrphanedRmContainer(t *testing.T) {
 	if c.Status != StatusExited {
 		t.Errorf("the kept container: status %s, want exited", c.Status)
 	}
+	// A --rm container whose owner lives, or that has not run yet, stays.
+	for _, c := range []*Container{owned, notStarted} {
+		if _, err := os.Stat(c.Rootfs); err != nil {
+			t.Errorf("container %s (--rm, owner alive or not started): %v", c.Name, err)
+		}
+	}
+	// Nothing runs it: exited, so that the test's clean-up need not stop it.
+	r.updateContainer(owned.ID, func(s *Container) { s.Status = StatusExited })
 }

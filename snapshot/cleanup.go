@@ -50,6 +50,10 @@ func (s *snapshotter) Cleanup(ctx context.Context) error {
 			live = append(live, dir)
 			continue
 		}
+		if _, err := os.Lstat(filepath.Join(dir, keepFile)); err == nil {
+			live = append(live, dir) // a kept container's, its metadata damaged
+			continue
+		}
 		l, err := lockFile(filepath.Join(dir, "lock"), unix.LOCK_EX|unix.LOCK_NB)
 		if err != nil {
 			if !errors.Is(err, errLocked) {

@@ -149,3 +149,29 @@ func TestVolatileAndCutMetadata(t *testing.T) {
 		})
 	}
 }
+
+// A kept container's layer (persistent, not volatile) survives Cleanup even
+// when its metadata is damaged: the synced keep marker says it is kept.
+func TestCleanupKeepsKeptSnapshotWithDamagedMetadata(t *testing.T) {
+	s, _ := newTestSnapshotter(t, DriverOverlay)
+	ctx := context.Background()
+	if _, err := s.Prepare(ctx, "kept", "", WithPersistent()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Prepare(ctx, "rm", "", WithPersistent(), Volatile()); err != nil {
+		t.Fatal(err)
+	}
+	for _, key := range []string{"kept", "rm"} {
+		dir := filepath.Join(s.root, "active", keyID(key))
+		check(t, unmount(filepath.Join(dir, "merged")))
+		check(t, os.Truncate(filepath.Join(dir, "meta.json"), 0))
+	}
+	check(t, s.Cleanup(ctx))
+	if !exists(filepath.Join(s.root, "active", keyID("kept"))) {
+		t.Error("Cleanup removed a kept container's layer whose metadata was damaged")
+	}
+	if exists(filepath.Join(s.root, "active", keyID("rm"))) {
+		t.Error("Cleanup left a --rm container's layer whose metadata a crash cut")
+	}
+	check(t, s.Remove(ctx, "kept"))
+}

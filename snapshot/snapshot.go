@@ -16,7 +16,8 @@
 //     An active snapshot belongs to the process that prepared it (it holds an
 //     flock on a lock file in the snapshot's directory) until Commit or Remove;
 //     Cleanup removes the ones whose process died, unless they were prepared
-//     WithPersistent (and, if Volatile, a crash left their metadata whole).
+//     WithPersistent: those it leaves alone, except a Volatile one whose
+//     metadata a crash cut (a --rm container's).
 //
 // Lifecycle: Prepare (or View) -> [the caller changes the view] -> Diff -> Commit
 // or Remove. Apply creates a committed snapshot directly from a layer tar.
@@ -50,6 +51,7 @@
 //	active/<id>/            one active snapshot; <id> is derived from its key
 //	  lock                  flock held by the owning process
 //	  meta.json             key, parent, driver, persistent, volatile, read-only, lowers (synced only if persistent and not volatile)
+//	  keep                  empty, synced: persistent and not volatile (Cleanup never removes it)
 //	  upper/ work/ merged/  overlay driver
 //	  mem/upper mem/work    an InMemory snapshot's, on a tmpfs mounted at mem/
 //	  lower/<i>             indexed layers of its chain, mounted

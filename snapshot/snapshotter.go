@@ -299,7 +299,14 @@ func (s *snapshotter) createActive(a *active) error {
 	b, _ := json.Marshal(a.activeMeta)
 	write := fsx.WriteFileVolatile
 	if a.Persistent && !a.Volatile {
-		write = fsx.WriteFile // a kept container's layer must outlive a crash
+		// A kept container's layer must outlive a crash, and Cleanup
+		// must never take it for a dead one, even should its metadata
+		// be damaged: keepFile says so on its own.
+		write = fsx.WriteFile
+		if err := fsx.WriteFile(filepath.Join(a.dir, keepFile), a.dir, nil, 0o600); err != nil {
+			s.discard(a)
+			return fmt.Errorf("write snapshot metadata: %w", err)
+		}
 	}
 	if err := write(filepath.Join(a.dir, "meta.json"), a.dir, b, 0o600); err != nil {
 		s.discard(a)
@@ -307,6 +314,11 @@ func (s *snapshotter) createActive(a *active) error {
 	}
 	return nil
 }
+
+// keepFile marks the directory of an active snapshot that is persistent
+// and not volatile (a kept container's layer): Cleanup leaves it alone
+// whatever its meta.json holds.
+const keepFile = "keep"
 
 // lookup returns the active snapshot with key: this process's own, or one left
 // on disk (a persistent snapshot, or one whose process died), which it then owns.
@@ -646,6 +658,12 @@ func (s *snapshotter) Remove(ctx context.Context, key string) error {
 func (s *snapshotter) removeCut(key string) error {
 	dir := filepath.Join(s.root, "active", keyID(key))
 	l, err := lockFile(filepath.Join(dir, "lock"), unix.LOCK_EX|unix.LOCK_NB)
+	if errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove %s: %w", key, ErrNotFound) // removed meanwhile
+	}
+	if errors.Is(err, errLocked) {
+		return fmt.Errorf("remove %s: in use by another process (removing it, or a Cleanup)", key)
+	}
 	if err != nil {
 		return fmt.Errorf("remove %s: %w", key, err)
 	}
