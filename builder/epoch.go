@@ -125,7 +125,19 @@ func mayBeInGit(dir string) bool {
 	if err != nil {
 		return true
 	}
-	for d := abs; ; d = filepath.Dir(d) {
+	// git walks up from the directory it changed into (the path with
+	// its symlinks resolved); the path as written is walked too.
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return true
+	}
+	return gitAbove(abs) || real != abs && gitAbove(real)
+}
+
+// gitAbove reports whether dir or a parent holds a .git entry or is a git
+// directory.
+func gitAbove(dir string) bool {
+	for d := dir; ; d = filepath.Dir(d) {
 		if _, err := os.Lstat(filepath.Join(d, ".git")); err == nil || !errors.Is(err, fs.ErrNotExist) {
 			return true
 		}

@@ -93,6 +93,17 @@ func TestGitLookupOnlyWhereARepositoryCanBe(t *testing.T) {
 	if got, err := gitCommitTime(context.Background(), sub); err != nil || got.Unix() != 1700000000 {
 		t.Errorf("commit time from a subdirectory: %v %v, want 1700000000", got, err)
 	}
+	// A context reached through a symlink: git resolves it.
+	link := filepath.Join(t.TempDir(), "proj")
+	if err := os.Symlink(filepath.Join(work, "app"), link); err != nil {
+		t.Fatal(err)
+	}
+	if !mayBeInGit(filepath.Join(link, "ctx")) {
+		t.Error("mayBeInGit = false for a context reached through a symlink into a work tree")
+	}
+	if got, err := gitCommitTime(context.Background(), filepath.Join(link, "ctx")); err != nil || got.Unix() != 1700000000 {
+		t.Errorf("commit time through a symlink: %v %v, want 1700000000", got, err)
+	}
 	bare := filepath.Join(t.TempDir(), "r.git")
 	git(filepath.Dir(bare), "init", "-q", "--bare", bare)
 	if !mayBeInGit(bare) {

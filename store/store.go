@@ -414,12 +414,17 @@ func (s *Store) PutBlob(r io.Reader) (v1.Hash, int64, error) {
 // putBytes is PutBlob of b; a blob already stored is not written again
 // (a rebuild's config and manifest: no temp file, no fsync), only its mtime
 // refreshed, as Commit does when it finds one.
+// A file under the name with another size is not that blob (damaged): it
+// is replaced.
 func (s *Store) putBytes(b []byte) (v1.Hash, int64, error) {
 	h := sha256Hash(b)
-	if fi, err := os.Stat(s.BlobPath(h)); err == nil && fi.Mode().IsRegular() && fi.Size() == int64(len(b)) {
-		now := time.Now()
-		os.Chtimes(s.BlobPath(h), now, now) // best effort: refresh for WithGCGrace
-		return h, int64(len(b)), nil
+	if fi, err := os.Stat(s.BlobPath(h)); err == nil {
+		if fi.Mode().IsRegular() && fi.Size() == int64(len(b)) {
+			now := time.Now()
+			os.Chtimes(s.BlobPath(h), now, now) // best effort: refresh for WithGCGrace
+			return h, int64(len(b)), nil
+		}
+		os.Remove(s.BlobPath(h))
 	}
 	return s.PutBlob(bytes.NewReader(b))
 }

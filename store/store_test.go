@@ -1050,3 +1050,25 @@ func TestWriteImageAgainKeepsBlobsRefreshed(t *testing.T) {
 		}
 	}
 }
+
+// A config or manifest blob damaged on disk (another size) is replaced when
+// the image is written again.
+func TestWriteImageReplacesDamagedSmallBlob(t *testing.T) {
+	s := newStore(t)
+	img, err := s.WriteImage(testConfig("damaged"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := s.BlobPath(img.ID)
+	want, _ := os.ReadFile(p)
+	os.Chmod(p, 0o644)
+	if err := os.Truncate(p, 3); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.WriteImage(testConfig("damaged"), nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(p); !bytes.Equal(got, want) {
+		t.Errorf("damaged config blob not replaced: %q", got)
+	}
+}
