@@ -738,18 +738,16 @@ func (s *snapshotter) forget(a *active) {
 	s.mu.Unlock()
 }
 
-// removeDir renames dir into a temp dir and deletes it there, so that no half
-// deleted directory is ever visible under its name.
+// removeDir renames dir into tmp/ and deletes it there, so that no half
+// deleted directory is ever visible under its name. The temp name has no
+// lock: a Cleanup meanwhile takes it for dead and deletes it too, which is
+// what this does anyway; an interrupted delete is left to the next Cleanup.
 func (s *snapshotter) removeDir(dir string) error {
-	t, err := s.newTemp("rm-")
-	if err != nil {
+	t := filepath.Join(s.root, "tmp", "rm-"+randomID(16))
+	if err := os.Rename(dir, t); err != nil {
 		return err
 	}
-	if err := os.Rename(dir, t.path); err != nil {
-		t.release()
-		return err
-	}
-	return t.release()
+	return os.RemoveAll(t)
 }
 
 func (s *snapshotter) removeLayer(name string) error {
