@@ -198,6 +198,20 @@ func (b *build) lastName() string {
 	return p + "\x00" + b.opts.Target
 }
 
+// fromImageOf and stepOfKey read what noteFrom and noteStep wrote (stages
+// build in parallel: under b.mu).
+func (b *build) fromImageOf(k cache.Key) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.xp.fromImage[k]
+}
+
+func (b *build) stepOfKey(k cache.Key) int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.xp.stepOf[k]
+}
+
 // noteFrom remembers a stage's FROM step.
 func (b *build) noteFrom(key cache.Key, id int, imageID string) {
 	b.mu.Lock()
@@ -276,7 +290,7 @@ func (b *build) prevStep(st *stageState) (cache.Key, bool) {
 // stepManifest is the manifest of the step being built (its file list not
 // yet stored).
 func (b *build) stepManifest(st *stageState, in cache.Inputs) *cache.Manifest {
-	m := &cache.Manifest{Inputs: in, Text: st.note.text, Kind: st.note.kind, FromImage: b.xp.fromImage[in.Parent], FromStage: st.note.fromKey}
+	m := &cache.Manifest{Inputs: in, Text: st.note.text, Kind: st.note.kind, FromImage: b.fromImageOf(in.Parent), FromStage: st.note.fromKey}
 	if len(in.Env) > 0 {
 		m.Inputs.Env = make([]string, len(in.Env))
 		for i, e := range in.Env {
@@ -493,7 +507,7 @@ func (b *build) compare(st *stageState, cur, old *cache.Manifest) *Explanation {
 	}
 	if ci.From != oi.From {
 		// COPY --from: what it copies from the stage (or the image) changed.
-		return &Explanation{Reason: ReasonParent, ParentStep: b.xp.stepOf[cur.FromStage], Detail: "its --from source changed"}
+		return &Explanation{Reason: ReasonParent, ParentStep: b.stepOfKey(cur.FromStage), Detail: "its --from source changed"}
 	}
 	if ci.Sources != oi.Sources {
 		x := &Explanation{Reason: ReasonFiles}
@@ -522,7 +536,7 @@ func (b *build) compare(st *stageState, cur, old *cache.Manifest) *Explanation {
 		return &Explanation{Reason: ReasonConfig, Detail: fmt.Sprintf("workdir %s (was %s)", showValue(ci.Workdir), showValue(oi.Workdir))}
 	}
 	if ci.Parent != oi.Parent || ci.Workdir != oi.Workdir || ci.User != oi.User {
-		return &Explanation{Reason: ReasonParent, ParentStep: b.xp.stepOf[ci.Parent]}
+		return &Explanation{Reason: ReasonParent, ParentStep: b.stepOfKey(ci.Parent)}
 	}
 	return &Explanation{Reason: ReasonNew}
 }
