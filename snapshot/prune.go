@@ -181,5 +181,3 @@ func (s *snapshotter) Check() ([]Problem, error) {
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
 }
-
-
