@@ -366,8 +366,6 @@ type stageState struct {
 	index   int      // steps done so far
 	stepID  int      // progress ID of the step being dispatched
 	note    stepNote // the step being dispatched, for explanations
-	// spec is the step's work started before its key (layer.go).
-	spec *speculation
 }
 
 // expandEnv is the environment variables in a Dockerfile word see: the ARGs

@@ -239,25 +239,14 @@ func (b *build) dispatchCopy(ctx context.Context, st *stageState, c copySpec) er
 	if !c.Add && known {
 		st.note.writes = writes // ADD may unpack archives: unknown
 	}
-	workdir := st.cfg.Config.WorkingDir
-	fn := func(ctx context.Context, root string) error {
-		return copyInto(root, workdir, c, groups, mode)
-	}
-	// Hashing a large context takes as long as copying it: where no
-	// cached result can exist, the copy starts meanwhile.
-	if b.speculate(st) {
-		b.startSpec(ctx, st, fn)
-		if testSpecWait {
-			<-st.spec.done
-		}
-	}
-	defer b.dropSpec(st)
 	sum, files, err := cache.ChecksumSet(b.files, all)
 	if err != nil {
 		return fmt.Errorf("checksum sources: %w", err)
 	}
 	in.Sources, st.note.files = sum, files
-	return b.step(ctx, st, text, in, fn)
+	return b.step(ctx, st, text, in, func(ctx context.Context, root string) error {
+		return copyInto(root, st.cfg.Config.WorkingDir, c, groups, mode)
+	})
 }
 
 // fromSource resolves COPY --from: a stage of this Dockerfile (built first if

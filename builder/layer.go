@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -35,11 +34,6 @@ type layerJob struct {
 	base    string    // chain ID below, if prev is nil
 	dopts   []snapshot.DiffOpt
 	done    chan struct{}
-	// What runLayer needs of the stage, taken by newJob: the layers below
-	// to make sure of (if prev is nil) and the bytes the step adds.
-	layers  []v1.Descriptor
-	diffIDs []v1.Hash
-	writes  int64
 
 	// Set by run before done is closed.
 	diffID    v1.Hash
@@ -148,69 +142,14 @@ func storeLayer(ctx context.Context, root *system.Root, key string, dopts []snap
 // layer, started in the background once the snapshot is frozen. Where the
 // snapshot driver cannot freeze (copy), the job has run when it returns.
 func (b *build) commitLayer(ctx context.Context, st *stageState, fn layerFunc) (*layerJob, error) {
-	var j *layerJob
-	if sp := st.spec; sp != nil {
-		// The step's work started before its key was known (speculate).
-		st.spec = nil
-		<-sp.done
-		if sp.err == nil {
-			j = sp.job
-		} else {
-			// Done again the usual way: a real error recurs there.
-			logrus.Debugf("speculative step: %v: running it again", sp.err)
-		}
-	}
-	if j == nil {
-		var err error
-		if j, err = b.runLayer(ctx, b.newJob(st), fn); err != nil {
-			return nil, err
-		}
-	}
-	started := false
-	defer func() {
-		if !started {
-			b.root.Snaps.Remove(context.Background(), j.snapKey)
-		}
-	}()
-	if b.time.fixed {
-		j.dopts = append(j.dopts, snapshot.WithSourceDateEpoch(b.time.t))
-	}
-	err := b.root.Snaps.Freeze(ctx, j.snapKey, j.dopts...)
-	switch {
-	case errors.Is(err, errors.ErrUnsupported) && j.prev == nil:
-		j.run(ctx, b.root) // one after the other
-	case err != nil:
-		return nil, fmt.Errorf("freeze snapshot: %w", err)
-	default:
-		go j.run(ctx, b.root)
-	}
-	started = true
-	return j, nil
-}
-
-// newJob is the job of the next layer step of st: on the stage's last
-// pending layer, else on its committed chain. It reads st, so it runs on
-// the stage's goroutine; runLayer may then run on another.
-func (b *build) newJob(st *stageState) *layerJob {
-	j := &layerJob{base: st.chainID, done: make(chan struct{}), writes: st.note.writes}
+	j := &layerJob{base: st.chainID, done: make(chan struct{})}
 	if n := len(st.pending); n > 0 {
 		j.prev = st.pending[n-1]
 	} else {
-		j.layers = slices.Clone(st.layers)
-		j.diffIDs = slices.Clone(st.cfg.RootFS.DiffIDs)
-	}
-	return j
-}
-
-// runLayer runs fn on a fresh snapshot for job j (in memory if its writes
-// fit: memoryLimit) and returns j with the snapshot's key set; on an error
-// the snapshot is gone.
-func (b *build) runLayer(ctx context.Context, j *layerJob, fn layerFunc) (*layerJob, error) {
-	if j.prev == nil {
-		if err := b.needLayers(ctx, j.layers); err != nil {
+		if err := b.needLayers(ctx, st.layers); err != nil {
 			return nil, err
 		}
-		if err := b.root.EnsureChain(ctx, j.diffIDs, j.layers); err != nil {
+		if err := b.root.EnsureChain(ctx, st.cfg.RootFS.DiffIDs, st.layers); err != nil {
 			return nil, err
 		}
 	}
@@ -225,9 +164,9 @@ func (b *build) runLayer(ctx context.Context, j *layerJob, fn layerFunc) (*layer
 		if j.prev != nil {
 			return b.root.Snaps.Prepare(ctx, j.snapKey, "", append(opts, snapshot.OverFrozen(j.prev.snapKey))...)
 		}
-		return b.root.Snaps.Prepare(ctx, j.snapKey, j.base, opts...)
+		return b.root.Snaps.Prepare(ctx, j.snapKey, st.chainID, opts...)
 	}
-	limit := b.memoryLimit(j.writes)
+	limit := b.memoryLimit(st.note.writes)
 	dir, err := prepare(limit)
 	if err != nil && limit > 0 && ctx.Err() == nil {
 		// No tmpfs here (or none of that size): on disk, as without.
@@ -250,75 +189,30 @@ func (b *build) runLayer(ctx context.Context, j *layerJob, fn layerFunc) (*layer
 		}
 		err = fn(ctx, dir)
 	}
+	started := false
+	defer func() {
+		if !started {
+			b.root.Snaps.Remove(context.Background(), j.snapKey)
+		}
+	}()
 	if err != nil {
-		b.root.Snaps.Remove(context.Background(), j.snapKey)
 		return nil, inImage(err, dir)
 	}
+	if b.time.fixed {
+		j.dopts = append(j.dopts, snapshot.WithSourceDateEpoch(b.time.t))
+	}
+	err = b.root.Snaps.Freeze(ctx, j.snapKey, j.dopts...)
+	switch {
+	case errors.Is(err, errors.ErrUnsupported) && j.prev == nil:
+		j.run(ctx, b.root) // one after the other
+	case err != nil:
+		return nil, fmt.Errorf("freeze snapshot: %w", err)
+	default:
+		go j.run(ctx, b.root)
+	}
+	started = true
 	return j, nil
 }
-
-// speculation is a layer step's work (a COPY from the context) started
-// while its inputs are still being hashed, because no cached result can
-// exist for it (speculate). commitLayer takes it; a step that finds a
-// record after all drops it (dropSpec).
-type speculation struct {
-	job    *layerJob
-	err    error
-	done   chan struct{}
-	cancel context.CancelFunc
-}
-
-// speculate reports whether a layer step of st about to be keyed cannot
-// hit the cache, so that its work may start before its key is known:
-// --no-cache, or no step with its text ever recorded on the same parent
-// here (cache.Manifests.Next) and no --cache-from to bring one. Serial
-// builds (NoPipeline) never speculate.
-func (b *build) speculate(st *stageState) bool {
-	switch {
-	case b.opts.NoPipeline:
-		return false
-	case b.opts.NoCache:
-		return true
-	case b.opts.CacheFrom != nil || b.xp.man == nil:
-		return false
-	}
-	_, err := b.xp.man.Next(st.key, st.note.text)
-	return errors.Is(err, cache.ErrNotFound)
-}
-
-// startSpec starts fn for st's next layer step in the background.
-func (b *build) startSpec(ctx context.Context, st *stageState, fn layerFunc) {
-	sctx, cancel := context.WithCancel(ctx)
-	sp := &speculation{done: make(chan struct{}), cancel: cancel}
-	j := b.newJob(st)
-	go func() {
-		defer close(sp.done)
-		sp.job, sp.err = b.runLayer(sctx, j, fn)
-	}()
-	st.spec = sp
-	speculated.Add(1)
-}
-
-// dropSpec discards a speculation commitLayer did not take.
-func (b *build) dropSpec(st *stageState) {
-	sp := st.spec
-	if sp == nil {
-		return
-	}
-	st.spec = nil
-	sp.cancel()
-	<-sp.done
-	if sp.err == nil {
-		b.root.Snaps.Remove(context.Background(), sp.job.snapKey)
-	}
-}
-
-// speculated counts speculations started (tests); with testSpecWait a
-// COPY waits for its speculation before hashing (tests).
-var (
-	speculated   atomic.Int64
-	testSpecWait bool
-)
 
 // inImage rewrites the paths of file errors from inside the snapshot at
 // root ("…/snapshots/active/<id>/merged/app/x") to image paths ("/app/x"):
