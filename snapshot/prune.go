@@ -117,7 +117,7 @@ func (s *snapshotter) Prune(ctx context.Context, keep func(name string) bool, dr
 		size := layerBytes(s.layerDir(h))
 		if !dryRun {
 			link, _ := os.ReadFile(filepath.Join(s.layerDir(h), "link"))
-			if err := s.removeDir(s.layerDir(h)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			if err := s.removeDirLocked(s.layerDir(h)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return removed, freed, fmt.Errorf("prune %s: %w", name, err)
 			}
 			if len(link) > 0 {
@@ -180,4 +180,16 @@ func (s *snapshotter) Check() ([]Problem, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
+}
+
+// removeDirLocked is removeDir for a caller holding the root lock
+// exclusively (newTemp would wait for that lock): dir is renamed into tmp/
+// and deleted there; an interrupted delete leaves an unlocked temp dir
+// that Cleanup removes.
+func (s *snapshotter) removeDirLocked(dir string) error {
+	t := filepath.Join(s.root, "tmp", "rm-"+randomID(16))
+	if err := os.Rename(dir, t); err != nil {
+		return err
+	}
+	return os.RemoveAll(t)
 }

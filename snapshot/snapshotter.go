@@ -738,16 +738,18 @@ func (s *snapshotter) forget(a *active) {
 	s.mu.Unlock()
 }
 
-// removeDir renames dir into tmp/ and deletes it there, so that no half
-// deleted directory is ever visible under its name. The temp name has no
-// lock: a Cleanup meanwhile takes it for dead and deletes it too, which is
-// what this does anyway; an interrupted delete is left to the next Cleanup.
+// removeDir renames dir into a temp dir and deletes it there, so that no half
+// deleted directory is ever visible under its name.
 func (s *snapshotter) removeDir(dir string) error {
-	t := filepath.Join(s.root, "tmp", "rm-"+randomID(16))
-	if err := os.Rename(dir, t); err != nil {
+	t, err := s.newTemp("rm-")
+	if err != nil {
 		return err
 	}
-	return os.RemoveAll(t)
+	if err := os.Rename(dir, t.path); err != nil {
+		t.release()
+		return err
+	}
+	return t.release()
 }
 
 func (s *snapshotter) removeLayer(name string) error {
