@@ -297,7 +297,8 @@ func (s *snapshotter) createActive(a *active) error {
 		return fmt.Errorf("lock active snapshot: %w", err)
 	}
 	b, _ := json.Marshal(a.activeMeta)
-	write := fsx.WriteFileVolatile
+	// Under the shared root lock nobody reads it half written.
+	write := func(p, _ string, b []byte, perm os.FileMode) error { return os.WriteFile(p, b, perm) }
 	if a.Persistent && !a.Volatile {
 		// A kept container's layer must outlive a crash, and Cleanup
 		// must never take it for a dead one, even should its metadata

@@ -5,9 +5,9 @@
 //
 // Contract: a file written by WriteFile holds either its old content or all
 // of the new, never part of it, also after a crash (WriteFileVolatile: only
-// while the machine runs); a lock from Lock lasts
-// until the returned file is closed (closing the last descriptor releases
-// it), across goroutines and processes alike.
+// while the machine runs); a lock from Lock lasts until the returned file is
+// closed (closing the last descriptor releases it), across goroutines and
+// processes alike.
 package fsx
 
 import (
