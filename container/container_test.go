@@ -639,3 +639,57 @@ func TestRecoverRemovesOrphanedRmContainer(t *testing.T) {
 	// Nothing runs it: exited, so that the test's clean-up need not stop it.
 	r.updateContainer(owned.ID, func(s *Container) { s.Status = StatusExited })
 }
+
+// Two commands recovering at once (as after a reboot) both succeed and
+// leave nothing of the --rm containers a crash left behind.
+func TestConcurrentRecoveries(t *testing.T) {
+	r := openRoot(t)
+	containerImage(t, r, "race:1")
+	ctx := context.Background()
+	var gone []*Container
+	for i := 0; i < 4; i++ {
+		c, err := r.Create(ctx, Options{Image: "race:1", Cmd: []string{"true"}, AutoRemove: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := unix.Unmount(c.Rootfs, unix.MNT_DETACH); err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 { // a cut record and layer metadata
+			os.Truncate(filepath.Join(r.containerDir(c.ID), "config.json"), 0)
+			os.Truncate(filepath.Join(filepath.Dir(c.Rootfs), "meta.json"), 0)
+		} else if _, err := r.updateContainer(c.ID, func(s *Container) { // its owner died
+			s.Status, s.Owner = StatusRunning, runc.Owner{Pid: os.Getpid(), Start: 1}
+		}); err != nil {
+			t.Fatal(err)
+		}
+		gone = append(gone, c)
+	}
+	errs := make(chan error, 2)
+	for i := 0; i < 2; i++ {
+		go func() {
+			_, err := openRootAt(r.Dir)
+			errs <- err
+		}()
+	}
+	for i := 0; i < 2; i++ {
+		if err := <-errs; err != nil {
+			t.Errorf("a recovery beside another: %v", err)
+		}
+	}
+	r3, err := openRootAt(r.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range gone {
+		if _, err := os.Stat(r.containerDir(c.ID)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("container %s is still there: %v", c.Name, err)
+		}
+		if _, err := os.Stat(filepath.Dir(c.Rootfs)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("container %s: its layer is still there: %v", c.Name, err)
+		}
+	}
+	if all, err := r3.List(ctx); err != nil || len(all) != 0 {
+		t.Errorf("containers after recovery: %v %v", all, err)
+	}
+}

@@ -30,12 +30,21 @@ const x32Bit = 0x40000000
 var x32Runs = sync.OnceValue(func() bool {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
-	if runtime.GOARCH != "amd64" || seccompMode() != "0" {
+	return x32Decide(runtime.GOARCH, seccompMode(), func() bool {
+		_, _, errno := unix.RawSyscall(x32Bit|unix.SYS_GETPID, 0, 0, 0)
+		return errno != unix.ENOSYS
+	})
+})
+
+// x32Decide is x32Runs' rule: on amd64 with no seccomp filter on this
+// thread (mode "0"), what probe says; anywhere else (another
+// architecture, a filter, a mode it cannot read) true, without probing.
+func x32Decide(goarch, mode string, probe func() bool) bool {
+	if goarch != "amd64" || mode != "0" {
 		return true
 	}
-	_, _, errno := unix.RawSyscall(x32Bit|unix.SYS_GETPID, 0, 0, 0)
-	return errno != unix.ENOSYS
-})
+	return probe()
+}
 
 // seccompMode is the Seccomp field of this thread's status ("0": none,
 // "2": filtered), or "" if it cannot be read. The caller must stay on the

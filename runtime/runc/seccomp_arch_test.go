@@ -87,3 +87,27 @@ func TestRunI386ProgramUnderSeccomp(t *testing.T) {
 		t.Errorf("386 program under the default profile: got %q", out)
 	}
 }
+
+// The x32 probe runs only where it is safe: on amd64, with no seccomp
+// filter on lbuild itself (a filter without x32 would kill the thread).
+func TestX32ProbeOnlyWhenUnfiltered(t *testing.T) {
+	for _, c := range []struct {
+		arch, mode string
+		probed     bool
+		want       bool
+	}{
+		{"amd64", "0", true, false}, // unfiltered: the probe decides
+		{"amd64", "2", false, true}, // under a filter: keep x32, no probe
+		{"amd64", "", false, true},  // status unreadable: same
+		{"arm64", "0", false, true}, // not amd64: nothing to drop
+	} {
+		probed := false
+		got := x32Decide(c.arch, c.mode, func() bool { probed = true; return false })
+		if got != c.want || probed != c.probed {
+			t.Errorf("x32Decide(%s, %q) = %v (probed %v), want %v (probed %v)", c.arch, c.mode, got, probed, c.want, c.probed)
+		}
+	}
+	if m := seccompMode(); m != "0" && m != "1" && m != "2" {
+		t.Errorf("seccompMode() = %q, want 0, 1 or 2", m)
+	}
+}
