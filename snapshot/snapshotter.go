@@ -331,18 +331,9 @@ func (s *snapshotter) lookup(key string) (*active, error) {
 	}
 	a := &active{id: keyID(key)}
 	a.dir = filepath.Join(s.root, "active", a.id)
-	b, err := os.ReadFile(filepath.Join(a.dir, "meta.json"))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("snapshot %s: %w", key, ErrNotFound)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("read snapshot metadata: %w", err)
-	}
-	if err := json.Unmarshal(b, &a.activeMeta); err != nil {
-		return nil, fmt.Errorf("snapshot %s: %w: %v", key, ErrCorrupt, err)
-	}
-	if a.Key != key {
-		return nil, fmt.Errorf("snapshot %s: %w", key, ErrNotFound)
+	var err error
+	if a.activeMeta, err = s.readMeta(key); err != nil {
+		return nil, err
 	}
 	a.lock, err = lockFile(filepath.Join(a.dir, "lock"), unix.LOCK_EX|unix.LOCK_NB)
 	if errors.Is(err, errLocked) {
@@ -669,13 +660,9 @@ func (s *snapshotter) removeCut(key string) error {
 		return fmt.Errorf("remove %s: %w", key, err)
 	}
 	defer l.Close()
+	// Its metadata lost, whatever it may have mounted is tried.
 	unmount(filepath.Join(dir, "merged"))
-	if ents, err := os.ReadDir(filepath.Join(dir, "lower")); err == nil {
-		for _, e := range ents {
-			unmount(filepath.Join(dir, "lower", e.Name()))
-		}
-	}
-	unmount(filepath.Join(dir, "mem"))
+	s.releaseMounts(&active{dir: dir, activeMeta: activeMeta{Memory: true}})
 	if err := s.removeDir(dir); err != nil {
 		return fmt.Errorf("remove %s: %w", key, err)
 	}
@@ -683,21 +670,29 @@ func (s *snapshotter) removeCut(key string) error {
 }
 
 func (s *snapshotter) Volatile(key string) (bool, error) {
+	m, err := s.readMeta(key)
+	return m.Volatile, err
+}
+
+// readMeta reads the metadata of active snapshot key from disk: an error
+// wrapping ErrNotFound if there is none (or it is another key's), ErrCorrupt
+// if it cannot be parsed.
+func (s *snapshotter) readMeta(key string) (activeMeta, error) {
+	var m activeMeta
 	b, err := os.ReadFile(filepath.Join(s.root, "active", keyID(key), "meta.json"))
 	if errors.Is(err, os.ErrNotExist) {
-		return false, fmt.Errorf("snapshot %s: %w", key, ErrNotFound)
+		return m, fmt.Errorf("snapshot %s: %w", key, ErrNotFound)
 	}
 	if err != nil {
-		return false, fmt.Errorf("read snapshot metadata: %w", err)
+		return m, fmt.Errorf("read snapshot metadata: %w", err)
 	}
-	var m activeMeta
 	if err := json.Unmarshal(b, &m); err != nil {
-		return false, fmt.Errorf("snapshot %s: %w: %v", key, ErrCorrupt, err)
+		return activeMeta{}, fmt.Errorf("snapshot %s: %w: %v", key, ErrCorrupt, err)
 	}
 	if m.Key != key {
-		return false, fmt.Errorf("snapshot %s: %w", key, ErrNotFound)
+		return activeMeta{}, fmt.Errorf("snapshot %s: %w", key, ErrNotFound)
 	}
-	return m.Volatile, nil
+	return m, nil
 }
 
 // removeActive unmounts and deletes a (locked by the caller) and forgets it.
