@@ -11,6 +11,8 @@ import (
 	"slices"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/lbuild/lbuild/internal/fsx"
 )
 
 // The runtime's state (runc --root) and the bundles change with every run:
@@ -44,7 +46,13 @@ func ensureStateDirs(stateDir string) error {
 	if err := os.MkdirAll(stateDir, 0o700); err != nil {
 		return fmt.Errorf("creating state dir: %w", err)
 	}
-	var mem string // <base>/<hash>, made on first need
+	var mem string      // <base>/<hash>, made on first need
+	var making *os.File // the base's orphansLock, shared, once mem is known
+	defer func() {
+		if making != nil {
+			making.Close()
+		}
+	}()
 	for _, name := range stateDirNames {
 		p := filepath.Join(stateDir, name)
 		fi, err := os.Lstat(p)
@@ -85,6 +93,14 @@ func ensureStateDirs(stateDir string) error {
 		}
 		if mem == "" {
 			mem = memStateDir(stateDir)
+			if mem != "" {
+				// Until its links exist, a new target looks like an
+				// orphan: removeOrphans waits.
+				making, err = fsx.Lock(filepath.Join(filepath.Dir(mem), orphansLock), unix.LOCK_SH)
+				if err != nil {
+					return fmt.Errorf("creating state dir: %w", err)
+				}
+			}
 		}
 		if mem == "" {
 			if err := os.Mkdir(p, 0o700); err != nil && !errors.Is(err, fs.ErrExist) {
@@ -151,15 +167,28 @@ func safeBase(base string) bool {
 // sourceFile, in an in-memory state dir, names the state dir it serves.
 const sourceFile = "source"
 
+// orphansLock, in a base, is held shared while a state dir's targets and
+// links are made and exclusively while removeOrphans looks for state dirs
+// no link names: a target made but not linked yet is no orphan.
+const orphansLock = ".lock"
+
 // removeOrphans removes the in-memory state dirs in base whose state dir
 // is gone or links elsewhere now (stores deleted, as tests' temporary ones
 // are), if they are empty: a run's leftovers stay for its store's Cleanup.
 func removeOrphans(base string) {
+	f, err := fsx.Lock(filepath.Join(base, orphansLock), unix.LOCK_EX|unix.LOCK_NB)
+	if err != nil {
+		return // state dirs being made (or removed by another): next time
+	}
+	defer f.Close()
 	ents, err := os.ReadDir(base)
 	if err != nil {
 		return
 	}
 	for _, e := range ents {
+		if !e.IsDir() {
+			continue
+		}
 		mem := filepath.Join(base, e.Name())
 		src, err := os.ReadFile(filepath.Join(mem, sourceFile))
 		if err != nil {

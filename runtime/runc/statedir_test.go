@@ -2,6 +2,7 @@ package runc
 
 import (
 	"context"
+	"fmt"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -148,6 +149,45 @@ func TestStateDirKeepsPlainDirs(t *testing.T) {
 	for _, name := range stateDirNames {
 		if fi, err := os.Lstat(filepath.Join(stateDir, name)); err != nil || !fi.IsDir() {
 			t.Errorf("%s: %v, %v; want the plain directory kept", name, fi.Mode(), err)
+		}
+	}
+}
+
+// Stores made at the same time as others are deleted: making a state dir
+// removes the orphans of deleted ones, and must never remove the targets
+// of one being made (its link not made yet), which left a run with no
+// bundles directory ("lock run: ... no such file or directory").
+func TestStateDirsMadeWhileOrphansRemoved(t *testing.T) {
+	memBase(t, 0o700)
+	parent := t.TempDir()
+	const workers, rounds = 4, 150
+	errs := make(chan error, workers)
+	for w := range workers {
+		go func() {
+			errs <- func() error {
+				for i := range rounds {
+					stateDir := filepath.Join(parent, fmt.Sprintf("%d-%d", w, i))
+					if err := ensureStateDirs(stateDir); err != nil {
+						return err
+					}
+					for _, name := range stateDirNames {
+						if fi, err := os.Stat(filepath.Join(stateDir, name)); err != nil || !fi.IsDir() {
+							return fmt.Errorf("round %d: %s after ensureStateDirs: %v", i, name, err)
+						}
+					}
+					// Deleted as a test's temporary store is: an orphan
+					// for the next store made to remove.
+					if err := os.RemoveAll(stateDir); err != nil {
+						return err
+					}
+				}
+				return nil
+			}()
+		}()
+	}
+	for range workers {
+		if err := <-errs; err != nil {
+			t.Error(err)
 		}
 	}
 }
