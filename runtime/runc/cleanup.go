@@ -1,6 +1,8 @@
 package runc
 
 import (
+	"sync"
+
 	"golang.org/x/sys/unix"
 
 	"github.com/lbuild/lbuild/internal/fsx"
@@ -53,14 +55,14 @@ func parseContainerID(id string) (owner, bool) {
 }
 
 // self returns the owner for this process.
-func self() (owner, error) {
+var self = sync.OnceValues(func() (owner, error) {
 	pid := os.Getpid()
 	start, err := startTime(pid)
 	if err != nil {
 		return owner{}, err
 	}
 	return owner{pid: pid, start: start}, nil
-}
+})
 
 // startTime reads the start time of pid from /proc/<pid>/stat.
 func startTime(pid int) (uint64, error) {

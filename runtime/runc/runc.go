@@ -362,7 +362,9 @@ func writeBundle(bundle, rootfs string, meta *Meta, nofile uint64, stubs *stubSe
 	if err != nil {
 		return err
 	}
-	spec, err := json.MarshalIndent(sp, "", "\t")
+	// Compact, as docker's and containerd's: indenting the seccomp profile
+	// cost ~0.2 ms of every container start.
+	spec, err := json.Marshal(sp)
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 
 	"github.com/moby/profiles/seccomp"
@@ -269,7 +270,7 @@ const wantNofile = 1048576
 // nofileLimit returns wantNofile, or the hard limit of this process if that
 // is lower and this process cannot raise it (no CAP_SYS_RESOURCE, as in
 // some sandboxes): the runtime fails to start the container otherwise.
-func nofileLimit() uint64 {
+var nofileLimit = sync.OnceValue(func() uint64 {
 	var rl syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Max >= wantNofile {
 		return wantNofile
@@ -278,7 +279,7 @@ func nofileLimit() uint64 {
 		return wantNofile
 	}
 	return rl.Max
-}
+})
 
 // hasCap reports whether this process has capability c in its effective
 // set.
