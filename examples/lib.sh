@@ -26,16 +26,43 @@ free_port() {
   echo "$p"
 }
 
+# run_published NAME PORT CPORT IMAGE: "lbuild run -d --name NAME -p
+# PORT:CPORT IMAGE", echoing the command; if another program took PORT
+# since free_port found it free (two demos at once), the next free port is
+# tried. Sets published to the port used.
+run_published() {
+  local name=$1 port=$2 cport=$3 image=$4 i err
+  for i in $(seq 20); do
+    if err=$(lb run -d --name "$name" -p "$port:$cport" "$image" 2>&1 >/dev/null); then
+      echo "\$ lbuild run -d --name $name -p $port:$cport $image"
+      published=$port
+      return 0
+    fi
+    case $err in
+    *"host port in use"*)
+      lb rm -f "$name" >/dev/null # the container made before the failed start
+      port=$(free_port $((port + 1)))
+      ;;
+    *) echo "$err" >&2; return 1 ;;
+    esac
+  done
+  echo "$err" >&2
+  return 1
+}
+
 # start_registry DIR: runs Debian's docker-registry on a free 127.0.0.1
 # port (from DEMO_REGISTRY_PORT, default 15000 up), its storage and log in
 # DIR, and waits until it answers. Sets registry (host:port) and
 # registry_pid; the caller kills registry_pid when done.
 start_registry() {
-  local dir=$1 port i
+  local dir=$1 port try i
   command -v docker-registry >/dev/null || { echo "demo: docker-registry is not installed (apt-get install docker-registry)" >&2; return 1; }
   port=$(free_port "${DEMO_REGISTRY_PORT:-15000}")
   mkdir -p "$dir"
-  cat >"$dir/config.yml" <<CONF
+  # Another program may take the port first (two demos at once): the
+  # registry then exits, and the next free port is tried.
+  for try in $(seq 10); do
+    cat >"$dir/config.yml" <<CONF
 version: 0.1
 log:
   level: warn
@@ -47,13 +74,17 @@ storage:
 http:
   addr: 127.0.0.1:$port
 CONF
-  docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 &
-  registry_pid=$!
-  registry=127.0.0.1:$port
-  for i in $(seq 100); do
-    curl -fsS "http://$registry/v2/" >/dev/null 2>&1 && return 0
-    kill -0 "$registry_pid" 2>/dev/null || break
-    sleep 0.1
+    docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 &
+    registry_pid=$!
+    registry=127.0.0.1:$port
+    for i in $(seq 100); do
+      curl -fsS "http://$registry/v2/" >/dev/null 2>&1 && return 0
+      kill -0 "$registry_pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    { kill "$registry_pid" 2>/dev/null; wait "$registry_pid" 2>/dev/null; } || true
+    grep -q "address already in use" "$dir/registry.log" || break
+    port=$(free_port $((port + 1)))
   done
   echo "demo: docker-registry did not start on $registry (log: $dir/registry.log)" >&2
   return 1

@@ -120,14 +120,15 @@ say "- Debian and the nginx layer are in every image, stored once." \
 
 step "4. Run two containers of hello-nginx and one of custom-nginx"
 p1=$(free_port "${DEMO_PORT:-18180}")
-p2=$(free_port $((p1 + 1)))
-p3=$(free_port $((p2 + 1)))
-for spec in "hello-1 $p1 hello-nginx" "hello-2 $p2 hello-nginx" "custom-1 $p3 custom-nginx"; do
-  set -- $spec
-  echo "\$ lbuild run -d --name $1 -p $2:80 $3"
-  containers+=("$1")
-  lb run -d --name "$1" -p "$2:80" "$3" >/dev/null
-done
+containers+=(hello-1)
+run_published hello-1 "$p1" 80 hello-nginx
+p1=$published
+containers+=(hello-2)
+run_published hello-2 "$(free_port $((p1 + 1)))" 80 hello-nginx
+p2=$published
+containers+=(custom-1)
+run_published custom-1 "$(free_port $((p2 + 1)))" 80 custom-nginx
+p3=$published
 lb ps
 echo
 for spec in "hello-1 $p1" "hello-2 $p2" "custom-1 $p3"; do
