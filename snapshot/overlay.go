@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strings"
 
+	"github.com/lbuild/lbuild/internal/fsx"
 	"golang.org/x/sys/unix"
 )
 
@@ -44,6 +45,13 @@ func (s *snapshotter) mountActive(a *active, lowers []string) (string, error) {
 		}
 		if err := os.Mkdir(dir, d.mode); err != nil {
 			return "", fmt.Errorf("create overlay dirs: %w", err)
+		}
+	}
+	if a.Persistent && !a.Volatile {
+		// A kept container's upper and work dirs must outlive a crash
+		// as its metadata does.
+		if err := fsx.SyncDir(filepath.Join(s.root, rel)); err != nil {
+			return "", err
 		}
 	}
 	lowers = append([]string(nil), lowers...)

@@ -313,6 +313,13 @@ func (s *snapshotter) createActive(a *active) error {
 		s.discard(a)
 		return fmt.Errorf("write snapshot metadata: %w", err)
 	}
+	if a.Persistent && !a.Volatile {
+		// The directory's own entry, so that the kept layer is found.
+		if err := fsx.SyncDir(filepath.Dir(a.dir)); err != nil {
+			s.discard(a)
+			return fmt.Errorf("create active snapshot: %w", err)
+		}
+	}
 	return nil
 }
 
