@@ -366,6 +366,7 @@ type stageState struct {
 	index   int      // steps done so far
 	stepID  int      // progress ID of the step being dispatched
 	note    stepNote // the step being dispatched, for explanations
+	line    int      // its line in the Dockerfile (0: an ONBUILD trigger)
 }
 
 // expandEnv is the environment variables in a Dockerfile word see: the ARGs

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/lbuild/lbuild/parser"
 	"github.com/moby/buildkit/frontend/dockerfile/instructions"
 	"github.com/moby/buildkit/frontend/dockerfile/shell"
 )
@@ -16,6 +17,7 @@ const historyComment = "lbuild.dockerfile.v0"
 // One function per instruction, picked here.
 func (b *build) dispatch(ctx context.Context, st *stageState, c instructions.Command) error {
 	st.note = newStepNote(c)
+	st.line = parser.Line(c)
 	if _, isArg := c.(*instructions.ArgCommand); !isArg {
 		if ex, ok := c.(instructions.SupportsSingleWordExpansion); ok {
 			env := st.expandEnv()

@@ -45,6 +45,7 @@ type layerJob struct {
 	// Kept for drain.
 	rec  *cache.Record
 	step int // index in the build's steps
+	line int // the step's line in the Dockerfile, for errors
 }
 
 // errBelowFailed fails a job whose layer stands on a layer that failed.

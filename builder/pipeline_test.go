@@ -183,6 +183,11 @@ func TestPipelinedFailedLayerFailsBuild(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "no space left") {
 		t.Fatalf("build with a failing layer: %v (image %v)\n%s", err, res, out)
 	}
+	// The error names the step whose layer failed, not the step that
+	// was running when it did.
+	if !strings.Contains(err.Error(), "Dockerfile:2: storing the layer of #2 RUN /bin/sh -c first: ") {
+		t.Errorf("error %q does not name the step whose layer failed\n%s", err, out)
+	}
 }
 
 // A COPY whose memory snapshot fills up (its sources grew since they were

@@ -9,6 +9,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/lbuild/lbuild/cache"
+	"github.com/lbuild/lbuild/parser"
 	"github.com/lbuild/lbuild/snapshot"
 )
 
@@ -107,7 +108,7 @@ func (b *build) step(ctx context.Context, st *stageState, text string, in cache.
 		b.prog.Done(id, err)
 		return err
 	}
-	job.rec, job.step = rec, b.addStep(res)
+	job.rec, job.step, job.line = rec, b.addStep(res), st.line
 	st.pending = append(st.pending, job)
 	b.indexManifest(st, in, key)
 	b.applyHistory(st, rec, text, false)
@@ -138,7 +139,14 @@ func (b *build) drain(ctx context.Context, st *stageState, wait bool) error {
 		<-j.done
 		if j.err != nil {
 			b.abandon(st)
-			return j.err
+			// Its own progress line said DONE when its filesystem was
+			// final: the error names the step whose layer failed, and
+			// its line.
+			b.mu.Lock()
+			s := b.steps[j.step]
+			b.mu.Unlock()
+			return &parser.Error{File: b.df.Path, Line: j.line,
+				Err: fmt.Errorf("storing the layer of #%d %s: %w", s.ID, s.Text, j.err)}
 		}
 		st.pending = st.pending[1:]
 		rec := j.rec
