@@ -25,11 +25,13 @@
 // while the frozen one's Diff and Commit run.
 //
 // A committed layer is unpacked (fs/ holds its files) or, made from an
-// InMemory snapshot, indexed: kept as its layer tar (a hard link to the blob
-// the caller stored it as) and an EROFS index whose files' data is that tar,
-// mounted read-only under each active snapshot that stands on it. Its bytes
-// are then written to disk once, and the files of a COPY cost no disk inodes
-// (they are made on a tmpfs and dropped once the layer is committed).
+// InMemory snapshot or applied with ApplyBlob or ApplyIndexed, indexed:
+// kept as its layer tar (a hard link to the blob the caller stored it as,
+// or, from a stream, a file of its own) and an EROFS index whose files'
+// data is that tar, mounted read-only under each active snapshot that
+// stands on it. Its bytes are then written to disk once, and the files of
+// a COPY or a pulled layer cost no disk inodes (a COPY's are made on a
+// tmpfs and dropped once the layer is committed).
 //
 // Two drivers implement the same contract. "overlay" mounts an overlayfs whose
 // lowerdirs are the committed layers and whose upperdir collects the changes.
@@ -163,6 +165,13 @@ type Snapshotter interface {
 	// a tar the index cannot map, another filesystem), it installs nothing
 	// and returns an error wrapping errors.ErrUnsupported: Apply it then.
 	ApplyBlob(ctx context.Context, name, parent, blob string) error
+	// ApplyIndexed is Apply keeping the layer as the tar read from r,
+	// written once to a file of the layer's own, with an EROFS index over
+	// it instead of unpacking it (for a layer stored compressed: its tar
+	// exists nowhere else). Where the kernel mounts no indexes (Indexes),
+	// or for a tar the index cannot map, it unpacks the tar as Apply does.
+	// name is verified as Apply does.
+	ApplyIndexed(ctx context.Context, name, parent string, r io.Reader) error
 	// DiffLive writes the same layer tar as Diff but leaves the active
 	// snapshot as it was: the view stays mounted and nothing in it is
 	// modified (bookkeeping xattrs are left out of the tar, not stripped),

@@ -21,8 +21,9 @@ import (
 )
 
 // Files of an indexed layer (layers/<hex>/): the layer's tar (a hard link
-// to the blob it was stored as) and the EROFS index mapping its files onto
-// it; fs/ stays an empty directory (the l/ link points at it).
+// to the blob it was stored as, or, for a layer stored compressed, a file
+// of its own) and the EROFS index mapping its files onto it; fs/ stays an
+// empty directory (the l/ link points at it).
 const (
 	indexFile = "layer.erofs"
 	tarFile   = "layer.tar"
@@ -395,6 +396,107 @@ func (s *snapshotter) ApplyBlob(ctx context.Context, name, parent, blob string) 
 		return fmt.Errorf("apply %s: %w", name, err)
 	}
 	return nil
+}
+
+func (s *snapshotter) ApplyIndexed(ctx context.Context, name, parent string, r io.Reader) error {
+	if !s.Indexes() {
+		return s.Apply(ctx, name, parent, r)
+	}
+	h, done, err := s.toApply(name, parent)
+	if done || err != nil {
+		return err
+	}
+	t, err := s.newTemp("apply-")
+	if err != nil {
+		return err
+	}
+	defer t.release()
+	if err := s.indexStream(ctx, t.path, name, parent, r); err != nil {
+		return fmt.Errorf("apply %s: %w", name, err)
+	}
+	if err := s.install(t, h, parent); err != nil && !errors.Is(err, errLostRace) {
+		return fmt.Errorf("apply %s: %w", name, err)
+	}
+	return nil
+}
+
+// indexStream makes dir an indexed layer of the tar read from r, written
+// to dir's own tar file as it is hashed, verifying that it gives chain ID
+// name over parent. A tar the index cannot map is unpacked from that file
+// into dir/fs instead (the layer is then an unpacked one).
+func (s *snapshotter) indexStream(ctx context.Context, dir, name, parent string, r io.Reader) error {
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return err
+	}
+	if err := os.Mkdir(filepath.Join(dir, "fs"), 0o755); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(filepath.Join(dir, tarFile), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	d := sha256.New()
+	if _, err := copyCtx(ctx, io.MultiWriter(f, d), r); err != nil {
+		return err
+	}
+	if got := ChainID(parent, "sha256:"+hex.EncodeToString(d.Sum(nil))); got != name {
+		return fmt.Errorf("%w: the layer's content gives chain ID %s", ErrDigestMismatch, got)
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	out, err := os.Create(filepath.Join(dir, indexFile))
+	if err != nil {
+		return err
+	}
+	defer out.Close()
+	bw := bufio.NewWriterSize(out, 1<<20)
+	err = erofs.Build(bw, f)
+	if err == nil {
+		err = bw.Flush()
+	}
+	if err == nil {
+		return out.Close()
+	}
+	// Not mappable (an index has limits a tar has not): unpacked, as
+	// Apply would have, from the verified file.
+	logrus.Debugf("layer %s: no index (%v): unpacking it", name, err)
+	out.Close()
+	if err := os.Remove(filepath.Join(dir, indexFile)); err != nil {
+		return err
+	}
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return err
+	}
+	if err := applyTar(ctx, filepath.Join(dir, "fs"), f, false); err != nil {
+		return err
+	}
+	return os.Remove(filepath.Join(dir, tarFile))
+}
+
+// copyCtx is io.Copy that stops with ctx's error when ctx is done.
+func copyCtx(ctx context.Context, w io.Writer, r io.Reader) (int64, error) {
+	buf := make([]byte, 1<<20)
+	var n int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return n, err
+		}
+		m, err := r.Read(buf)
+		if m > 0 {
+			if _, werr := w.Write(buf[:m]); werr != nil {
+				return n, werr
+			}
+			n += int64(m)
+		}
+		if err == io.EOF {
+			return n, nil
+		}
+		if err != nil {
+			return n, err
+		}
+	}
 }
 
 // indexBlob makes dir an indexed layer of blob, verifying that blob's

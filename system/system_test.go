@@ -3,16 +3,20 @@ package system
 import (
 	"archive/tar"
 	"bytes"
+	"compress/gzip"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
+	"syscall"
 	"testing"
 
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+	"github.com/klauspost/compress/zstd"
 
 	"github.com/lbuild/lbuild/snapshot"
 )
@@ -40,13 +44,40 @@ func diffIDOf(b []byte) v1.Hash {
 // layer blobs, as a hostile archive or registry could.
 func storeImage(t *testing.T, r *Root, diffIDs []v1.Hash, blobs ...[]byte) ([]v1.Descriptor, *v1.ConfigFile) {
 	t.Helper()
+	return storeImageAs(t, r, types.OCIUncompressedLayer, diffIDs, blobs...)
+}
+
+// storeImageAs is storeImage with the layer tars stored as mt: gzip or
+// zstd compressed, or uncompressed.
+func storeImageAs(t *testing.T, r *Root, mt types.MediaType, diffIDs []v1.Hash, blobs ...[]byte) ([]v1.Descriptor, *v1.ConfigFile) {
+	t.Helper()
 	var layers []v1.Descriptor
 	for _, b := range blobs {
-		h, n, err := r.Store.PutBlob(bytes.NewReader(b))
+		var buf bytes.Buffer
+		var w io.WriteCloser
+		switch mt {
+		case types.OCILayer:
+			w = gzip.NewWriter(&buf)
+		case types.OCILayerZStd:
+			zw, err := zstd.NewWriter(&buf)
+			if err != nil {
+				t.Fatal(err)
+			}
+			w = zw
+		default:
+			buf.Write(b)
+		}
+		if w != nil {
+			w.Write(b)
+			if err := w.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		h, n, err := r.Store.PutBlob(&buf)
 		if err != nil {
 			t.Fatal(err)
 		}
-		layers = append(layers, v1.Descriptor{MediaType: types.OCIUncompressedLayer, Digest: h, Size: n})
+		layers = append(layers, v1.Descriptor{MediaType: mt, Digest: h, Size: n})
 	}
 	cfg := &v1.ConfigFile{Architecture: "amd64", OS: "linux", RootFS: v1.RootFS{Type: "layers", DiffIDs: diffIDs}}
 	if _, err := r.Store.WriteImage(cfg, layers); err != nil {
@@ -59,16 +90,19 @@ func storeImage(t *testing.T, r *Root, diffIDs []v1.Hash, blobs ...[]byte) ([]v1
 // unpacked as that diff ID's snapshot: a hostile image cannot take over the
 // base layer other images stand on.
 //
-// With the overlay driver, where the kernel mounts EROFS indexes, an
-// uncompressed layer is not unpacked but kept as its blob and an index: the
+// With the overlay driver, where the kernel mounts EROFS indexes, a layer
+// is not unpacked but kept as its tar (an uncompressed one: its blob; a
+// compressed one: its decompressed tar, written once) and an index: the
 // same check holds there.
 func TestEnsureChainRefusesLyingLayer(t *testing.T) {
 	for _, driver := range []string{"copy", "overlay"} {
-		t.Run(driver, func(t *testing.T) { testEnsureChainRefusesLyingLayer(t, driver) })
+		for _, mt := range []types.MediaType{types.OCIUncompressedLayer, types.OCILayer, types.OCILayerZStd} {
+			t.Run(driver+"/"+string(mt), func(t *testing.T) { testEnsureChainRefusesLyingLayer(t, driver, mt) })
+		}
 	}
 }
 
-func testEnsureChainRefusesLyingLayer(t *testing.T, driver string) {
+func testEnsureChainRefusesLyingLayer(t *testing.T, driver string, mt types.MediaType) {
 	ctx := context.Background()
 	r, err := Open(t.TempDir(), WithSnapshotter(driver))
 	if err != nil {
@@ -78,7 +112,7 @@ func testEnsureChainRefusesLyingLayer(t *testing.T, driver string) {
 	evil := layerTar(t, map[string]string{"bin/sh": "the attacker's shell"})
 	baseID := diffIDOf(base)
 
-	layers, _ := storeImage(t, r, []v1.Hash{baseID}, evil)
+	layers, _ := storeImageAs(t, r, mt, []v1.Hash{baseID}, evil)
 	err = r.EnsureChain(ctx, []v1.Hash{baseID}, layers)
 	if !errors.Is(err, snapshot.ErrDigestMismatch) {
 		t.Fatalf("EnsureChain of a lying layer: %v, want ErrDigestMismatch", err)
@@ -88,7 +122,7 @@ func testEnsureChainRefusesLyingLayer(t *testing.T, driver string) {
 	}
 
 	// The genuine base then unpacks as itself.
-	good, _ := storeImage(t, r, []v1.Hash{baseID}, base)
+	good, _ := storeImageAs(t, r, mt, []v1.Hash{baseID}, base)
 	dir, release, err := r.View(ctx, []v1.Hash{baseID}, good, "view-test")
 	if err != nil {
 		t.Fatal(err)
@@ -100,6 +134,17 @@ func testEnsureChainRefusesLyingLayer(t *testing.T, driver string) {
 	indexed, _ := filepath.Glob(filepath.Join(r.Dir, "snapshots", "layers", "*", "layer.erofs"))
 	if want := r.Snaps.Indexes(); (len(indexed) == 1) != want {
 		t.Errorf("%d indexed layers, want the base indexed: %v", len(indexed), want)
+	}
+	if len(indexed) == 1 {
+		// Its tar is the blob itself when that is the tar; a file of its
+		// own (the only copy of the tar) when the blob is compressed.
+		var st syscall.Stat_t
+		if err := syscall.Stat(filepath.Join(filepath.Dir(indexed[0]), "layer.tar"), &st); err != nil {
+			t.Fatal(err)
+		}
+		if linked := st.Nlink > 1; linked != (mt == types.OCIUncompressedLayer) {
+			t.Errorf("layer tar has %d links for a %s blob", st.Nlink, mt)
+		}
 	}
 }
 
