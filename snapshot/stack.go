@@ -531,7 +531,7 @@ func verifyIndexed(dir, name, parent string) error {
 		return fmt.Errorf("its tar: %w", err)
 	}
 	if got := ChainID(parent, "sha256:"+hex.EncodeToString(d.Sum(nil))); got != name {
-		return fmt.Errorf("%w: its tar (the layer's blob) is damaged: its content gives chain ID %s", ErrDigestMismatch, got)
+		return fmt.Errorf("%w: its tar (the layer's blob, or the tar decompressed from it) is damaged: its content gives chain ID %s", ErrDigestMismatch, got)
 	}
 	return nil
 }
