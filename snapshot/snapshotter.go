@@ -797,6 +797,38 @@ func (s *snapshotter) toApply(name, parent string) (string, bool, error) {
 }
 
 func (s *snapshotter) Apply(ctx context.Context, name, parent string, r io.Reader) error {
+	return s.applyWith(name, parent, func(dir string) error {
+		if err := os.Mkdir(dir, 0o700); err != nil {
+			return err
+		}
+		fs := filepath.Join(dir, "fs")
+		if err := os.Mkdir(fs, 0o755); err != nil {
+			return err
+		}
+		// The name is a content address: verify the stream before the
+		// layer becomes the shared snapshot of that chain ID (a layer
+		// lying about its diff ID must never stand in for another
+		// image's layer).
+		d := sha256.New()
+		tee := io.TeeReader(r, d)
+		if err := applyTar(ctx, fs, tee, false); err != nil {
+			return err
+		}
+		if _, err := io.Copy(io.Discard, tee); err != nil { // the tar's trailing blocks count too
+			return err
+		}
+		if got := ChainID(parent, "sha256:"+hex.EncodeToString(d.Sum(nil))); got != name {
+			return fmt.Errorf("%w: the layer's content gives chain ID %s", ErrDigestMismatch, got)
+		}
+		return nil
+	})
+}
+
+// applyWith makes committed snapshot name over parent: unless it exists
+// (idempotent), fill makes a temp dir dir in the layer's directory form,
+// which is then installed (another process's copy, installed first, wins). The
+// temp dir is removed on every path.
+func (s *snapshotter) applyWith(name, parent string, fill func(dir string) error) error {
 	h, done, err := s.toApply(name, parent)
 	if done || err != nil {
 		return err
@@ -805,31 +837,8 @@ func (s *snapshotter) Apply(ctx context.Context, name, parent string, r io.Reade
 	if err != nil {
 		return err
 	}
-	fs := filepath.Join(t.path, "fs")
-	if err := os.Mkdir(t.path, 0o700); err != nil {
-		t.release()
-		return fmt.Errorf("apply %s: %w", name, err)
-	}
-	if err := os.Mkdir(fs, 0o755); err != nil {
-		t.release()
-		return fmt.Errorf("apply %s: %w", name, err)
-	}
-	// The name is a content address: verify the stream before the layer
-	// becomes the shared snapshot of that chain ID (a layer lying about
-	// its diff ID must never stand in for another image's layer).
-	d := sha256.New()
-	tee := io.TeeReader(r, d)
-	err = applyTar(ctx, fs, tee, false)
-	if err == nil {
-		_, err = io.Copy(io.Discard, tee) // the tar's trailing blocks count too
-	}
-	if err == nil {
-		if got := ChainID(parent, "sha256:"+hex.EncodeToString(d.Sum(nil))); got != name {
-			err = fmt.Errorf("%w: the layer's content gives chain ID %s", ErrDigestMismatch, got)
-		}
-	}
 	defer t.release()
-	if err != nil {
+	if err := fill(t.path); err != nil {
 		return fmt.Errorf("apply %s: %w", name, err)
 	}
 	if err := s.install(t, h, parent); err != nil && !errors.Is(err, errLostRace) {

@@ -373,51 +373,25 @@ func layerBytes(dir string) int64 {
 }
 
 func (s *snapshotter) ApplyBlob(ctx context.Context, name, parent, blob string) error {
-	h, done, err := s.toApply(name, parent)
-	if done || err != nil {
+	return s.applyWith(name, parent, func(dir string) error {
+		if !s.Indexes() {
+			return fmt.Errorf("no EROFS indexes here: %w", errors.ErrUnsupported)
+		}
+		err := s.indexBlob(dir, name, parent, blob)
+		if err != nil && !errors.Is(err, ErrDigestMismatch) {
+			return fmt.Errorf("no index (%v): %w", err, errors.ErrUnsupported)
+		}
 		return err
-	}
-	if !s.Indexes() {
-		return fmt.Errorf("apply %s: no EROFS indexes here: %w", name, errors.ErrUnsupported)
-	}
-	t, err := s.newTemp("apply-")
-	if err != nil {
-		return err
-	}
-	defer t.release()
-	err = s.indexBlob(t.path, name, parent, blob)
-	if errors.Is(err, ErrDigestMismatch) {
-		return fmt.Errorf("apply %s: %w", name, err)
-	}
-	if err != nil {
-		return fmt.Errorf("apply %s: no index (%v): %w", name, err, errors.ErrUnsupported)
-	}
-	if err := s.install(t, h, parent); err != nil && !errors.Is(err, errLostRace) {
-		return fmt.Errorf("apply %s: %w", name, err)
-	}
-	return nil
+	})
 }
 
 func (s *snapshotter) ApplyIndexed(ctx context.Context, name, parent string, r io.Reader) error {
 	if !s.Indexes() {
 		return s.Apply(ctx, name, parent, r)
 	}
-	h, done, err := s.toApply(name, parent)
-	if done || err != nil {
-		return err
-	}
-	t, err := s.newTemp("apply-")
-	if err != nil {
-		return err
-	}
-	defer t.release()
-	if err := s.indexStream(ctx, t.path, name, parent, r); err != nil {
-		return fmt.Errorf("apply %s: %w", name, err)
-	}
-	if err := s.install(t, h, parent); err != nil && !errors.Is(err, errLostRace) {
-		return fmt.Errorf("apply %s: %w", name, err)
-	}
-	return nil
+	return s.applyWith(name, parent, func(dir string) error {
+		return s.indexStream(ctx, dir, name, parent, r)
+	})
 }
 
 // indexStream makes dir an indexed layer of the tar read from r, written
