@@ -19,8 +19,11 @@ const overlayOpts = ",index=off,redirect_dir=off,metacopy=off"
 // volatileOpt makes overlay skip syncing the upper filesystem: on fsync inside
 // a build step, and on unmount (which otherwise syncs the whole host
 // filesystem). Layers are synced by install before they get their name; an
-// active snapshot is disposable after a crash anyway. Kernels before 5.10 lack
-// it; mountOverlay then retries without it.
+// active snapshot is disposable after a crash anyway, except a kept
+// container's (persistent, not Volatile): that one is mounted without it, so
+// that an fsync in the container is one, and the layer mounts again after a
+// crash (overlay refuses a volatile upper a crash left dirty). Kernels before
+// 5.10 lack it; mountOverlay then retries without it.
 const volatileOpt = ",volatile"
 
 // forceNewMountAPI makes mountOverlay use fsopen/fsconfig even for short
@@ -70,7 +73,7 @@ func (s *snapshotter) mountActive(a *active, lowers []string) (string, error) {
 	}
 	merged := filepath.Join(a.dir, "merged")
 	a.mounted = true
-	if err := s.mountOverlay(merged, lowers, upper, work, a.ReadOnly); err != nil {
+	if err := s.mountOverlay(merged, lowers, upper, work, a.ReadOnly, !(a.Persistent && !a.Volatile)); err != nil {
 		a.mounted = false
 		return "", err
 	}
@@ -78,14 +81,15 @@ func (s *snapshotter) mountActive(a *active, lowers []string) (string, error) {
 }
 
 // mountOverlay mounts an overlay at target. lowers (top first), upper and work
-// are relative to the snapshotter root; upper == "" makes a read-only overlay.
+// are relative to the snapshotter root; upper == "" makes a read-only overlay;
+// a disposable one is volatile where the kernel has the option.
 //
 // The mount(2) data is limited to a page. With lowers as short relative links
 // ("l/<10 chars>", 13 bytes each) about 300 layers fit; the mount is made from
 // a thread whose cwd is the root. Longer option strings go through the new
 // mount API (fsconfig "lowerdir+", one layer per call), which has no limit.
-func (s *snapshotter) mountOverlay(target string, lowers []string, upper, work string, readOnly bool) error {
-	volatile := upper != "" && !s.noVolatile.Load()
+func (s *snapshotter) mountOverlay(target string, lowers []string, upper, work string, readOnly, disposable bool) error {
+	volatile := upper != "" && disposable && !s.noVolatile.Load()
 	err := s.mountOverlayOnce(target, lowers, upper, work, readOnly, volatile)
 	if err != nil && volatile && errors.Is(err, unix.EINVAL) {
 		if err = s.mountOverlayOnce(target, lowers, upper, work, readOnly, false); err == nil {
@@ -243,7 +247,7 @@ func (s *snapshotter) probeOverlay() error {
 	}
 	rel, _ := filepath.Rel(s.root, t.path)
 	merged := filepath.Join(t.path, "merged")
-	if err := s.mountOverlay(merged, []string{filepath.Join(rel, "lower")}, filepath.Join(rel, "upper"), filepath.Join(rel, "work"), false); err != nil {
+	if err := s.mountOverlay(merged, []string{filepath.Join(rel, "lower")}, filepath.Join(rel, "upper"), filepath.Join(rel, "work"), false, true); err != nil {
 		return err
 	}
 	// A whiteout is a 0/0 char device: check the upper dir can hold one.
