@@ -366,7 +366,9 @@ type stageState struct {
 	index   int      // steps done so far
 	stepID  int      // progress ID of the step being dispatched
 	note    stepNote // the step being dispatched, for explanations
-	line    int      // its line in the Dockerfile (0: an ONBUILD trigger)
+	line    int      // its line in the Dockerfile (an ONBUILD trigger's: its FROM's)
+	// fromLine, while the triggers of its base run, is the FROM's line.
+	fromLine int
 }
 
 // expandEnv is the environment variables in a Dockerfile word see: the ARGs
@@ -477,6 +479,7 @@ func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) 
 	b.noteFrom(st.key, fromID, fromImage)
 	b.addStep(StepResult{ID: fromID, Stage: name, Text: text, Key: st.key, Cached: true, ChainID: st.chainID})
 
+	st.fromLine = s.Line()
 	for _, t := range triggers {
 		c, err := parser.ParseTrigger(t)
 		if err != nil {
@@ -486,9 +489,14 @@ func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) 
 		st.total++
 		if err := b.dispatch(ctx, st, c); err != nil {
 			b.abandon(st)
+			if pe, ok := err.(*parser.Error); ok {
+				// An earlier trigger's layer, placed already.
+				return nil, pe
+			}
 			return nil, &parser.Error{File: b.df.Path, Line: s.Line(), Err: fmt.Errorf("ONBUILD trigger %q: %w", t, err)}
 		}
 	}
+	st.fromLine = 0
 	return st, nil
 }
 

@@ -18,6 +18,9 @@ const historyComment = "lbuild.dockerfile.v0"
 func (b *build) dispatch(ctx context.Context, st *stageState, c instructions.Command) error {
 	st.note = newStepNote(c)
 	st.line = parser.Line(c)
+	if st.fromLine != 0 {
+		st.line = st.fromLine // a trigger's own line is of its base's Dockerfile
+	}
 	if _, isArg := c.(*instructions.ArgCommand); !isArg {
 		if ex, ok := c.(instructions.SupportsSingleWordExpansion); ok {
 			env := st.expandEnv()

@@ -190,6 +190,28 @@ func TestPipelinedFailedLayerFailsBuild(t *testing.T) {
 	}
 }
 
+// A failing layer of an ONBUILD trigger is reported at the FROM that ran
+// the trigger, not at a line of the trigger's own text.
+func TestPipelinedFailedTriggerLayerNamesFrom(t *testing.T) {
+	r := openRoot(t)
+	if r.Snaps.Driver() != snapshot.DriverOverlay {
+		t.Skip("pipelined commits need the overlay snapshot driver")
+	}
+	dir := t.TempDir()
+	exec := func(o *Options) { o.Executor = &fakeExecutor{} }
+	if _, out, err := tryBuild(r, dir, "FROM scratch\nONBUILD RUN first\n", exec, func(o *Options) { o.Tags = []string{"trig"} }); err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	r.Snaps = failingCommit{r.Snaps, new(atomic.Int32)}
+	_, out, err := tryBuild(r, dir, "# the base runs RUN first\nFROM trig\nRUN second\nRUN third\n", exec)
+	if err == nil || !strings.Contains(err.Error(), "Dockerfile:2: storing the layer of #2 RUN /bin/sh -c first: ") {
+		t.Fatalf("build with a failing trigger layer: %v, want it at the FROM (line 2)\n%s", err, out)
+	}
+	if strings.Count(err.Error(), "Dockerfile:") != 1 {
+		t.Errorf("error %q names a place more than once", err)
+	}
+}
+
 // A COPY whose memory snapshot fills up (its sources grew since they were
 // hashed; here, a tmpfs made too small) is copied again on disk: the build
 // succeeds with the same image.
