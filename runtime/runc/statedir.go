@@ -194,7 +194,7 @@ func removeOrphans(base string) {
 		if err != nil {
 			continue
 		}
-		if t, err := os.Readlink(filepath.Join(string(src), stateDirNames[0])); err == nil && t == filepath.Join(mem, stateDirNames[0]) {
+		if linkedFrom(string(src), mem) {
 			continue // still in use
 		}
 		empty := true
@@ -208,4 +208,14 @@ func removeOrphans(base string) {
 			os.Remove(mem)
 		}
 	}
+}
+
+// linkedFrom reports whether any entry of state dir src links into mem.
+func linkedFrom(src, mem string) bool {
+	for _, name := range stateDirNames {
+		if t, err := os.Readlink(filepath.Join(src, name)); err == nil && t == filepath.Join(mem, name) {
+			return true
+		}
+	}
+	return false
 }

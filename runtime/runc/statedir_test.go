@@ -191,3 +191,35 @@ func TestStateDirsMadeWhileOrphansRemoved(t *testing.T) {
 		}
 	}
 }
+
+// A state dir whose runc entry is a plain directory but whose bundles
+// entry links into memory still uses that memory: it is no orphan.
+func TestRemoveOrphansKeepsPartlyLinkedStateDir(t *testing.T) {
+	base := memBase(t, 0o700)
+	stateDir := t.TempDir()
+	mem := filepath.Join(base, "0123456789abcdef")
+	if err := os.MkdirAll(filepath.Join(mem, "bundles"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(mem, sourceFile), []byte(stateDir), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(stateDir, "runc"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(filepath.Join(mem, "bundles"), filepath.Join(stateDir, "bundles")); err != nil {
+		t.Fatal(err)
+	}
+	removeOrphans(base)
+	if _, err := os.Stat(filepath.Join(stateDir, "bundles")); err != nil {
+		t.Fatalf("the bundles target was removed: %v", err)
+	}
+	// Once nothing links into it, it goes.
+	if err := os.Remove(filepath.Join(stateDir, "bundles")); err != nil {
+		t.Fatal(err)
+	}
+	removeOrphans(base)
+	if _, err := os.Stat(mem); err == nil {
+		t.Error("an orphaned in-memory state dir was kept")
+	}
+}
