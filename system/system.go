@@ -203,14 +203,23 @@ func (r *Root) EnsureChain(ctx context.Context, diffIDs []v1.Hash, layers []v1.D
 }
 
 func (r *Root) unpack(ctx context.Context, chain, parent string, desc v1.Descriptor) error {
-	if desc.MediaType == types.OCIUncompressedLayer || desc.MediaType == types.DockerUncompressedLayer {
+	uncompressed := desc.MediaType == types.OCIUncompressedLayer || desc.MediaType == types.DockerUncompressedLayer
+	if uncompressed {
 		// Kept as the blob itself where the kernel mounts an index over it.
 		if p, err := r.Store.BlobFile(desc.Digest); err == nil {
 			err := r.Snaps.ApplyBlob(ctx, chain, parent, p)
 			if !errors.Is(err, errors.ErrUnsupported) {
 				return err
 			}
+			// No index of this tar here: a copy of it would have none
+			// either.
 			logrus.Debugf("layer %s: %v: unpacking it", desc.Digest, err)
+			rc, err := r.Store.OpenBlob(desc.Digest)
+			if err != nil {
+				return err
+			}
+			defer rc.Close()
+			return r.Snaps.Apply(ctx, chain, parent, rc)
 		}
 	}
 	rc, err := r.Store.OpenBlob(desc.Digest)
