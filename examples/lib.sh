@@ -50,41 +50,39 @@ run_published() {
   return 1
 }
 
-# start_registry DIR: runs Debian's docker-registry on a free 127.0.0.1
-# port (from DEMO_REGISTRY_PORT, default 15000 up), its storage and log in
-# DIR, and waits until it answers. Sets registry (host:port) and
-# registry_pid; the caller kills registry_pid when done.
+# start_registry DIR: runs Debian's docker-registry on 127.0.0.1 (on
+# DEMO_REGISTRY_PORT if set, else on a port the kernel picks, so that two
+# demos at once never meet on one), its storage and log in DIR, and waits
+# until it answers. Sets registry (host:port) and registry_pid; the caller
+# kills registry_pid when done.
 start_registry() {
-  local dir=$1 port try i
+  local dir=$1 port i
   command -v docker-registry >/dev/null || { echo "demo: docker-registry is not installed (apt-get install docker-registry)" >&2; return 1; }
-  port=$(free_port "${DEMO_REGISTRY_PORT:-15000}")
   mkdir -p "$dir"
-  # Another program may take the port first (two demos at once): the
-  # registry then exits, and the next free port is tried.
-  for try in $(seq 10); do
-    cat >"$dir/config.yml" <<CONF
+  cat >"$dir/config.yml" <<CONF
 version: 0.1
 log:
-  level: warn
+  level: info
   accesslog:
     disabled: true
 storage:
   filesystem:
     rootdirectory: $dir/data
 http:
-  addr: 127.0.0.1:$port
+  addr: 127.0.0.1:${DEMO_REGISTRY_PORT:-0}
 CONF
-    docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 &
-    registry_pid=$!
-    registry=127.0.0.1:$port
-    for i in $(seq 100); do
+  docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 &
+  registry_pid=$!
+  registry=127.0.0.1:${DEMO_REGISTRY_PORT:-0}
+  for i in $(seq 100); do
+    # Its own log says where it listens ("listening on 127.0.0.1:PORT").
+    port=$(sed -n 's/.*listening on 127\.0\.0\.1:\([0-9]*\).*/\1/p' "$dir/registry.log" | head -n 1)
+    if [ -n "$port" ]; then
+      registry=127.0.0.1:$port
       curl -fsS "http://$registry/v2/" >/dev/null 2>&1 && return 0
-      kill -0 "$registry_pid" 2>/dev/null || break
-      sleep 0.1
-    done
-    { kill "$registry_pid" 2>/dev/null; wait "$registry_pid" 2>/dev/null; } || true
-    grep -q "address already in use" "$dir/registry.log" || break
-    port=$(free_port $((port + 1)))
+    fi
+    kill -0 "$registry_pid" 2>/dev/null || break
+    sleep 0.1
   done
   echo "demo: docker-registry did not start on $registry (log: $dir/registry.log)" >&2
   return 1
