@@ -57,7 +57,7 @@ func runDu(cmd *cobra.Command, g *globals) error {
 	}
 	w.Flush()
 	fmt.Fprintf(out, "  Total: %s on disk for %d images (%s if nothing were shared)\n", size(du.ImagesTotal), len(du.Images), size(du.ImagesSum))
-	fmt.Fprintf(out, "  Layer snapshots: %d, %s (each made once, unpacked or mounted from its blob, shared by builds and containers)\n\n", du.UnpackedLayers, size(du.UnpackedSize))
+	fmt.Fprintf(out, "  Layer snapshots: %d, %s (each made once, unpacked or kept as a tar with an index, shared by builds and containers)\n\n", du.UnpackedLayers, size(du.UnpackedSize))
 
 	fmt.Fprintln(out, "Containers (each container's own writable layer):")
 	w = tabwriter.NewWriter(out, 0, 8, 3, ' ', 0)
