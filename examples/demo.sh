@@ -82,15 +82,8 @@ say "pair:blue and pair:green come from one Dockerfile and differ only in the fi
 
 step "3. Run two containers of hello-web and one of config-web"
 p1=$(free_port "${DEMO_PORT:-18080}")
-containers+=(hello-1)
-run_published hello-1 "$p1" 8080 hello-web
-p1=$published
-containers+=(hello-2)
-run_published hello-2 "$(free_port $((p1 + 1)))" 8080 hello-web
-p2=$published
-containers+=(config-1)
-run_published config-1 "$(free_port $((p2 + 1)))" 8080 config-web
-p3=$published
+run_each 8080 "$p1" hello-1=hello-web hello-2=hello-web config-1=config-web
+p1=${ports[0]} p2=${ports[1]} p3=${ports[2]}
 lb ps
 echo
 for pair in "hello-1 $p1" "hello-2 $p2" "config-1 $p3"; do

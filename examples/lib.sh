@@ -50,6 +50,22 @@ run_published() {
   return 1
 }
 
+# run_each CPORT PORT NAME=IMAGE...: run_published for each NAME=IMAGE
+# (noted in containers for stop_started), the first from PORT up, each
+# next one from the port after the one before. Sets ports to the ports
+# used, in order.
+run_each() {
+  local cport=$1 port=$2 spec
+  shift 2
+  ports=()
+  for spec in "$@"; do
+    containers+=("${spec%%=*}")
+    run_published "${spec%%=*}" "$port" "$cport" "${spec#*=}"
+    ports+=("$published")
+    port=$(free_port $((published + 1)))
+  done
+}
+
 # start_registry DIR: runs Debian's docker-registry on 127.0.0.1 (on
 # DEMO_REGISTRY_PORT if set, else on a port the kernel picks, so that two
 # demos at once never meet on one), its storage and log in DIR, and waits

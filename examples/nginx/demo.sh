@@ -120,15 +120,8 @@ say "- Debian and the nginx layer are in every image, stored once." \
 
 step "4. Run two containers of hello-nginx and one of custom-nginx"
 p1=$(free_port "${DEMO_PORT:-18180}")
-containers+=(hello-1)
-run_published hello-1 "$p1" 80 hello-nginx
-p1=$published
-containers+=(hello-2)
-run_published hello-2 "$(free_port $((p1 + 1)))" 80 hello-nginx
-p2=$published
-containers+=(custom-1)
-run_published custom-1 "$(free_port $((p2 + 1)))" 80 custom-nginx
-p3=$published
+run_each 80 "$p1" hello-1=hello-nginx hello-2=hello-nginx custom-1=custom-nginx
+p1=${ports[0]} p2=${ports[1]} p3=${ports[2]}
 lb ps
 echo
 for spec in "hello-1 $p1" "hello-2 $p2" "custom-1 $p3"; do
