@@ -433,8 +433,12 @@ func (s *snapshotter) indexStream(ctx context.Context, dir, name, parent string,
 	if err == nil {
 		return out.Close()
 	}
-	// Not mappable (an index has limits a tar has not): unpacked, as
-	// Apply would have, from the verified file.
+	if cerr := ctx.Err(); cerr != nil {
+		return cerr
+	}
+	// Not mappable (an index has limits a tar has not; or the index could
+	// not be written): unpacked, as Apply would have, from the verified
+	// file, as ApplyBlob's caller does.
 	logrus.Debugf("layer %s: no index (%v): unpacking it", name, err)
 	out.Close()
 	if err := os.Remove(filepath.Join(dir, indexFile)); err != nil {

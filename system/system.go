@@ -180,7 +180,8 @@ func ChainID(diffIDs []v1.Hash) string {
 // only the missing ones (each once, shared by everything that has it) from
 // the store's blobs: indexed where the kernel mounts EROFS indexes (an
 // uncompressed blob is the layer's tar; a compressed one is decompressed
-// into a tar of the layer's own), else unpacked. A build whose steps all hit the cache never calls it.
+// into a tar of the layer's own), else unpacked. A build whose steps all
+// hit the cache never calls it.
 func (r *Root) EnsureChain(ctx context.Context, diffIDs []v1.Hash, layers []v1.Descriptor) error {
 	if len(diffIDs) != len(layers) {
 		return fmt.Errorf("image has %d layers but its config lists %d diff IDs", len(layers), len(diffIDs))
