@@ -13,6 +13,7 @@ LBUILD=${LBUILD:-$repo/bin/lbuild}
 GEN=${GEN:-$repo/../shared/bench/gen.py}
 WORK=${WORK:-/tmp/lbuild-bench-firstuse}
 RUNS=${RUNS:-3}
+LBUILD=$(realpath -m "$LBUILD")
 [ -x "$LBUILD" ] || (cd "$repo" && CGO_ENABLED=0 go build -o "$LBUILD" ./cmd/lbuild) # static, as make build
 [ -f "$GEN" ] || { echo "workload generator not found at $GEN (set GEN)" >&2; exit 1; }
 command -v python3 >/dev/null || { echo "bench/firstuse.sh needs python3 for the workload generator: apt-get install python3" >&2; exit 1; }

@@ -489,9 +489,9 @@ func (b *build) from(ctx context.Context, s *parser.Stage) (*stageState, error) 
 		st.total++
 		if err := b.dispatch(ctx, st, c); err != nil {
 			b.abandon(st)
-			if pe, ok := err.(*parser.Error); ok {
+			if pe := (*parser.Error)(nil); errors.As(err, &pe) {
 				// An earlier trigger's layer, placed already.
-				return nil, pe
+				return nil, err
 			}
 			return nil, &parser.Error{File: b.df.Path, Line: s.Line(), Err: fmt.Errorf("ONBUILD trigger %q: %w", t, err)}
 		}

@@ -87,7 +87,8 @@ storage:
 http:
   addr: 127.0.0.1:${DEMO_REGISTRY_PORT:-0}
 CONF
-  docker-registry serve "$dir/config.yml" >"$dir/registry.log" 2>&1 &
+  : >"$dir/registry.log" # there before the loop below reads it
+  docker-registry serve "$dir/config.yml" >>"$dir/registry.log" 2>&1 &
   registry_pid=$!
   registry=127.0.0.1:${DEMO_REGISTRY_PORT:-0}
   for i in $(seq 100); do

@@ -21,9 +21,9 @@ const overlayOpts = ",index=off,redirect_dir=off,metacopy=off"
 // filesystem). Layers are synced by install before they get their name; an
 // active snapshot is disposable after a crash anyway, except a kept
 // container's (persistent, not Volatile): that one is mounted without it, so
-// that an fsync in the container is one, and the layer mounts again after a
-// crash (overlay refuses a volatile upper a crash left dirty). Kernels before
-// 5.10 lack it; mountOverlay then retries without it.
+// that an fsync in the container reaches the disk, as in docker (its unmount
+// then syncs the host filesystem, as docker's does). Kernels before 5.10
+// lack it; mountOverlay then retries without it.
 const volatileOpt = ",volatile"
 
 // forceNewMountAPI makes mountOverlay use fsopen/fsconfig even for short
