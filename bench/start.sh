@@ -3,8 +3,10 @@
 # --network none and with the default private network) against bare
 # "runc run" of the same rootfs, once with runc's default spec and once with
 # the spec lbuild writes (seccomp profile, masked paths, its mounts), so the
-# difference is lbuild's own work. Prints the median wall time of RUNS runs
-# of each (interleaved), in milliseconds, and lbuild's ratio to bare runc with its spec.
+# difference is lbuild's own work. Prints the median wall time of RUNS
+# rounds of each, in milliseconds, measured three ways (see measure: what
+# runs just before each timed run matters at this scale), and lbuild's
+# ratio to bare runc with its spec in each.
 #
 #   bench/start.sh     env: RUNS=21 LBUILD=bin/lbuild WORK=/tmp/lbuild-bench-start
 set -euo pipefail
@@ -21,23 +23,41 @@ export LBUILD_ROOT=$WORK/root
 "$repo/examples/base/prepare.sh" "$WORK/base" >/dev/null
 "$LBUILD" build -q -t local/busybox "$WORK/base" >/dev/null
 
-# rounds runs each command (separated by ";;") once per round, RUNS rounds,
-# interleaved so that a change in the machine's load hits all alike, and
-# prints the median wall time of each in ms, one a line.
-rounds() {
-  local cmds=() cur=() i j s e
+# measure MODE CMD... (commands separated by ";;") prints the median wall
+# time of each command in ms, one a line, over RUNS rounds. MODE is what
+# runs just before each timed run, which moves a 30 ms command by a quarter
+# (CPU caches, idle states; bare runc takes ~33 ms right after another runc
+# and ~40 ms after 50 ms of idle here):
+#   same   the same command: each round runs each command 1 + 3 times in a
+#          row and times the last 3 (a script running it in a loop)
+#   idle   100 ms of idle, the commands interleaved (typed by hand)
+#   other  the other commands, interleaved back to back: what this script
+#          measured up to session 4. It favours bare runc, which then runs
+#          right after the runc of lbuild's command.
+measure() {
+  local mode=$1 cmds=() cur=() i j k s e
+  shift
   for a in "$@"; do
     if [ "$a" = ";;" ]; then cmds+=("${cur[*]}"); cur=(); else cur+=("$a"); fi
   done
   cmds+=("${cur[*]}")
-  local out=$WORK/times
+  local out=$WORK/times-$mode
   rm -rf "$out"; mkdir -p "$out"
   for i in $(seq "$RUNS"); do
     for j in "${!cmds[@]}"; do
-      s=$(date +%s%N)
-      ${cmds[$j]} >/dev/null 2>&1 || { echo "failed: ${cmds[$j]}" >&2; exit 1; }
-      e=$(date +%s%N)
-      echo $(((e - s) / 1000)) >>"$out/$j"
+      local reps=1
+      if [ "$mode" = same ]; then
+        ${cmds[$j]} >/dev/null 2>&1 || { echo "failed: ${cmds[$j]}" >&2; exit 1; }
+        reps=3
+      fi
+      for k in $(seq "$reps"); do
+        [ "$mode" = idle ] && sleep 0.1
+        # bash's own clock: no date process between two runs
+        s=${EPOCHREALTIME/./}
+        ${cmds[$j]} >/dev/null 2>&1 || { echo "failed: ${cmds[$j]}" >&2; exit 1; }
+        e=${EPOCHREALTIME/./}
+        echo $((e - s)) >>"$out/$j"
+      done
     done
   done
   for j in "${!cmds[@]}"; do
@@ -83,15 +103,29 @@ for f in hostname hosts resolv.conf; do touch "$spec/rootfs/etc/$f"; done
 mkdir -p "$spec/rootfs/proc" "$spec/rootfs/sys" "$spec/rootfs/dev"
 
 rr=$WORK/runc-root
-mapfile -t t < <(rounds runc --root "$rr" run --bundle "$plain" bench-plain ";;" \
-  runc --root "$rr" run --bundle "$spec" bench-spec ";;" \
-  "$LBUILD" run --rm --network none local/busybox true ";;" \
+cmds=(runc --root "$rr" run --bundle "$plain" bench-plain ";;"
+  runc --root "$rr" run --bundle "$spec" bench-spec ";;"
+  "$LBUILD" run --rm --network none local/busybox true ";;"
   "$LBUILD" run --rm local/busybox true)
-bare=${t[0]} barespec=${t[1]} none=${t[2]} def=${t[3]}
-
-printf '| what | median ms |\n|---|---|\n'
-printf '| runc run, runc spec defaults | %s |\n' "$bare"
-printf '| runc run, lbuild'"'"'s spec (seccomp, masks; no network ns setup) | %s |\n' "$barespec"
-printf '| lbuild run --rm --network none IMG true | %s |\n' "$none"
-printf '| lbuild run --rm IMG true (private network) | %s |\n' "$def"
-awk -v a="$none" -v b="$barespec" -v c="$bare" 'BEGIN { printf "ratio --network none / runc with lbuild spec: %.2f; / runc defaults: %.2f\n", a / b, a / c }'
+declare -A col
+for mode in same idle other; do
+  mapfile -t t < <(measure "$mode" "${cmds[@]}")
+  col[$mode]="${t[*]}"
+done
+row() { # row LABEL INDEX
+  local m out="| $1 |"
+  for m in same idle other; do
+    read -r -a v <<<"${col[$m]}"
+    out+=" ${v[$2]} |"
+  done
+  echo "$out"
+}
+printf '| what (median ms; what ran just before) | same command | 100 ms idle | the other commands |\n|---|---|---|---|\n'
+row "runc run, runc spec defaults" 0
+row "runc run, lbuild's spec (seccomp, masks; no network ns setup)" 1
+row "lbuild run --rm --network none IMG true" 2
+row "lbuild run --rm IMG true (private network)" 3
+for m in same idle other; do
+  read -r -a v <<<"${col[$m]}"
+  awk -v m="$m" -v a="${v[2]}" -v b="${v[1]}" -v c="${v[0]}" 'BEGIN { printf "ratio --network none / runc with lbuild spec (%s): %.2f; / runc defaults: %.2f\n", m, a / b, a / c }'
+done
