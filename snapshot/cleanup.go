@@ -5,12 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"time"
 
+	"github.com/lbuild/lbuild/internal/fsx"
 	"golang.org/x/sys/unix"
 )
 
@@ -55,6 +57,9 @@ func (s *snapshotter) Cleanup(ctx context.Context) error {
 			continue
 		}
 		l, err := lockFile(filepath.Join(dir, "lock"), unix.LOCK_EX|unix.LOCK_NB)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // removed meanwhile: nothing left to clean up
+		}
 		if err != nil {
 			if !errors.Is(err, errLocked) {
 				errs = append(errs, err)
@@ -82,7 +87,10 @@ func (s *snapshotter) Cleanup(ctx context.Context) error {
 			continue
 		}
 		p := filepath.Join(tmp, strings.TrimSuffix(e.Name(), ".lock"))
-		l, err := lockFile(p+".lock", unix.LOCK_EX|unix.LOCK_NB)
+		l, err := fsx.LockExisting(p+".lock", unix.LOCK_EX|unix.LOCK_NB)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // released meanwhile
+		}
 		if err != nil {
 			if !errors.Is(err, errLocked) {
 				errs = append(errs, err)

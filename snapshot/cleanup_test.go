@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -174,4 +175,46 @@ func TestCleanupKeepsKeptSnapshotWithDamagedMetadata(t *testing.T) {
 		t.Error("Cleanup left a --rm container's layer whose metadata a crash cut")
 	}
 	check(t, s.Remove(ctx, "kept"))
+}
+
+// A Cleanup beside snapshots being made and removed never fails on one
+// that vanishes under it (it listed a directory another process then
+// renamed away: "open …/lock: no such file or directory" failed
+// 'lbuild ps' beside running builds).
+func TestCleanupBesideRemovals(t *testing.T) {
+	ctx := context.Background()
+	s, _ := newTestSnapshotter(t, DriverOverlay)
+	base := applyBase(t, s)
+	done := make(chan struct{})
+	errc := make(chan error, 1)
+	go func() {
+		defer close(done)
+		for i := range 200 {
+			key := fmt.Sprintf("k%d", i)
+			if _, err := s.Prepare(ctx, key, base); err != nil {
+				errc <- err
+				return
+			}
+			if err := s.Remove(ctx, key); err != nil {
+				errc <- err
+				return
+			}
+		}
+	}()
+	n := 0
+	for running := true; running; n++ {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		if err := s.Cleanup(ctx); err != nil {
+			t.Fatalf("Cleanup %d beside removals: %v", n, err)
+		}
+	}
+	select {
+	case err := <-errc:
+		t.Fatal(err)
+	default:
+	}
 }

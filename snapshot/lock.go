@@ -49,6 +49,11 @@ func (s *snapshotter) newTemp(prefix string) (*tempDir, error) {
 		return nil, err
 	}
 	defer g.Close()
+	return s.newTempLocked(prefix)
+}
+
+// newTempLocked is newTemp for a caller holding the shared lock.
+func (s *snapshotter) newTempLocked(prefix string) (*tempDir, error) {
 	for {
 		p := filepath.Join(s.root, "tmp", prefix+randomID(16))
 		if _, err := os.Lstat(p + ".lock"); err == nil {

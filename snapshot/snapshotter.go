@@ -724,7 +724,7 @@ func (s *snapshotter) discard(a *active) {
 	}
 	s.releaseMounts(a)
 	s.unuse(a)
-	os.RemoveAll(a.dir)
+	s.removeDir(a.dir) // else what is left goes with the next Cleanup
 	if a.lock != nil {
 		a.lock.Close()
 	}
@@ -742,14 +742,22 @@ func (s *snapshotter) forget(a *active) {
 }
 
 // removeDir renames dir into a temp dir and deletes it there, so that no half
-// deleted directory is ever visible under its name.
+// deleted directory is ever visible under its name. The rename is made under
+// the shared root lock, as creations are: a Cleanup (exclusive) never lists
+// a directory that is then renamed away under it.
 func (s *snapshotter) removeDir(dir string) error {
-	t, err := s.newTemp("rm-")
+	g, err := s.sharedLock()
 	if err != nil {
 		return err
 	}
-	if err := os.Rename(dir, t.path); err != nil {
-		t.release()
+	t, err := s.newTempLocked("rm-")
+	if err == nil {
+		if err = os.Rename(dir, t.path); err != nil {
+			t.release()
+		}
+	}
+	g.Close()
+	if err != nil {
 		return err
 	}
 	return t.release()
