@@ -128,7 +128,20 @@ func (s *snapshotter) Cleanup(ctx context.Context) error {
 			return err
 		}
 		unmount(filepath.Join(d.path, "merged")) // mounted in another namespace view: best effort
-		if err := os.RemoveAll(d.path); err != nil {
+		p := d.path
+		if !strings.HasPrefix(p, tmp+"/") {
+			// Renamed away first (this holds the root lock exclusively):
+			// a Remove or lookup of the same key never finds it half
+			// deleted under its name. What a failed delete leaves in
+			// tmp/ is unlocked: the next Cleanup takes it.
+			t := filepath.Join(tmp, "rm-"+randomID(16))
+			if err := os.Rename(p, t); err != nil {
+				errs = append(errs, fmt.Errorf("cleanup: %w", err))
+				continue
+			}
+			p = t
+		}
+		if err := os.RemoveAll(p); err != nil {
 			errs = append(errs, fmt.Errorf("cleanup: %w", err))
 			continue
 		}

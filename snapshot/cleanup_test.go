@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"testing"
 )
 
@@ -23,6 +24,14 @@ func TestHelperProcess(t *testing.T) {
 	s, err := New(dir, driver)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if n, _ := strconv.Atoi(os.Getenv("SNAPSHOT_HELPER_MANY")); n > 0 {
+		for i := range n {
+			if _, err := s.Prepare(ctx, fmt.Sprintf("dead-%d", i), ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+		os.Exit(0) // as if the process died
 	}
 	v, err := s.Prepare(ctx, "crashed", "")
 	if err != nil {
@@ -216,5 +225,32 @@ func TestCleanupBesideRemovals(t *testing.T) {
 	case err := <-errc:
 		t.Fatal(err)
 	default:
+	}
+}
+
+// Removing a dead process's snapshots while a Cleanup deletes them: each
+// Remove finds its snapshot or ErrNotFound, never a half deleted directory,
+// and the Cleanup never fails on one.
+func TestRemoveBesideCleanupOfDeadSnapshots(t *testing.T) {
+	ctx := context.Background()
+	s, dir := newTestSnapshotter(t, DriverOverlay)
+	const n = 60
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$")
+	cmd.Env = append(os.Environ(), "SNAPSHOT_HELPER_DIR="+dir, "SNAPSHOT_HELPER_DRIVER="+DriverOverlay, fmt.Sprintf("SNAPSHOT_HELPER_MANY=%d", n))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("helper: %v\n%s", err, out)
+	}
+	cleaned := make(chan error, 1)
+	go func() { cleaned <- s.Cleanup(ctx) }()
+	for i := n - 1; i >= 0; i-- {
+		if err := s.Remove(ctx, fmt.Sprintf("dead-%d", i)); err != nil && !errors.Is(err, ErrNotFound) {
+			t.Errorf("Remove dead-%d beside a Cleanup: %v", i, err)
+		}
+	}
+	if err := <-cleaned; err != nil {
+		t.Errorf("Cleanup beside Removes: %v", err)
+	}
+	if ents, _ := os.ReadDir(filepath.Join(dir, "active")); len(ents) != 0 {
+		t.Errorf("active left: %d", len(ents))
 	}
 }

@@ -336,15 +336,25 @@ func (s *snapshotter) lookup(key string) (*active, error) {
 	if a := s.actives[key]; a != nil {
 		return a, nil
 	}
+	// Under the shared root lock: never while a Cleanup judges or
+	// deletes the directories of dead processes (this one among them).
+	g, err := s.sharedLock()
+	if err != nil {
+		return nil, err
+	}
+	defer g.Close()
 	a := &active{id: keyID(key)}
 	a.dir = filepath.Join(s.root, "active", a.id)
-	var err error
 	if a.activeMeta, err = s.readMeta(key); err != nil {
 		return nil, err
 	}
-	a.lock, err = lockFile(filepath.Join(a.dir, "lock"), unix.LOCK_EX|unix.LOCK_NB)
+	// Never created here: a directory a Cleanup is deleting has lost it.
+	a.lock, err = fsx.LockExisting(filepath.Join(a.dir, "lock"), unix.LOCK_EX|unix.LOCK_NB)
 	if errors.Is(err, errLocked) {
 		return nil, fmt.Errorf("snapshot %s: in use by another process", key)
+	}
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("snapshot %s: %w", key, ErrNotFound)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("lock active snapshot: %w", err)
@@ -656,7 +666,12 @@ func (s *snapshotter) Remove(ctx context.Context, key string) error {
 // mounted is unmounted anyway.
 func (s *snapshotter) removeCut(key string) error {
 	dir := filepath.Join(s.root, "active", keyID(key))
-	l, err := lockFile(filepath.Join(dir, "lock"), unix.LOCK_EX|unix.LOCK_NB)
+	g, err := s.sharedLock() // as lookup: not while a Cleanup deletes it
+	if err != nil {
+		return err
+	}
+	l, err := fsx.LockExisting(filepath.Join(dir, "lock"), unix.LOCK_EX|unix.LOCK_NB)
+	g.Close()
 	if errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("remove %s: %w", key, ErrNotFound) // removed meanwhile
 	}
