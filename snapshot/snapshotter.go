@@ -383,10 +383,7 @@ func (s *snapshotter) acquire(key string, writable bool) (*active, error) {
 }
 
 func (s *snapshotter) Diff(ctx context.Context, key string, w io.Writer, opts ...DiffOpt) error {
-	var cfg diffConfig
-	for _, o := range opts {
-		o(&cfg)
-	}
+	cfg := diffOptions(opts)
 	a, err := s.acquire(key, true)
 	if err != nil {
 		return err
@@ -403,6 +400,15 @@ func (s *snapshotter) Diff(ctx context.Context, key string, w io.Writer, opts ..
 		return fmt.Errorf("diff %s: %w", key, err)
 	}
 	return nil
+}
+
+// diffOptions applies opts (of Diff and Freeze).
+func diffOptions(opts []DiffOpt) diffConfig {
+	var cfg diffConfig
+	for _, o := range opts {
+		o(&cfg)
+	}
+	return cfg
 }
 
 // writeUpper unmounts overlay snapshot a (locked by the caller) and writes
@@ -431,10 +437,7 @@ func (s *snapshotter) writeUpper(ctx context.Context, a *active, w io.Writer, no
 }
 
 func (s *snapshotter) Freeze(ctx context.Context, key string, opts ...DiffOpt) error {
-	var cfg diffConfig
-	for _, o := range opts {
-		o(&cfg)
-	}
+	cfg := diffOptions(opts)
 	a, err := s.acquire(key, true)
 	if err != nil {
 		return err
@@ -821,13 +824,10 @@ func (s *snapshotter) toApply(name, parent string) (string, bool, error) {
 
 func (s *snapshotter) Apply(ctx context.Context, name, parent string, r io.Reader) error {
 	return s.applyWith(name, parent, func(dir string) error {
-		if err := os.Mkdir(dir, 0o700); err != nil {
+		if err := mkLayerDir(dir); err != nil {
 			return err
 		}
 		fs := filepath.Join(dir, "fs")
-		if err := os.Mkdir(fs, 0o755); err != nil {
-			return err
-		}
 		// The name is a content address: verify the stream before the
 		// layer becomes the shared snapshot of that chain ID (a layer
 		// lying about its diff ID must never stand in for another

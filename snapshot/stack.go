@@ -346,6 +346,12 @@ func indexTar(t, blob string) error {
 		return err
 	}
 	defer f.Close()
+	return writeIndex(t, f)
+}
+
+// writeIndex writes layer dir t's EROFS index of the tar in f (read from
+// its current offset).
+func writeIndex(t string, f *os.File) error {
 	out, err := os.Create(filepath.Join(t, indexFile))
 	if err != nil {
 		return err
@@ -359,6 +365,14 @@ func indexTar(t, blob string) error {
 		return err
 	}
 	return out.Close()
+}
+
+// mkLayerDir makes dir and its fs/ directory (empty in an indexed layer).
+func mkLayerDir(dir string) error {
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		return err
+	}
+	return os.Mkdir(filepath.Join(dir, "fs"), 0o755)
 }
 
 // layerBytes is what removing committed layer dir frees: its files, less
@@ -399,10 +413,7 @@ func (s *snapshotter) ApplyIndexed(ctx context.Context, name, parent string, r i
 // name over parent. A tar the index cannot map is unpacked from that file
 // into dir/fs instead (the layer is then an unpacked one).
 func (s *snapshotter) indexStream(ctx context.Context, dir, name, parent string, r io.Reader) error {
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		return err
-	}
-	if err := os.Mkdir(filepath.Join(dir, "fs"), 0o755); err != nil {
+	if err := mkLayerDir(dir); err != nil {
 		return err
 	}
 	f, err := os.OpenFile(filepath.Join(dir, tarFile), os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o444)
@@ -420,18 +431,9 @@ func (s *snapshotter) indexStream(ctx context.Context, dir, name, parent string,
 	if _, err := f.Seek(0, io.SeekStart); err != nil {
 		return err
 	}
-	out, err := os.Create(filepath.Join(dir, indexFile))
-	if err != nil {
-		return err
-	}
-	defer out.Close()
-	bw := bufio.NewWriterSize(out, 1<<20)
-	err = erofs.Build(bw, f)
+	err = writeIndex(dir, f)
 	if err == nil {
-		err = bw.Flush()
-	}
-	if err == nil {
-		return out.Close()
+		return nil
 	}
 	if cerr := ctx.Err(); cerr != nil {
 		return cerr
@@ -440,7 +442,6 @@ func (s *snapshotter) indexStream(ctx context.Context, dir, name, parent string,
 	// not be written): unpacked, as Apply would have, from the verified
 	// file, as ApplyBlob's caller does.
 	logrus.Debugf("layer %s: no index (%v): unpacking it", name, err)
-	out.Close()
 	if err := os.Remove(filepath.Join(dir, indexFile)); err != nil {
 		return err
 	}
@@ -480,10 +481,7 @@ func copyCtx(ctx context.Context, w io.Writer, r io.Reader) (int64, error) {
 // indexBlob makes dir an indexed layer of blob, verifying that blob's
 // sha256 gives chain ID name over parent.
 func (s *snapshotter) indexBlob(dir, name, parent, blob string) error {
-	if err := os.Mkdir(dir, 0o700); err != nil {
-		return err
-	}
-	if err := os.Mkdir(filepath.Join(dir, "fs"), 0o755); err != nil {
+	if err := mkLayerDir(dir); err != nil {
 		return err
 	}
 	if err := indexTar(dir, blob); err != nil {

@@ -571,16 +571,7 @@ func TestRunCancel(t *testing.T) {
 	if took > 3*time.Second {
 		t.Errorf("took %v", took)
 	}
-	if pids := procsWithArg(marker); len(pids) != 0 {
-		t.Errorf("processes left: %v", pids)
-	}
-	if out, _ := r.runtimeCmd(context.Background(), "list", "--quiet"); len(bytes.TrimSpace(out)) != 0 {
-		t.Errorf("runtime state left: %s", out)
-	}
-	if ents, _ := os.ReadDir(r.bundles); len(ents) != 0 {
-		t.Errorf("bundles left: %v", ents)
-	}
-	checkNoMounts(t, rootfs)
+	checkRunLeftNothing(t, r, rootfs, marker)
 	if after := tree(t, rootfs); !slices.Equal(before, after) {
 		t.Errorf("rootfs changed:\nbefore %v\nafter  %v", before, after)
 	}
@@ -632,6 +623,13 @@ func TestRunRuntimeKilled(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "killed") {
 		t.Errorf("got %v, want the runtime killed", err)
 	}
+	checkRunLeftNothing(t, r, rootfs, marker)
+}
+
+// checkRunLeftNothing checks that no process of a run of "sleep marker"
+// is left, nor runtime state, bundles or mounts in rootfs.
+func checkRunLeftNothing(t *testing.T, r *Runc, rootfs, marker string) {
+	t.Helper()
 	if pids := procsWithArg(marker); len(pids) != 0 {
 		t.Errorf("processes left: %v", pids)
 	}
